@@ -1,0 +1,29 @@
+"""The project's one exception family.
+
+Every error a user can cause (a bad path, a corrupt file, an unknown name, a wrong shape) is a
+``DytDeployError`` whose message says what went wrong and what to do. The CLI prints the message
+without a traceback; anything else reaching the CLI is a bug.
+"""
+
+from __future__ import annotations
+
+
+class DytDeployError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class UnknownNameError(DytDeployError, LookupError):
+    """A registry lookup (norm kind, architecture, ...) found nothing; the message lists what exists."""
+
+
+class ConversionError(DytDeployError):
+    """A norm layer could not be converted to the requested kind."""
+
+
+class CheckpointError(DytDeployError):
+    """A model.pt could not be read or does not fit its architecture."""
+
+
+def unknown_name(what: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
+    """Build the standard 'unknown X' error that lists the known names."""
+    return UnknownNameError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,95 @@
+"""What every zoo model knows about itself: its inputs, outputs and example feeds."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..nn.convert import norm_kind_of
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, shape (ints, or names for dynamic dims), dtype, value range.
+
+    ``low``/``high`` bound the values of integer inputs (token ids in ``[low, high)``).
+    """
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    low: int = 0
+    high: int = 2
+
+    @property
+    def dynamic_dims(self) -> dict[int, str]:
+        return {axis: dim for axis, dim in enumerate(self.shape) if isinstance(dim, str)}
+
+    def concrete_shape(self, sizes: dict[str, int]) -> tuple[int, ...]:
+        """The shape with each named dim replaced by ``sizes[name]``."""
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
+
+
+class ZooModel(nn.Module):
+    """Base of the zoo's models: carries ``arch``, ``config`` and its IO signature.
+
+    Subclasses set ``family`` and implement ``input_specs``/``output_specs``.
+    """
+
+    family: str = ""
+    default_sizes: dict[str, int] = {"batch": 2}
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__()
+        self.arch = ""
+        self.config = dict(config)
+
+    def input_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def output_specs(self) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def example_inputs(self, seed: int = 0, **sizes: int) -> dict[str, torch.Tensor]:
+        """Seeded random inputs; ``sizes`` sets dynamic dims (``batch=4, seq=16``)."""
+        dims = {**self.default_sizes, **sizes}
+        generator = torch.Generator().manual_seed(seed)
+        return {spec.name: random_tensor(spec, dims, generator) for spec in self.input_specs()}
+
+
+def random_tensor(spec: TensorSpec, sizes: dict[str, int], generator: torch.Generator) -> torch.Tensor:
+    """A random tensor for ``spec``: normal floats, or ints in ``[low, high)``; masks start with 1."""
+    shape = spec.concrete_shape(sizes)
+    if spec.dtype.startswith("float"):
+        return torch.randn(shape, generator=generator, dtype=getattr(torch, spec.dtype))
+    values = torch.randint(spec.low, spec.high, shape, generator=generator, dtype=getattr(torch, spec.dtype))
+    if spec.name == "attention_mask" and values.dim() == 2:
+        values[:, 0] = 1  # every sequence attends to at least its first token
+    return values
+
+
+def init_shared_weights(model: nn.Module, seed: int) -> None:
+    """Initialise every parameter outside norm layers from ``seed`` and its name alone.
+
+    Each parameter draws from its own generator seeded by (seed, name), so two variants of an
+    architecture that differ only in their norm get identical weights everywhere else.
+    Matrices, kernels and embeddings: truncated normal with std 1/sqrt(fan_in) (fan_in = the
+    product of all but the first dim), so activations keep a useful scale through untrained
+    models of either norm; vectors: zeros.
+    """
+    skip = {f"{mod_name}.{p}" if mod_name else p for mod_name, m in model.named_modules()
+            if norm_kind_of(m) is not None for p, _ in m.named_parameters(recurse=False)}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in skip:
+                continue
+            if param.dim() < 2:
+                param.zero_()
+                continue
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            std = param[0].numel() ** -0.5
+            nn.init.trunc_normal_(param, std=std, a=-2 * std, b=2 * std, generator=generator)

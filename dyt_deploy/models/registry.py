@@ -1,0 +1,81 @@
+"""The zoo's registry: ``create_model(name, norm=..., seed=...)``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import DytDeployError, unknown_name
+from .base import ZooModel, init_shared_weights
+from .bert import BertEncoder
+from .llama import LlamaDecoder
+from .vit import VisionTransformer
+
+ZOO_NORMS = ("layernorm", "rmsnorm", "dyt", "derf")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A named configuration of a model class (e.g. ``vit_small`` = ViT at width 384)."""
+
+    name: str
+    cls: type[ZooModel]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.cls.family
+
+
+_ARCHS: dict[str, Architecture] = {}
+
+
+def register_arch(name: str, cls: type[ZooModel], **config: Any) -> None:
+    """Add an architecture to the zoo under ``name``."""
+    _ARCHS[name] = Architecture(name, cls, config)
+
+
+def list_models() -> list[str]:
+    """The registered architecture names, sorted."""
+    return sorted(_ARCHS)
+
+
+def get_arch(name: str) -> Architecture:
+    """The registered architecture ``name``; an unknown name lists the zoo."""
+    try:
+        return _ARCHS[name]
+    except KeyError:
+        raise unknown_name("architecture", name, list_models()) from None
+
+
+def create_model(name: str, norm: str | None = None, seed: int = 0, **overrides: Any) -> ZooModel:
+    """Build zoo model ``name`` with norm layers of kind ``norm`` (default: the architecture's own).
+
+    Every parameter outside the norm layers is drawn from ``seed`` and its name, so variants built
+    with the same seed differ only in their norm. ``overrides`` change config entries (``depth=2``);
+    an unknown entry is an error. The model is returned in eval mode.
+    """
+    arch = get_arch(name)
+    config = {**arch.config, **overrides}
+    if norm is not None:
+        config["norm"] = norm
+    kind = config.get("norm", "layernorm")
+    if kind not in ZOO_NORMS:
+        raise unknown_name("zoo norm", kind, ZOO_NORMS)
+    try:
+        model = arch.cls(**config)
+    except TypeError as err:
+        raise DytDeployError(f"bad config for {name}: {err}") from None
+    model.arch = name
+    init_shared_weights(model, seed)
+    return model.eval()
+
+
+# ViT sizes from the ViT/DeiT papers: (width, depth, heads).
+register_arch("vit_tiny", VisionTransformer, dim=192, depth=12, heads=3)
+register_arch("vit_small", VisionTransformer, dim=384, depth=12, heads=6)
+register_arch("vit_base", VisionTransformer, dim=768, depth=12, heads=12)
+register_arch("llama_tiny", LlamaDecoder, vocab_size=1024, dim=256, depth=4, heads=4, ffn_dim=688)
+register_arch("llama_small", LlamaDecoder, vocab_size=8192, dim=512, depth=8, heads=8, ffn_dim=1376)
+register_arch("bert_tiny", BertEncoder, vocab_size=1024, dim=128, depth=2, heads=2, ffn_dim=512)
+register_arch("bert_small", BertEncoder, vocab_size=8192, dim=512, depth=4, heads=8, ffn_dim=2048)

@@ -1,0 +1,18 @@
+"""DyT and its relatives, the normalization switchboard, and norm conversion."""
+
+from .convert import ConversionReport, ConvertedSite, convert_norms, site_role
+from .dyt import Derf, DynamicTanh
+from .norms import create_norm, norm_kinds, paper_alpha_init, register_norm
+
+__all__ = [
+    "ConversionReport",
+    "ConvertedSite",
+    "Derf",
+    "DynamicTanh",
+    "convert_norms",
+    "create_norm",
+    "norm_kinds",
+    "paper_alpha_init",
+    "register_norm",
+    "site_role",
+]

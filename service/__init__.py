@@ -1,0 +1,1 @@
+"""The dyt-deploy inference service (Open Inference Protocol v2 over FastAPI)."""
