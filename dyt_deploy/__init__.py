@@ -23,6 +23,7 @@ _EXPORTS = {
     "save_checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_model": "checkpoint",
+    "export_onnx": "export",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -127,8 +127,9 @@ def load_checkpoint(
         return LoadedModel(_load_exported(path), "torch.export", path=path)
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
-        loaded = LoadedModel(obj, "pickled-module", getattr(obj, "arch", None) or None,
-                             dict(getattr(obj, "config", {}) or {}), path=path)
+        recorded = dict(getattr(obj, "config", {}) or {})
+        loaded = LoadedModel(obj, "pickled-module", getattr(obj, "arch", None) or None, recorded,
+                             recorded.get("norm"), path=path)
     elif isinstance(obj, dict) and obj.get("format") == FORMAT_TAG:
         loaded = _from_own_format(obj, arch, path)
     elif isinstance(obj, dict):

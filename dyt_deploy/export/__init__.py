@@ -1,0 +1,8 @@
+"""torch -> ONNX export with DyT forms, folding and verification."""
+
+from .api import ExportError, ExportResult, VerificationFailed, export_onnx
+from .fold import FoldReport, fold_dyt_affine
+from .forms import DOMAIN, FORMS, OP_TYPE, current_form, dyt_nodes, to_form
+
+__all__ = ["DOMAIN", "FORMS", "OP_TYPE", "ExportError", "ExportResult", "FoldReport", "VerificationFailed",
+           "current_form", "dyt_nodes", "export_onnx", "fold_dyt_affine", "to_form"]

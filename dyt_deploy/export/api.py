@@ -1,0 +1,318 @@
+"""``export_onnx``: model.pt -> verified ONNX (a file, or a model folder of a repository)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from ..checkpoint import LoadedModel, load_checkpoint, sha256_file
+from ..compare import ParityReport, default_tolerances
+from ..errors import DytDeployError
+from ..models.base import TensorSpec, random_tensor
+from ..nn.convert import norm_kind_of
+from ..repository import config_pbtxt, refuse_existing, staged_file, staged_folder, write_manifest
+from . import signature as sig
+from .fold import FoldReport, fold_dyt_affine
+from .forms import FORMS, to_form
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+DEFAULT_OPSET = 20
+_EXTERNAL_DATA_BYTES = 1536 << 20  # above this, weights go to a .data file beside the .onnx (2 GB protobuf limit)
+
+Progress = Callable[[str, str, float], None]  # (event "start"|"done", step, seconds)
+
+
+class ExportError(DytDeployError):
+    """torch.onnx.export could not capture the model."""
+
+
+class VerificationFailed(DytDeployError):
+    """The ONNX outputs are not within tolerance of PyTorch's; ``result`` holds the figures."""
+
+    def __init__(self, message: str, result: ExportResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class ExportResult:
+    """What an export produced: paths, form, folding, parity and the manifest it wrote."""
+
+    onnx_path: Path
+    model_dir: Path | None
+    form: str
+    form_counts: dict[str, int]
+    fold: FoldReport | None
+    parity: ParityReport | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def export_onnx(
+    model_path: str | Path,
+    output: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    form: str = "pattern",
+    opset: int = DEFAULT_OPSET,
+    dynamic: tuple[str, ...] | None = None,
+    input_shapes: list[str] | None = None,
+    dtype: str = "fp32",
+    fold: bool = False,
+    atol: float | None = None,
+    rtol: float | None = None,
+    samples: int = 3,
+    verify: bool = True,
+    repository: str | Path | None = None,
+    name: str | None = None,
+    family: str | None = None,
+    force: bool = False,
+    trust_pickle: bool = False,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export ``model_path`` to ONNX with DyT in ``form``, verify it against PyTorch, then write it.
+
+    Args:
+        output: the .onnx file to write (default: beside the model, ``.onnx`` suffix); or, with
+            ``repository``, ignored in favour of ``repository/name/1/model.onnx``.
+        arch: zoo architecture, for checkpoints that do not record it.
+        form: "pattern", "function" or "plugin" (see ``dyt_deploy.export.forms``).
+        dynamic: dims left symbolic ("batch", "seq"); None: all of them; (): a static model.
+        input_shapes: ``NAME=d0,d1,...[:dtype]`` per input, for models outside the zoo.
+        dtype: "fp32" or "fp16". fp16 LayerNorm/RMSNorm layers compute in fp32 (Cast around them).
+        fold: fold DyT gamma/beta into the linear layers that consume them where possible.
+        atol, rtol: verification tolerances; default per dtype (``compare.DEFAULT_TOLERANCES``).
+        samples: verification inputs; sample 0 has the export's shape, the others other shapes.
+        verify: run the ONNX model in onnxruntime (CPU) against PyTorch before writing it.
+        repository, name, family: write a Triton-layout model folder ``repository/name``
+            (name default ``<arch>-<norm>``; family default the architecture).
+        force: replace an existing output.
+
+    Raises:
+        VerificationFailed: outputs out of tolerance; nothing is written.
+        DytDeployError: bad input of any kind; nothing is written.
+    """
+    started = time.perf_counter()
+    _check_choices(form, dtype, samples)
+    steps = _Steps(progress)
+    with steps("load model.pt"):
+        loaded = load_checkpoint(model_path, arch=arch, trust_pickle=trust_pickle)
+    target_dir, onnx_path = _targets(loaded, model_path, output, repository, name)
+    refuse_existing(target_dir or onnx_path, force)
+    specs = sig.input_specs(loaded.model, input_shapes, dynamic)
+    with steps(f"export to ONNX (opset {opset}, {dtype})"):
+        onnx_model = _torch_export(loaded.model, specs, dtype, opset)
+    fold_report = None
+    if fold:
+        with steps("fold DyT gamma/beta into linear layers"):
+            fold_report = fold_dyt_affine(onnx_model)
+    with steps(f"rewrite DyT into the {form} form"):
+        counts = to_form(onnx_model, form)
+    result = ExportResult(onnx_path, target_dir, form, dict(counts), fold_report, None)
+    stager = staged_folder(target_dir, force) if target_dir else staged_file(onnx_path, force)
+    with stager as stage:
+        staged_onnx = stage / "1" / "model.onnx" if target_dir else stage / onnx_path.name
+        with steps("save ONNX"):
+            save_onnx(onnx_model, staged_onnx)
+        if verify and form != "plugin":
+            with steps(f"verify against PyTorch ({samples} samples, onnxruntime CPU)"):
+                result.parity = verify_onnx(staged_onnx, loaded.model, specs, dtype, samples, atol, rtol)
+        result.seconds = time.perf_counter() - started
+        result.manifest = build_manifest(loaded, onnx_model, result, dtype, opset, family, target_dir, staged_onnx)
+        if result.parity is not None and not result.parity.passed:
+            raise VerificationFailed(f"{model_path}: ONNX outputs differ from PyTorch beyond tolerance", result)
+        if target_dir is not None:
+            _write_model_folder(stage, target_dir.name, onnx_model, result.manifest)
+    return result
+
+
+def _check_choices(form: str, dtype: str, samples: int) -> None:
+    if form not in FORMS:
+        raise DytDeployError(f"unknown --form {form!r}; choose one of {', '.join(FORMS)}")
+    if dtype not in DTYPES:
+        raise DytDeployError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if samples < 1:
+        raise DytDeployError("--samples must be at least 1")
+
+
+def _targets(loaded: LoadedModel, model_path: str | Path, output: str | Path | None,
+             repository: str | Path | None, name: str | None) -> tuple[Path | None, Path]:
+    if repository is None:
+        return None, Path(output) if output else Path(model_path).with_suffix(".onnx")
+    name = name or (f"{loaded.arch}-{loaded.norm}" if loaded.arch else Path(model_path).stem)
+    model_dir = Path(repository) / name
+    return model_dir, model_dir / "1" / "model.onnx"
+
+
+class _Steps:
+    """Times named steps and tells ``progress`` when each starts and ends."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        if self.progress:
+            self.progress("start", step, 0.0)
+        start = time.perf_counter()
+        yield
+        self.times[step] = time.perf_counter() - start
+        if self.progress:
+            self.progress("done", step, self.times[step])
+
+
+class Fp32Norm(nn.Module):
+    """Runs a LayerNorm/RMSNorm in fp32 inside an fp16 model: the mean and variance of fp16
+    activations overflow easily; DyT has no statistics and stays fp16."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.float()).to(x.dtype)
+
+
+def prepare_for_dtype(model: nn.Module, dtype: str) -> nn.Module:
+    """The module to export: ``model`` itself for fp32; an fp16 copy with fp32 norms for fp16."""
+    if dtype == "fp32":
+        return model
+    half = copy.deepcopy(model).half()
+    for name, module in list(half.named_modules()):
+        if norm_kind_of(module) in ("layernorm", "rmsnorm"):
+            parent_name, _, child = name.rpartition(".")
+            setattr(half.get_submodule(parent_name) if parent_name else half, child, Fp32Norm(module))
+    return half
+
+
+def example_feed(specs: list[TensorSpec], sizes: dict[str, int], seed: int, dtype: str) -> list[torch.Tensor]:
+    """Seeded inputs for ``specs`` at ``sizes``; float inputs in the export dtype."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [random_tensor(spec, sizes, generator) for spec in specs]
+    return [t.to(DTYPES[dtype]) if t.is_floating_point() else t for t in tensors]
+
+
+def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: int) -> ir.Model:
+    module = prepare_for_dtype(model, dtype)
+    args = tuple(example_feed(specs, sig.EXPORT_SIZES, 0, dtype))
+    with torch.no_grad():
+        count = len(sig.flatten_outputs(module(*args)))
+    dynamic_shapes = tuple(spec.dynamic_dims or None for spec in specs)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, args, dynamo=True, dynamic_shapes=dynamic_shapes, input_names=[s.name for s in specs],
+                output_names=sig.output_names(model, count), opset_version=opset, verbose=False, optimize=True,
+            )
+    except Exception as err:  # torch.export raises many types; all mean "could not capture"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"torch.onnx.export failed: {first}. Check --input-shape and --dynamic") from None
+    return program.model
+
+
+def save_onnx(model: ir.Model, path: Path) -> None:
+    """Write one .onnx file, or .onnx + .onnx.data beside it when the weights pass ~1.5 GB."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    external = f"{path.name}.data" if weight_bytes > _EXTERNAL_DATA_BYTES else None
+    ir.save(model, path, external_data=external)
+
+
+def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], dtype: str, samples: int,
+                atol: float | None, rtol: float | None) -> ParityReport:
+    """Run the ONNX file in onnxruntime (CPU) and PyTorch (fp32) on ``samples`` seeded inputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    report = ParityReport(*default_tolerances(dtype, atol, rtol))
+    for index in range(samples):
+        sizes = sig.sample_sizes(index, specs)
+        feed = example_feed(specs, sizes, seed=index, dtype="fp32")
+        with torch.no_grad():
+            expected = [t.float().numpy() for t in sig.flatten_outputs(reference(*feed))]
+        onnx_feed = {s.name: _cast(t, dtype).numpy() for s, t in zip(specs, feed, strict=True)}
+        got = session.run(None, onnx_feed)
+        report.add_sample(dict(zip(names, expected, strict=False)),
+                          {n: np.asarray(g, dtype=np.float32) for n, g in zip(names, got, strict=True)},
+                          {k: v.shape for k, v in onnx_feed.items()})
+    return report
+
+
+def _cast(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    return t.to(DTYPES[dtype]) if t.is_floating_point() else t
+
+
+def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResult, dtype: str, opset: int,
+                   family: str | None, target_dir: Path | None, staged_onnx: Path) -> dict[str, Any]:
+    """The dyt.json content (see DESIGN.md: model repository)."""
+    from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
+
+    inputs, outputs = sig.graph_signature(onnx_model)
+    norm = loaded.norm or _guess_norm(loaded.model)
+    source = Path(loaded.path) if loaded.path else None
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "name": target_dir.name if target_dir else result.onnx_path.stem,
+        "family": family or loaded.arch or (source.stem if source else "model"),
+        "arch": loaded.arch,
+        "config": loaded.config,
+        "norm": norm,
+        "form": result.form,
+        "dyt_sites": result.form_counts,
+        "folded": None if result.fold is None else vars(result.fold),
+        "opset": opset,
+        "dtype": dtype,
+        "inputs": inputs,
+        "outputs": outputs,
+        "source": {"path": str(source) if source else None, "format": loaded.source_format,
+                   "sha256": sha256_file(source) if source else None},
+        "parity": None if result.parity is None else result.parity.to_dict(),
+        "versions": library_versions(),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "export_seconds": round(result.seconds, 3),
+        "artifacts": {"1/model.onnx": sha256_file(staged_onnx)},
+    }
+
+
+def _guess_norm(model: nn.Module) -> str | None:
+    kinds = Counter(k for m in model.modules() if (k := norm_kind_of(m)) is not None)
+    return kinds.most_common(1)[0][0] if kinds else None
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("dyt-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: dict[str, Any]) -> None:
+    inputs, outputs = sig.graph_signature(onnx_model)
+    (stage / "config.pbtxt").write_text(config_pbtxt(name, inputs, outputs))
+    write_manifest(stage, manifest)
