@@ -27,6 +27,7 @@ from torch import nn
 
 from .errors import CheckpointError, DytDeployError
 from .models import create_model, get_arch
+from .repository import current_umask
 
 FORMAT_TAG = "dyt-deploy/model"
 FORMAT_VERSION = 1
@@ -80,6 +81,7 @@ class atomic_write:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
+        self.tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

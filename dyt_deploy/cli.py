@@ -71,3 +71,113 @@ def zoo_create(
     model = create_model(name, norm=norm, seed=seed)
     save_checkpoint(model, output)
     console.print(f"wrote {output} ({name}, norm {model.config['norm']}, seed {seed})")
+
+
+def _progress_printer() -> Callable[[str, str, float], None]:
+    def report(event: str, step: str, seconds: float) -> None:
+        if event == "start":
+            err_console.print(f"[dim]… {step}[/]", highlight=False)
+        else:
+            err_console.print(f"[green]✓[/] {step} [dim]({seconds:.1f} s)[/]", highlight=False)
+
+    return report
+
+
+def print_parity(parity: Any, title: str) -> None:
+    """The parity table and a PASSED/FAILED line."""
+    from .compare import PARITY_COLUMNS
+
+    table = Table(*PARITY_COLUMNS, title=f"{title} (atol {parity.atol:g}, rtol {parity.rtol:g}, "
+                                          f"{len(parity.shapes)} samples)")
+    for row in parity.rows():
+        table.add_row(*row)
+    console.print(table)
+    verdict = "[bold green]PASSED[/]" if parity.passed else "[bold red]FAILED[/]"
+    console.print(f"{verdict} {title}")
+
+
+export_app = typer.Typer(add_completion=False, help="Export a model.pt to verified ONNX.")
+
+
+@export_app.command()
+def export(
+    model: Path = typer.Argument(..., help="model.pt (dyt-deploy, state_dict, training checkpoint), or a .pt2."),
+    output: Path = typer.Option(None, "-o", "--output", help="ONNX file to write [default: MODEL with .onnx]."),
+    arch: str = typer.Option(None, help="Zoo architecture, for checkpoints that do not record one."),
+    form: str = typer.Option("pattern", help="DyT in ONNX: pattern (Mul/Tanh/Mul/Add), function (one "
+                             "DynamicTanh node with a function body) or plugin (bodiless, for TensorRT)."),
+    opset: int = typer.Option(20, help="ONNX opset."),
+    dynamic: str = typer.Option(None, help="Dims left dynamic: batch,seq (default: all the model has) or none."),
+    input_shape: list[str] = typer.Option(None, "--input-shape", help="NAME=d0,d1,...[:dtype] per input; "
+                                          "needed for models outside the zoo. Repeat per input."),
+    dtype: str = typer.Option("fp32", help="fp32 or fp16 (LayerNorm/RMSNorm keep fp32 inside)."),
+    fold: bool = typer.Option(False, "--fold", help="Fold DyT gamma/beta into the linear layers after it."),
+    atol: float = typer.Option(None, help="Absolute tolerance [default: 1e-4 fp32, 2e-2 fp16]."),
+    rtol: float = typer.Option(None, help="Relative tolerance [default: 1e-3 fp32, 2e-2 fp16]."),
+    samples: int = typer.Option(3, help="Verification inputs (the first at the export shape, then others)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check ONNX against PyTorch before writing."),
+    repository: Path = typer.Option(None, help="Write a model folder REPOSITORY/NAME (Triton layout) instead."),
+    name: str = typer.Option(None, help="Model folder name [default: ARCH-NORM]."),
+    family: str = typer.Option(None, help="Family shared by the norm variants of one model [default: ARCH]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow model.pt files holding pickled "
+                                      "Python objects (runs code from the file: trusted files only)."),
+) -> None:
+    """Export MODEL to ONNX with DyT in the chosen form, verify it against PyTorch, and write it.
+
+    Nothing is written when verification fails (exit status 1) or on any error (exit status 2).
+    """
+    from .export import VerificationFailed, export_onnx
+    from .export.signature import parse_dynamic
+
+    try:
+        result = export_onnx(
+            model, output, arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic),
+            input_shapes=input_shape, dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples,
+            verify=verify, repository=repository, name=name, family=family, force=force,
+            trust_pickle=trust_pickle, progress=_progress_printer(),
+        )
+    except VerificationFailed as failure:
+        print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
+        err_console.print(f"[bold red]error:[/] {failure}; nothing written (--no-verify writes it anyway)")
+        sys.exit(1)
+    except DytDeployError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+    _print_export_summary(result)
+
+
+def _print_export_summary(result: Any) -> None:
+    sites = ", ".join(f"{n} {k or 'full'}" for k, n in result.form_counts.items()) or "none"
+    console.print(f"form: {result.form} (DyT sites: {sites})", highlight=False)
+    if result.fold is not None:
+        console.print(f"folded: {result.fold.folded} DyT into {result.fold.linear_layers} linear layers, "
+                      f"{result.fold.skipped} left (a consumer is not linear)", highlight=False)
+    if result.parity is not None:
+        print_parity(result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
+    else:
+        console.print("not verified (--no-verify, or the plugin form, which only TensorRT runs)")
+    where = result.model_dir or result.onnx_path
+    console.print(f"wrote {where} in {result.seconds:.1f} s", highlight=False)
+
+
+form_app = typer.Typer(add_completion=False, help="Convert the DyT form of an ONNX file.")
+
+
+@form_app.command()
+@user_errors
+def convert_form(
+    source: Path = typer.Argument(..., help="An ONNX file exported by dyt-export (any form)."),
+    to: str = typer.Option(..., "--to", help="pattern, function or plugin."),
+    output: Path = typer.Option(None, "-o", "--output", help="Where to write [default: SOURCE, needs --force]."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Run both files in onnxruntime and refuse "
+                               "to write if outputs differ (not possible for the plugin form)."),
+) -> None:
+    """Rewrite DyT between its ONNX forms without changing the model's outputs."""
+    from .export import convert_form_file
+
+    done = convert_form_file(source, output, to, force=force, check=check)
+    sites = ", ".join(f"{n} {k or 'full'}" for k, n in done.counts.items()) or "none"
+    drift = "not checked" if done.max_abs_diff is None else f"max abs output diff {done.max_abs_diff:.3g}"
+    console.print(f"{done.before} -> {done.after}: {sites} DyT sites; {drift}; wrote {done.output}", highlight=False)

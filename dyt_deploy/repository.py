@@ -31,6 +31,21 @@ _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYP
 DEFAULT_MAX_BATCH_SIZE = 32
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_stage(final: Path) -> Path:
+    """A fresh folder beside ``final`` with normal permissions (mkdtemp alone gives 0700)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    stage.chmod(0o777 & ~current_umask())
+    return stage
+
+
 def refuse_existing(path: Path, force: bool) -> None:
     """Raise unless ``path`` is free or ``force`` allows replacing it."""
     if path.exists() and not force:
@@ -44,8 +59,7 @@ def staged_folder(final: Path, force: bool = False) -> Iterator[Path]:
     On any error the staging folder is removed and ``final`` is untouched.
     """
     refuse_existing(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    stage = make_stage(final)
     try:
         yield stage
         _swap_into_place(stage, final)
@@ -58,8 +72,7 @@ def staged_file(final: Path, force: bool = False) -> Iterator[Path]:
     """Yield a staging folder beside the file ``final``; on success the files written there move
     next to ``final`` (companions such as ``.data`` first, ``final``'s own name last)."""
     refuse_existing(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    stage = make_stage(final)
     try:
         yield stage
         for item in sorted(stage.iterdir(), key=lambda p: p.name == final.name):

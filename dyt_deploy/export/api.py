@@ -109,6 +109,9 @@ def export_onnx(
     started = time.perf_counter()
     _check_choices(form, dtype, samples)
     steps = _Steps(progress)
+    if repository is None or name is not None:  # the target is known before loading: fail fast
+        early_dir, early_file = _targets(None, model_path, output, repository, name)
+        refuse_existing(early_dir or early_file, force)
     with steps("load model.pt"):
         loaded = load_checkpoint(model_path, arch=arch, trust_pickle=trust_pickle)
     target_dir, onnx_path = _targets(loaded, model_path, output, repository, name)
@@ -149,11 +152,12 @@ def _check_choices(form: str, dtype: str, samples: int) -> None:
         raise DytDeployError("--samples must be at least 1")
 
 
-def _targets(loaded: LoadedModel, model_path: str | Path, output: str | Path | None,
+def _targets(loaded: LoadedModel | None, model_path: str | Path, output: str | Path | None,
              repository: str | Path | None, name: str | None) -> tuple[Path | None, Path]:
     if repository is None:
         return None, Path(output) if output else Path(model_path).with_suffix(".onnx")
-    name = name or (f"{loaded.arch}-{loaded.norm}" if loaded.arch else Path(model_path).stem)
+    if name is None:
+        name = f"{loaded.arch}-{loaded.norm}" if loaded is not None and loaded.arch else Path(model_path).stem
     model_dir = Path(repository) / name
     return model_dir, model_dir / "1" / "model.onnx"
 
@@ -316,3 +320,72 @@ def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: 
     inputs, outputs = sig.graph_signature(onnx_model)
     (stage / "config.pbtxt").write_text(config_pbtxt(name, inputs, outputs))
     write_manifest(stage, manifest)
+
+
+@dataclass
+class FormConversion:
+    """What ``convert_form_file`` did: forms before/after, DyT sites per overload, output drift."""
+
+    source: Path
+    output: Path
+    before: str
+    after: str
+    counts: dict[str, int]
+    max_abs_diff: float | None
+
+
+def convert_form_file(source: str | Path, output: str | Path | None, form: str, *, force: bool = False,
+                      check: bool = True) -> FormConversion:
+    """Rewrite the DyT form of an existing ONNX file (``output`` default: in place, needs ``force``).
+
+    With ``check``, both files run in onnxruntime on the same seeded inputs and any difference in
+    outputs is an error (the rewrite must not change them). Plugin-form files cannot run in
+    onnxruntime, so a conversion from or to ``plugin`` is not checked.
+    """
+    from .forms import current_form
+
+    source = Path(source)
+    output = Path(output) if output else source
+    if not source.is_file():
+        raise DytDeployError(f"{source}: no such file; pass an .onnx file")
+    try:
+        model = ir.load(source)
+    except Exception as err:  # protobuf and IR errors: the file is not ONNX
+        raise DytDeployError(f"{source}: not a readable ONNX model ({err})") from None
+    if output.exists() and not force:
+        raise DytDeployError(f"{output} exists; pass -o OUT for a new file, or --force to replace it")
+    before = current_form(model)
+    counts = dict(to_form(model, form))
+    with staged_file(output, force=True) as stage:
+        save_onnx(model, stage / output.name)
+        diff = None
+        if check and "plugin" not in (before, form):
+            diff = _max_output_diff(source, stage / output.name)
+            if diff > 1e-5:
+                raise DytDeployError(f"the {form} form changed the outputs (max abs diff {diff:.3g}); not written")
+    return FormConversion(source, output, before, form, counts, diff)
+
+
+def _max_output_diff(first: Path, second: Path) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (first, second)]
+    rng = np.random.default_rng(0)
+    feed = {i.name: _random_input(i, rng) for i in sessions[0].get_inputs()}
+    outputs = [s.run(None, feed) for s in sessions]
+    return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(*outputs, strict=True))
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+
+
+def _random_input(arg: Any, rng: np.random.Generator) -> np.ndarray:
+    """Random data for an onnxruntime input: named dims at their export sizes; ints in {0, 1}."""
+    shape = [d if isinstance(d, int) else sig.EXPORT_SIZES.get(str(d), 2) for d in arg.shape]
+    dtype = _ORT_TYPES.get(arg.type, np.float32)
+    if np.issubdtype(dtype, np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 2, shape).astype(dtype)
