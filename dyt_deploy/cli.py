@@ -18,8 +18,9 @@ from rich.table import Table
 
 from .errors import DytDeployError
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when output goes to a pipe or a CI log (rich assumes 80 columns there).
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -181,3 +182,39 @@ def convert_form(
     sites = ", ".join(f"{n} {k or 'full'}" for k, n in done.counts.items()) or "none"
     drift = "not checked" if done.max_abs_diff is None else f"max abs output diff {done.max_abs_diff:.3g}"
     console.print(f"{done.before} -> {done.after}: {sites} DyT sites; {drift}; wrote {done.output}", highlight=False)
+
+
+check_app = typer.Typer(add_completion=False, help="Check runners against the PyTorch reference.")
+
+
+@check_app.command()
+def check(
+    model: Path = typer.Argument(..., help="A model.pt, or a model folder REPO/NAME written by dyt-export."),
+    runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, ort, ort-cuda, ort-trt, trt "
+                                "[default: torch-compile,ort for a model.pt; ort (+trt with an engine) for a folder]."),
+    samples: int = typer.Option(3, help="Seeded inputs; the first at the export shape, the others at other shapes."),
+    atol: float = typer.Option(None, help="Absolute tolerance [default: 1e-4 for fp32 runners, 2e-2 for fp16]."),
+    rtol: float = typer.Option(None, help="Relative tolerance [default: 1e-3 for fp32 runners, 2e-2 for fp16]."),
+    arch: str = typer.Option(None, help="Zoo architecture, for checkpoints that do not record one."),
+    json_path: Path = typer.Option(None, "--json", help="Also write the figures as JSON."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects (trusted files)."),
+) -> None:
+    """Run each runner and the PyTorch reference on the same inputs; one PASSED/FAILED line per runner.
+
+    Exit status: 0 all passed, 1 a runner failed, 2 bad input or a missing backend.
+    """
+    import json
+
+    from .check import check_model
+
+    kinds = [k.strip() for k in runners.split(",") if k.strip()] if runners else None
+    try:
+        reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle)
+    except DytDeployError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)
+    for kind, report in reports.items():
+        print_parity(report, f"{kind} vs PyTorch")
+    if json_path:
+        json_path.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
+    sys.exit(0 if all(r.passed for r in reports.values()) else 1)

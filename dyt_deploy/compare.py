@@ -27,7 +27,7 @@ class OutputParity:
     """Worst-case figures for one output over every sample compared."""
 
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # of the first sample (the export shape)
     max_abs: float = 0.0
     mean_abs: float = 0.0
     p99_abs: float = 0.0
@@ -51,7 +51,6 @@ class OutputParity:
         self.samples += 1
         self.passed = self.passed and other.passed
         self.problem = self.problem or other.problem
-        self.shape = other.shape
 
 
 def compare_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputParity:

@@ -273,7 +273,7 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
 
     inputs, outputs = sig.graph_signature(onnx_model)
     norm = loaded.norm or _guess_norm(loaded.model)
-    source = Path(loaded.path) if loaded.path else None
+    source = Path(loaded.path).resolve() if loaded.path else None
     return {
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,

@@ -1,0 +1,150 @@
+"""``dyt-check``: the PyTorch reference and each runner on the same seeded inputs.
+
+The target is a model.pt (ONNX-based runners then get a fresh, unverified export in a temporary
+folder) or a model folder of a repository (its ``1/model.onnx``, ``1/model.plan`` and the
+model.pt its manifest names as source).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .compare import ParityReport, default_tolerances
+from .errors import DytDeployError, unknown_name
+from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
+from .models.base import TensorSpec
+from .repository import MANIFEST_NAME, read_manifest
+from .runners import RUNNER_KINDS, Runner
+
+_FLOAT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
+
+@dataclass
+class CheckTarget:
+    """What the runners are checked on: the reference module, its IO, and the deployed files."""
+
+    reference: nn.Module
+    specs: list[TensorSpec]
+    output_names: list[str]
+    dtype: str = "fp32"
+    onnx_path: Path | None = None
+    plan_path: Path | None = None
+    model_path: Path | None = None
+
+
+def resolve_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False) -> CheckTarget:
+    """A model.pt, or a model folder holding dyt.json (see the module docstring)."""
+    source = Path(source)
+    if source.is_dir():
+        return _folder_target(source, trust_pickle)
+    loaded = load_checkpoint(source, arch=arch, trust_pickle=trust_pickle)
+    specs = input_specs(loaded.model, None, None)
+    return CheckTarget(loaded.model, specs, output_names(loaded.model), model_path=source)
+
+
+def _folder_target(folder: Path, trust_pickle: bool) -> CheckTarget:
+    if not (folder / MANIFEST_NAME).is_file():
+        raise DytDeployError(f"{folder}: not a model folder (no {MANIFEST_NAME}); pass REPO/NAME or a model.pt")
+    manifest = read_manifest(folder)
+    source = (manifest.get("source") or {}).get("path")
+    if not source or not Path(source).is_file():
+        raise DytDeployError(f"{folder}: the reference model.pt named in {MANIFEST_NAME} ({source}) is not here; "
+                             "run dyt-check on the model.pt instead, or export again from where it is")
+    loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle)
+    specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
+    specs = _with_value_ranges(specs, loaded.model)
+    plan = folder / "1" / "model.plan"
+    return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
+                       folder / "1" / "model.onnx", plan if plan.is_file() else None, Path(source))
+
+
+def _with_value_ranges(specs: list[TensorSpec], model: nn.Module) -> list[TensorSpec]:
+    """Integer inputs take the zoo's value ranges (token ids below the vocabulary size) when known."""
+    try:
+        zoo = {s.name: s for s in input_specs(model, None, None)}
+    except DytDeployError:
+        return specs
+    return [TensorSpec(s.name, s.shape, "float32" if s.dtype == "float16" else s.dtype,
+                       zoo[s.name].low, zoo[s.name].high) if s.name in zoo else s for s in specs]
+
+
+def default_runners(target: CheckTarget) -> list[str]:
+    if target.onnx_path is None:
+        return ["torch-compile", "ort"]
+    return ["ort", "trt"] if target.plan_path else ["ort"]
+
+
+def make_runner(kind: str, target: CheckTarget, workdir: Path) -> Runner:
+    """A runner of ``kind`` over ``target`` (exporting ONNX into ``workdir`` if it has none)."""
+    if kind not in RUNNER_KINDS:
+        raise unknown_name("runner", kind, RUNNER_KINDS)
+    names = [s.name for s in target.specs]
+    if kind in ("torch", "torch-compile"):
+        from .runners.torch_runner import TorchRunner
+
+        return TorchRunner(target.reference, names, target.output_names, compile=kind == "torch-compile")
+    if kind == "trt":
+        if target.plan_path is None:
+            raise DytDeployError("runner trt needs a TensorRT engine: build one with dyt-build REPO/NAME")
+        from .runners.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(target.plan_path)
+    from .runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    provider = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[kind]
+    return OnnxRuntimeRunner(_onnx_for(target, workdir), provider=provider)
+
+
+def _onnx_for(target: CheckTarget, workdir: Path) -> Path:
+    if target.onnx_path is None:
+        from .export import export_onnx
+
+        target.onnx_path = export_onnx(target.model_path, workdir / "model.onnx", verify=False).onnx_path
+    return target.onnx_path
+
+
+def check_model(source: str | Path, runners: list[str] | None = None, samples: int = 3, atol: float | None = None,
+                rtol: float | None = None, arch: str | None = None,
+                trust_pickle: bool = False) -> dict[str, ParityReport]:
+    """Parity of each runner against the PyTorch reference; every runner is checked before returning."""
+    target = resolve_target(source, arch=arch, trust_pickle=trust_pickle)
+    feeds = [_feed(target.specs, index) for index in range(samples)]
+    expected = [_reference(target, feed) for feed in feeds]
+    reports: dict[str, ParityReport] = {}
+    with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
+        for kind in runners or default_runners(target):
+            precision = "fp32" if kind.startswith("torch") else target.dtype
+            report = ParityReport(*default_tolerances(precision, atol, rtol))
+            with make_runner(kind, target, Path(workdir)) as runner:
+                for feed, ref in zip(feeds, expected, strict=True):
+                    got = runner.infer(_cast_floats(feed, precision))
+                    report.add_sample(ref, {k: np.asarray(v, np.float32) for k, v in got.items()},
+                                      {k: v.shape for k, v in feed.items()})
+            reports[kind] = report
+    return reports
+
+
+def _feed(specs: list[TensorSpec], index: int) -> dict[str, np.ndarray]:
+    from .models.base import random_tensor
+
+    generator = torch.Generator().manual_seed(index)
+    sizes = sample_sizes(index, specs)
+    return {s.name: random_tensor(s, sizes, generator).numpy() for s in specs}
+
+
+def _reference(target: CheckTarget, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        outputs = flatten_outputs(target.reference(*[torch.from_numpy(feed[s.name]) for s in target.specs]))
+    return {name: t.float().numpy() for name, t in zip(target.output_names, outputs, strict=False)}
+
+
+def _cast_floats(feed: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
+    dtype = _FLOAT_DTYPES[precision]
+    return {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in feed.items()}
