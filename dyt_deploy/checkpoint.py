@@ -129,7 +129,9 @@ def load_checkpoint(
         return LoadedModel(_load_exported(path), "torch.export", path=path)
     obj = _torch_load(path, trust_pickle)
     if isinstance(obj, nn.Module):
-        recorded = dict(getattr(obj, "config", {}) or {})
+        config_attr = getattr(obj, "config", None)
+        # Zoo models record a dict; other libraries' config objects (transformers' PretrainedConfig) are not ours.
+        recorded = dict(config_attr) if isinstance(config_attr, dict) else {}
         loaded = LoadedModel(obj, "pickled-module", getattr(obj, "arch", None) or None, recorded,
                              recorded.get("norm"), path=path)
     elif isinstance(obj, dict) and obj.get("format") == FORMAT_TAG:
@@ -247,7 +249,7 @@ def infer_norm(state: dict) -> str:
 def _build(arch: str | None, config: dict, path: Path) -> nn.Module:
     try:
         get_arch(arch or "")
-        return create_model(arch, **config)
+        return create_model(arch, init_weights=False, **config)
     except DytDeployError as err:
         raise CheckpointError(f"{path}: {err}") from None
 

@@ -77,7 +77,7 @@ def init_shared_weights(model: nn.Module, seed: int) -> None:
 
     Each parameter draws from its own generator seeded by (seed, name), so two variants of an
     architecture that differ only in their norm get identical weights everywhere else.
-    Matrices, kernels and embeddings: truncated normal with std 1/sqrt(fan_in) (fan_in = the
+    Matrices, kernels and embeddings: normal clipped at 2 std, std 1/sqrt(fan_in) (fan_in = the
     product of all but the first dim), so activations keep a useful scale through untrained
     models of either norm; vectors: zeros.
     """
@@ -92,4 +92,5 @@ def init_shared_weights(model: nn.Module, seed: int) -> None:
                 continue
             generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             std = param[0].numel() ** -0.5
-            nn.init.trunc_normal_(param, std=std, a=-2 * std, b=2 * std, generator=generator)
+            # a normal clipped at 2 std (trunc_normal_ is ~10x slower on CPU for the same purpose)
+            param.normal_(0.0, std, generator=generator).clamp_(-2 * std, 2 * std)

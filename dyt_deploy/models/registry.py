@@ -48,12 +48,14 @@ def get_arch(name: str) -> Architecture:
         raise unknown_name("architecture", name, list_models()) from None
 
 
-def create_model(name: str, norm: str | None = None, seed: int = 0, **overrides: Any) -> ZooModel:
+def create_model(name: str, norm: str | None = None, seed: int = 0, init_weights: bool = True,
+                 **overrides: Any) -> ZooModel:
     """Build zoo model ``name`` with norm layers of kind ``norm`` (default: the architecture's own).
 
     Every parameter outside the norm layers is drawn from ``seed`` and its name, so variants built
     with the same seed differ only in their norm. ``overrides`` change config entries (``depth=2``);
-    an unknown entry is an error. The model is returned in eval mode.
+    an unknown entry is an error. ``init_weights=False`` skips the seeded initialisation (for
+    callers that load a state_dict next). The model is returned in eval mode.
     """
     arch = get_arch(name)
     config = {**arch.config, **overrides}
@@ -67,7 +69,8 @@ def create_model(name: str, norm: str | None = None, seed: int = 0, **overrides:
     except TypeError as err:
         raise DytDeployError(f"bad config for {name}: {err}") from None
     model.arch = name
-    init_shared_weights(model, seed)
+    if init_weights:
+        init_shared_weights(model, seed)
     return model.eval()
 
 
