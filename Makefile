@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench-export gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# export + verify wall time and peak memory for vit_base (figures in the README)
+bench-export: $(STAMP)
+	$(BIN)/python benchmarks/export_time.py --arch vit_base --norms layernorm,dyt --repeats 3
+
+# on a CUDA host, inside a Python environment that has torch with CUDA
+gpu-check:
+	scripts/gpu_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,6 +1,8 @@
-"""``make demo``: build the LayerNorm and DyT variants of a small ViT and save them as model.pt.
+"""``make demo``: the LayerNorm and DyT variants of a small ViT, from model.pt to verified ONNX.
 
-Later stages (export, check, bench, serve) extend this script as they land.
+1. build both variants (same seed: they differ only in their norm layers) and save model.pt;
+2. export each into a model repository (Triton layout), verified against PyTorch;
+3. export the DyT variant again with gamma/beta folded, as the DynamicTanh function form.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from .export import export_onnx
 from .models import create_model
 from .nn.convert import norm_kind_of
 
@@ -52,6 +55,20 @@ def main(argv: list[str] | None = None) -> None:
                       str(row["norm_layers"]), str(row["output"]), f"{row['forward_ms']:.0f} ms")
     console.print(table)
     console.print("Both variants share every weight outside their norm layers (same seed).")
+    console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {args.out / 'repo'}/ ...")
+    exports = Table("model folder", "form", "DyT nodes", "folded", "max abs err", "cosine", "verdict", "time")
+    jobs = [("layernorm", "pattern", False), ("dyt", "pattern", False), ("dyt", "function", True)]
+    for norm, form, fold in jobs:
+        name = f"{args.arch}-{norm}" + ("-folded" if fold else "")
+        result = export_onnx(args.out / f"{args.arch}-{norm}" / "model.pt", repository=args.out / "repo", name=name,
+                             form=form, fold=fold, force=True)
+        logits = result.parity.outputs["logits"]
+        exports.add_row(name, form, str(sum(result.form_counts.values())),
+                        "-" if result.fold is None else str(result.fold.folded), f"{logits.max_abs:.2e}",
+                        f"{logits.cosine:.7f}", "PASSED" if result.parity.passed else "FAILED",
+                        f"{result.seconds:.0f} s")
+    console.print(exports)
+    console.print(f"Next: dyt-check {args.out / 'repo' / (args.arch + '-dyt')} --runners ort,torch")
 
 
 if __name__ == "__main__":
