@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DytDeployError
@@ -31,10 +32,15 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except DytDeployError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            print_error(err)
             sys.exit(2)
 
     return run
+
+
+def print_error(err: BaseException | str) -> None:
+    """``error: <message>`` on stderr; brackets in the message are text, not rich markup."""
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
 
 
 zoo_app = typer.Typer(help="The model zoo: list architectures, write a model.pt.", no_args_is_help=True,
@@ -140,10 +146,10 @@ def export(
         )
     except VerificationFailed as failure:
         print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
-        err_console.print(f"[bold red]error:[/] {failure}; nothing written (--no-verify writes it anyway)")
+        print_error(f"{failure}; nothing written (--no-verify writes it anyway)")
         sys.exit(1)
     except DytDeployError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        print_error(err)
         sys.exit(2)
     _print_export_summary(result)
 
@@ -211,7 +217,7 @@ def check(
     try:
         reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle)
     except DytDeployError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        print_error(err)
         sys.exit(2)
     for kind, report in reports.items():
         print_parity(report, f"{kind} vs PyTorch")

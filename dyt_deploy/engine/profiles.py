@@ -108,7 +108,8 @@ def order_problems(profile: InputProfile) -> list[str]:
     ranks = {len(profile.min), len(profile.opt), len(profile.max)}
     if len(ranks) != 1:
         return [f"{profile.name}: min, opt and max have different ranks ({profile.text()})"]
-    bad = [i for i, dims in enumerate(zip(profile.min, profile.opt, profile.max)) if not dims[0] <= dims[1] <= dims[2]]
+    triples = zip(profile.min, profile.opt, profile.max, strict=True)
+    bad = [i for i, (low, opt, high) in enumerate(triples) if not low <= opt <= high]
     if bad:
         return [f"{profile.name}: min <= opt <= max fails at dim {', '.join(map(str, bad))} ({profile.text()})"]
     return []

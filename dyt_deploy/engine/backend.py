@@ -1,0 +1,74 @@
+"""Lazy access to TensorRT and CUDA, with one-line errors that say what to install or where to run.
+
+Nothing here imports tensorrt or torch at module import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+from ..runners.base import MissingBackendError
+
+INSTALL_HINT = "pip install 'dyt-deploy[tensorrt]' on a host with an NVIDIA GPU and driver"
+
+
+def import_tensorrt() -> ModuleType:
+    """The ``tensorrt`` module, or MissingBackendError naming the ``tensorrt`` extra."""
+    try:
+        return importlib.import_module("tensorrt")
+    except ModuleNotFoundError as err:
+        if err.name == "tensorrt":
+            raise MissingBackendError(f"TensorRT is not installed: {INSTALL_HINT}") from None
+        raise MissingBackendError(f"TensorRT is installed but does not load ({err}); {INSTALL_HINT}") from None
+    except ImportError as err:
+        raise MissingBackendError(f"TensorRT is installed but does not load ({err}); {INSTALL_HINT}") from None
+
+
+def tensorrt_version(trt: ModuleType) -> str:
+    return str(getattr(trt, "__version__", "unknown"))
+
+
+def make_logger(trt: ModuleType, verbose: bool = False) -> Any:
+    """A TensorRT logger printing warnings and errors (everything with ``verbose``)."""
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+def no_device_error(what: str, err: Exception) -> MissingBackendError:
+    return MissingBackendError(
+        f"TensorRT could not create its {what}: no usable CUDA device or driver ({err}); "
+        "build and run engines on a host with an NVIDIA GPU"
+    )
+
+
+def create_builder(trt: ModuleType, logger: Any) -> Any:
+    """``trt.Builder``; without a CUDA device TensorRT raises TypeError ("factory function returned nullptr")."""
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as err:
+        raise no_device_error("builder", err) from None
+    if builder is None:
+        raise no_device_error("builder", RuntimeError("trt.Builder returned None"))
+    return builder
+
+
+def create_runtime(trt: ModuleType, logger: Any) -> Any:
+    """``trt.Runtime``, with the same no-device handling as :func:`create_builder`."""
+    try:
+        runtime = trt.Runtime(logger)
+    except TypeError as err:
+        raise no_device_error("runtime", err) from None
+    if runtime is None:
+        raise no_device_error("runtime", RuntimeError("trt.Runtime returned None"))
+    return runtime
+
+
+def require_cuda_torch() -> ModuleType:
+    """``torch`` with a usable CUDA device, or MissingBackendError saying which is missing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "no visible CUDA device"
+        raise MissingBackendError(f"TensorRT inference needs a CUDA device and a CUDA build of PyTorch; found {build}")
+    return torch
