@@ -224,3 +224,60 @@ def check(
     if json_path:
         json_path.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
     sys.exit(0 if all(r.passed for r in reports.values()) else 1)
+
+
+bench_app = typer.Typer(add_completion=False, help="Latency of DyT vs LayerNorm vs RMSNorm variants of one model.")
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DytDeployError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+@bench_app.command()
+@user_errors
+def bench(
+    model: str = typer.Option("vit_small", "--model", help="Zoo architecture (see dyt-zoo list)."),
+    variants: str = typer.Option(None, help="layernorm, rmsnorm, dyt, dyt-folded, derf "
+                                 "[default: layernorm,rmsnorm,dyt,dyt-folded]."),
+    runners: str = typer.Option(None, help="ort, torch, torch-compile [default: ort,torch]."),
+    batch: str = typer.Option("1,8", help="Batch sizes."),
+    seq: str = typer.Option(None, help="Sequence lengths, for token models [default: 128]."),
+    threads: int = typer.Option(0, help="Intra-op threads for torch and onnxruntime [default: theirs]."),
+    warmup: int = typer.Option(10, help="Warm-up calls per variant and shape."),
+    iters: int = typer.Option(50, help="Interleaved rounds (each times every variant once)."),
+    optimizers: str = typer.Option(None, help="ONNX optimizers for the ort runner: none, ort-transformers, "
+                                   "onnxscript [default: none,ort-transformers]."),
+    baseline: str = typer.Option("layernorm", help="The variant ratios are relative to."),
+    layer: bool = typer.Option(True, "--layer/--no-layer", help="Also time the norm layer alone (GB/s)."),
+    profile: bool = typer.Option(True, "--profile/--no-profile", help="Also profile onnxruntime per op type."),
+    output: Path = typer.Option(Path("reports/bench"), "-o", "--output", help="Report folder."),
+) -> None:
+    """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
+    from rich.progress import Progress
+
+    from .bench.api import run_benchmark
+    from .bench.report import RESULT_COLUMNS, results_table, write_reports
+
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("preparing", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total or None)
+
+        report = run_benchmark(model, _names(variants), _names(runners), _ints(batch), _ints(seq), threads, warmup,
+                               iters, _names(optimizers), baseline, layer, profile, progress=progress)
+    paths = write_reports(report, output)
+    table = Table(*RESULT_COLUMNS, title=f"{model}: median latency, ratio to {baseline}")
+    for row in results_table(report):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)

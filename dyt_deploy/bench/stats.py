@@ -85,3 +85,13 @@ def interleaved_schedule(variants: Sequence[str], rounds: int, rotate: bool = Tr
         shift = r % len(names) if rotate and names else 0
         order.extend(names[shift:] + names[:shift])
     return order
+
+
+def median_interval(seconds: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median, in milliseconds."""
+    values = np.asarray(seconds, np.float64) * 1e3
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(resamples, values.size), replace=True), axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))

@@ -1,0 +1,94 @@
+"""The variants a benchmark compares: one architecture, different norms, exported and optimized.
+
+Variant names: ``layernorm``, ``rmsnorm``, ``dyt``, ``derf`` (the norm), and ``dyt-folded`` (DyT
+with gamma/beta folded into the next linear layers by dyt-export ``--fold``). Every variant of an
+architecture has the same weights outside its norm layers (same seed).
+
+ONNX optimizers (the setting that changes the answer most on onnxruntime):
+``none`` (onnxruntime's own graph optimizations only), ``ort-transformers`` (onnxruntime's
+transformer optimizer: SkipLayerNormalization/Attention/BiasGelu fusions, which anchor on
+LayerNorm and so help LN models more) and ``onnxscript`` (onnxscript's ``optimize_for_ort``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..checkpoint import save_checkpoint
+from ..errors import DytDeployError, unknown_name
+from ..models import create_model, get_arch
+
+VARIANTS = {"layernorm": ("layernorm", False), "rmsnorm": ("rmsnorm", False), "dyt": ("dyt", False),
+            "dyt-folded": ("dyt", True), "derf": ("derf", False)}
+OPTIMIZERS = ("none", "ort-transformers", "onnxscript")
+_ORT_MODEL_TYPES = {"vit": "vit", "bert": "bert", "llama": "gpt2"}
+
+
+def check_variants(names: list[str]) -> list[str]:
+    for name in names:
+        if name not in VARIANTS:
+            raise unknown_name("variant", name, list(VARIANTS))
+    return names
+
+
+def write_checkpoints(arch: str, variants: list[str], workdir: Path, seed: int = 0, **overrides) -> dict[str, Path]:
+    """One model.pt per variant (``dyt-folded`` shares ``dyt``'s)."""
+    paths: dict[str, Path] = {}
+    for variant in variants:
+        norm, _ = VARIANTS[variant]
+        path = workdir / f"{arch}-{norm}.pt"
+        if not path.exists():
+            save_checkpoint(create_model(arch, norm=norm, seed=seed, **overrides), path)
+        paths[variant] = path
+    return paths
+
+
+def export_variants(checkpoints: dict[str, Path], workdir: Path, samples: int = 1) -> dict[str, Path]:
+    """A verified pattern-form ONNX per variant (``dyt-folded`` exported with ``fold=True``)."""
+    from ..export import export_onnx
+
+    exported = {}
+    for variant, checkpoint in checkpoints.items():
+        _, fold = VARIANTS[variant]
+        target = workdir / f"{checkpoint.stem}{'-folded' if fold else ''}.onnx"
+        if not target.exists():
+            result = export_onnx(checkpoint, target, fold=fold, samples=samples)
+            if not result.parity.passed:
+                raise DytDeployError(f"{variant}: the export does not match PyTorch; not benchmarking it")
+        exported[variant] = target
+    return exported
+
+
+def optimize(onnx_path: Path, optimizer: str, arch: str) -> tuple[Path, dict[str, int]]:
+    """An optimized copy of ``onnx_path`` (beside it) and the count of fused operators by type."""
+    if optimizer not in OPTIMIZERS:
+        raise unknown_name("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "none":
+        return onnx_path, {}
+    target = onnx_path.with_name(f"{onnx_path.stem}.{optimizer}.onnx")
+    if optimizer == "ort-transformers":
+        return target, _ort_transformers(onnx_path, target, arch)
+    return target, _onnxscript(onnx_path, target)
+
+
+def _ort_transformers(source: Path, target: Path, arch: str) -> dict[str, int]:
+    from onnxruntime.transformers import optimizer as ort_optimizer
+
+    config = get_arch(arch).config
+    family = get_arch(arch).family
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    model = ort_optimizer.optimize_model(str(source), model_type=_ORT_MODEL_TYPES[family],
+                                         num_heads=config.get("heads", 0), hidden_size=config.get("dim", 0),
+                                         opt_level=0)
+    model.save_model_to_file(str(target))
+    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+
+
+def _onnxscript(source: Path, target: Path) -> dict[str, int]:
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model, counts = optimize_for_ort(ir.load(source))
+    ir.save(model, target)
+    return {k: v for k, v in counts.items() if v}
