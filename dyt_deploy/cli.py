@@ -238,6 +238,22 @@ def _ints(text: str | None) -> list[int] | None:
         raise DytDeployError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["depth=2", "alpha_init=0.8"]`` -> ``{"depth": 2, "alpha_init": 0.8}`` (ints, floats, else strings)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise DytDeployError(f"bad --set {pair!r}: expected KEY=VALUE, e.g. depth=2")
+        for cast in (int, float, str):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+    return out
+
+
 def _names(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
@@ -260,6 +276,8 @@ def bench(
     layer: bool = typer.Option(True, "--layer/--no-layer", help="Also time the norm layer alone (GB/s)."),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="Also profile onnxruntime per op type."),
     output: Path = typer.Option(Path("reports/bench"), "-o", "--output", help="Report folder."),
+    config: list[str] = typer.Option(None, "--set", help="Architecture config override KEY=VALUE, e.g. "
+                                     "--set depth=2 --set img_size=64; repeat per key."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     from rich.progress import Progress
@@ -274,7 +292,8 @@ def bench(
             bar.update(task, description=step, completed=done, total=total or None)
 
         report = run_benchmark(model, _names(variants), _names(runners), _ints(batch), _ints(seq), threads, warmup,
-                               iters, _names(optimizers), baseline, layer, profile, progress=progress)
+                               iters, _names(optimizers), baseline, layer, profile, progress=progress,
+                               **_overrides(config))
     paths = write_reports(report, output)
     table = Table(*RESULT_COLUMNS, title=f"{model}: median latency, ratio to {baseline}")
     for row in results_table(report):
