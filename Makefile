@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-export gpu-check clean
+.PHONY: demo test lint bench bench-export gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# the standard latency comparison: vit_small, onnxruntime CPU and torch, batch 1 and 8
+bench: $(STAMP)
+	$(BIN)/dyt-bench --model vit_small --runners ort,torch --batch 1,8 --warmup 10 --iters 60 -o reports/bench
 
 # export + verify wall time and peak memory for vit_base (figures in the README)
 bench-export: $(STAMP)
