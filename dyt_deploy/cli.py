@@ -38,13 +38,17 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def new_app(help: str, **kwargs: Any) -> typer.Typer:
+    """A Typer app as every dyt-deploy command has it: plain-text help (brackets stay brackets)."""
+    return typer.Typer(help=help, add_completion=False, rich_markup_mode=None, **kwargs)
+
+
 def print_error(err: BaseException | str) -> None:
     """``error: <message>`` on stderr; brackets in the message are text, not rich markup."""
     err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
 
 
-zoo_app = typer.Typer(help="The model zoo: list architectures, write a model.pt.", no_args_is_help=True,
-                      add_completion=False)
+zoo_app = new_app("The model zoo: list architectures, write a model.pt.", no_args_is_help=True)
 
 
 @zoo_app.command("list")
@@ -103,7 +107,7 @@ def print_parity(parity: Any, title: str) -> None:
     console.print(f"{verdict} {title}")
 
 
-export_app = typer.Typer(add_completion=False, help="Export a model.pt to verified ONNX.")
+export_app = new_app("Export a model.pt to verified ONNX.")
 
 
 @export_app.command()
@@ -168,7 +172,7 @@ def _print_export_summary(result: Any) -> None:
     console.print(f"wrote {where} in {result.seconds:.1f} s", highlight=False)
 
 
-form_app = typer.Typer(add_completion=False, help="Convert the DyT form of an ONNX file.")
+form_app = new_app("Convert the DyT form of an ONNX file.")
 
 
 @form_app.command()
@@ -190,7 +194,7 @@ def convert_form(
     console.print(f"{done.before} -> {done.after}: {sites} DyT sites; {drift}; wrote {done.output}", highlight=False)
 
 
-check_app = typer.Typer(add_completion=False, help="Check runners against the PyTorch reference.")
+check_app = new_app("Check runners against the PyTorch reference.")
 
 
 @check_app.command()
@@ -226,7 +230,7 @@ def check(
     sys.exit(0 if all(r.passed for r in reports.values()) else 1)
 
 
-bench_app = typer.Typer(add_completion=False, help="Latency of DyT vs LayerNorm vs RMSNorm variants of one model.")
+bench_app = new_app("Latency of DyT vs LayerNorm vs RMSNorm variants of one model.")
 
 
 def _ints(text: str | None) -> list[int] | None:

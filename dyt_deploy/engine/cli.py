@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..cli import console, err_console, user_errors
+from ..cli import console, err_console, new_app, user_errors
 
-build_app = typer.Typer(add_completion=False, help="Build a TensorRT engine (model.plan) from ONNX.")
+build_app = new_app("Build a TensorRT engine (model.plan) from ONNX.")
 
 
 @build_app.command()

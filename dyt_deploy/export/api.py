@@ -214,8 +214,14 @@ def example_feed(specs: list[TensorSpec], sizes: dict[str, int], seed: int, dtyp
 def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: int) -> ir.Model:
     module = prepare_for_dtype(model, dtype)
     args = tuple(example_feed(specs, sig.EXPORT_SIZES, 0, dtype))
-    with torch.no_grad():
-        count = len(sig.flatten_outputs(module(*args)))
+    try:
+        with torch.no_grad():
+            outputs = module(*args)
+    except Exception as err:  # the model's own error on inputs it cannot take (a shape, a dtype)
+        shapes = ", ".join(f"{s.name}={tuple(a.shape)}" for s, a in zip(specs, args, strict=True))
+        raise ExportError(f"the model failed on example inputs {shapes}: {_first_line(err)}. "
+                          "Check --input-shape") from None
+    count = len(sig.flatten_outputs(outputs))
     dynamic_shapes = tuple(spec.dynamic_dims or None for spec in specs)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
@@ -226,9 +232,13 @@ def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: 
                 output_names=sig.output_names(model, count), opset_version=opset, verbose=False, optimize=True,
             )
     except Exception as err:  # torch.export raises many types; all mean "could not capture"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ExportError(f"torch.onnx.export failed: {first}. Check --input-shape and --dynamic") from None
+        raise ExportError(f"torch.onnx.export failed: {_first_line(err)}. Check --input-shape and --dynamic") from None
     return program.model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def save_onnx(model: ir.Model, path: Path) -> None:
@@ -252,10 +262,15 @@ def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], 
     for index in range(samples):
         sizes = sig.sample_sizes(index, specs)
         feed = example_feed(specs, sizes, seed=index, dtype="fp32")
-        with torch.no_grad():
-            expected = [t.float().numpy() for t in sig.flatten_outputs(reference(*feed))]
         onnx_feed = {s.name: _cast(t, dtype).numpy() for s, t in zip(specs, feed, strict=True)}
-        got = session.run(None, onnx_feed)
+        try:
+            with torch.no_grad():
+                expected = [t.float().numpy() for t in sig.flatten_outputs(reference(*feed))]
+            got = session.run(None, onnx_feed)
+        except Exception as err:  # the model (either side) cannot take this verification shape
+            shapes = ", ".join(f"{k}={v.shape}" for k, v in onnx_feed.items())
+            raise ExportError(f"verification sample {index} ({shapes}) failed to run: {_first_line(err)}. "
+                              "If the model only takes some sizes, fix them with --dynamic") from None
         report.add_sample(dict(zip(names, expected, strict=False)),
                           {n: np.asarray(g, dtype=np.float32) for n, g in zip(names, got, strict=True)},
                           {k: v.shape for k, v in onnx_feed.items()})
