@@ -1,0 +1,120 @@
+"""The FastAPI app: ``create_app(repository, settings)``.
+
+Models are discovered when the app is made (a missing repository fails at once), then loaded and
+warmed in the lifespan, off the event loop; a model that fails to load is reported and the others
+serve. Middleware (outermost first): in-flight bound, request timeout, body limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import dyt_deploy
+from dyt_deploy.errors import DytDeployError
+
+from .errors import ServiceError
+from .metrics import ServiceMetrics
+from .middleware import BodyLimit, InFlightLimit, RequestTimeout
+from .models import ModelRegistry
+from .routes_extra import router as extra_router
+from .routes_v2 import router as v2_router
+from .schemas import add_infer_request_body, validation_errors_are_400
+from .settings import SETTINGS_ENV, Settings
+
+log = logging.getLogger("dyt_deploy.service")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm every model in a worker thread, start the batchers; close them at shutdown."""
+    registry: ModelRegistry = app.state.registry
+    await anyio.to_thread.run_sync(registry.load_all)
+    registry.start()
+    ready = sum(m.ready for m in registry.models.values())
+    log.info("dyt-serve: %d of %d models ready", ready, len(registry.models))
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+def create_app(repository: str | Path | None = None, settings: Settings | None = None) -> FastAPI:
+    """The service over ``repository`` (overrides ``settings.repository``)."""
+    settings = settings or Settings()
+    if repository is not None:
+        settings.repository = str(repository)
+    app = FastAPI(title="dyt-deploy inference service", version=dyt_deploy.__version__, lifespan=lifespan,
+                  description="Open Inference Protocol v2 (KServe / Triton) with the binary tensor and "
+                              "statistics extensions, plus DyT-vs-LayerNorm latency comparison.")
+    metrics = ServiceMetrics()
+    app.state.settings, app.state.metrics = settings, metrics
+    app.state.registry = ModelRegistry(settings)
+    app.state.compare_lock, app.state.comparisons, app.state.comparison_running = asyncio.Lock(), {}, None
+    app.include_router(v2_router)
+    app.include_router(extra_router)
+    add_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=metrics)
+    app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
+                       metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+        app.openapi_schema = validation_errors_are_400(add_infer_request_body(document))
+    return app.openapi_schema
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": "..."}``: the protocol's shape, which tritonclient reads."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, err: ServiceError) -> JSONResponse:
+        return error_response(err.status, str(err), err.headers)
+
+    @app.exception_handler(DytDeployError)
+    async def user_error(_: Request, err: DytDeployError) -> JSONResponse:
+        return error_response(400, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        return error_response(400, f"invalid request: {problems}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        return error_response(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, err: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return error_response(500, f"internal server error: {type(err).__name__}")
+
+
+def app_from_environment() -> FastAPI:
+    """App factory for ``uvicorn --factory`` worker processes: settings from $DYT_SERVE_SETTINGS."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise DytDeployError(f"${SETTINGS_ENV} is not set; start the service with dyt-serve")
+    return create_app(settings=Settings.from_json(text))

@@ -1,0 +1,128 @@
+"""Latency comparison of the norm variants of one family (DyT vs LayerNorm, ...).
+
+* :func:`live_report`: percentiles of the served traffic per variant, from each model's window of
+  recent requests, and each variant's ratio of medians to the baseline (LayerNorm, else RMSNorm).
+* :func:`run_comparison`: a controlled comparison, dyt-bench's method: same synthetic inputs,
+  warm-up, then the variants timed in an interleaved, rotated schedule, reported as medians,
+  percentiles and bootstrap-interval ratios. Each timed call is queued on its model's worker like
+  a request, so traffic waits for at most one comparison call at a time, never for the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from dyt_deploy.bench.stats import interleaved_schedule, median_ratio, summarize
+
+from .errors import BadRequest, NotFound, Unavailable
+from .models import ModelRegistry, ServedModel, synthetic_feed
+
+BASELINE_NORMS = ("layernorm", "rmsnorm")
+LIVE_RESAMPLES = 200
+
+
+def pick_baseline(models: list[ServedModel]) -> ServedModel:
+    """The family's reference variant: LayerNorm, else RMSNorm, else the first model."""
+    for norm in BASELINE_NORMS:
+        match = next((m for m in models if m.variant == norm), None)
+        if match is not None:
+            return match
+    return models[0]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float] | None:
+    """p50/p90/p99/mean in milliseconds (None without samples)."""
+    if not seconds:
+        return None
+    summary = summarize(seconds)
+    return {"p50": summary.median_ms, "p90": summary.p90_ms, "p99": summary.p99_ms, "mean": summary.mean_ms}
+
+
+def ratio_or_none(variant: list[float], baseline: list[float], resamples: int) -> dict[str, float] | None:
+    """Ratio of medians with its bootstrap interval (None when either side has no samples)."""
+    if not variant or not baseline:
+        return None
+    return median_ratio(variant, baseline, resamples=resamples).as_dict()
+
+
+def live_family(models: list[ServedModel]) -> dict[str, Any]:
+    """One family's live figures: each variant's percentiles, and ratios to the baseline."""
+    baseline = pick_baseline(models)
+    samples = {m.name: m.stats.samples() for m in models}
+    variants = [{"model": m.name, "variant": m.variant, "state": m.state, "reason": m.reason,
+                 "count": len(samples[m.name][0]), "total_count": m.stats.stages["success"].count,
+                 "compute_ms": percentiles(samples[m.name][0]), "e2e_ms": percentiles(samples[m.name][1])}
+                for m in models]
+    base_compute, base_e2e = samples[baseline.name]
+    ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
+               "compute": ratio_or_none(samples[m.name][0], base_compute, LIVE_RESAMPLES),
+               "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES)}
+              for m in models if m is not baseline]
+    return {"family": models[0].family, "baseline": baseline.name, "variants": variants, "ratios": ratios}
+
+
+def live_report(registry: ModelRegistry) -> dict[str, Any]:
+    """Live statistics of every family (blocking: bootstrap intervals; run it off the event loop)."""
+    families = [live_family(models) for _, models in sorted(registry.families().items())]
+    return {"window": registry.settings.stats_window, "families": families}
+
+
+def comparison_models(registry: ModelRegistry, family: str) -> list[ServedModel]:
+    """The ready variants of ``family`` (404 unknown family, 503 fewer than two ready)."""
+    families = registry.families()
+    if family not in families:
+        raise NotFound(f"unknown family {family!r}; known: {', '.join(sorted(families)) or '(none)'}")
+    ready = [m for m in families[family] if m.ready]
+    if len(ready) < 2:
+        raise Unavailable(f"family {family!r} has {len(ready)} ready variant(s); a comparison needs two")
+    return ready
+
+
+def check_dims(models: list[ServedModel], dims: dict[str, int], max_elements: int) -> None:
+    """Refuse dim names no input uses, sizes below 1, batches over max_batch_size, huge inputs."""
+    named = {d for m in models for t in m.signature.inputs for d in t.shape if isinstance(d, str)}
+    unknown = sorted(set(dims) - named)
+    if unknown:
+        raise BadRequest(f"unknown dim(s) {', '.join(unknown)}; the inputs' dynamic dims: {', '.join(sorted(named))}")
+    if any(size < 1 for size in dims.values()):
+        raise BadRequest("every dim must be at least 1")
+    for model in models:
+        sig = model.signature
+        if sig.batched and dims.get("batch", 1) > sig.max_batch_size:
+            raise BadRequest(f"batch {dims['batch']} is over {model.name}'s max_batch_size {sig.max_batch_size}")
+        for spec in sig.inputs:
+            elements = math.prod(d if isinstance(d, int) else dims.get(d, 1) for d in spec.shape)
+            if elements > max_elements:
+                raise BadRequest(f"input {spec.name!r} of {model.name} would have {elements} elements "
+                                 f"(limit {max_elements})")
+
+
+async def run_comparison(models: list[ServedModel], dims: dict[str, int], rounds: int, warmup: int,
+                         seed: int = 0) -> dict[str, Any]:
+    """Time every model ``rounds`` times in an interleaved schedule after ``warmup`` calls each."""
+    feeds = {m.name: synthetic_feed(m.signature.inputs, dims, seed) for m in models}
+    by_name = {m.name: m for m in models}
+    for model in models:
+        for _ in range(warmup):
+            await model.timed(feeds[model.name])
+    timings: dict[str, list[float]] = {m.name: [] for m in models}
+    for name in interleaved_schedule(list(by_name), rounds):
+        timings[name].append(await by_name[name].timed(feeds[name]))
+        await asyncio.sleep(0)  # let traffic queued meanwhile reach the event loop
+    return comparison_report(models, timings, dims, rounds, warmup)
+
+
+def comparison_report(models: list[ServedModel], timings: dict[str, list[float]], dims: dict[str, int],
+                      rounds: int, warmup: int) -> dict[str, Any]:
+    """Summaries, timings and ratios to the baseline of a controlled comparison."""
+    baseline = pick_baseline(models)
+    items = dims.get("batch", 1)
+    variants = [{"model": m.name, "variant": m.variant, "summary": summarize(timings[m.name], items).as_dict(),
+                 "timings_ms": [t * 1e3 for t in timings[m.name]]} for m in models]
+    ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
+               **median_ratio(timings[m.name], timings[baseline.name]).as_dict()}
+              for m in models if m is not baseline]
+    return {"family": models[0].family, "dims": dims, "rounds": rounds, "warmup": warmup,
+            "schedule": "interleaved, rotated", "baseline": baseline.name, "variants": variants, "ratios": ratios}

@@ -1,0 +1,142 @@
+"""Demo hook of the service: serve a model repository on loopback, query every model with the
+standard ``tritonclient`` (JSON and binary tensors, which must agree), then show the live latency
+per variant and run a controlled comparison per family.
+
+    python -m service.demo --repository demo-out/repo
+
+``run_service_demo`` is what ``make demo`` (dyt_deploy.demo) can call after it has exported the
+repository; it returns the figures as a dict and prints tables when given a rich Console.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyt_deploy.errors import DytDeployError
+
+from .app import create_app
+from .background import serve_in_thread
+from .protocol import DATATYPES, datatype_of_array
+from .settings import Settings
+
+
+def _tritonclient() -> Any:
+    try:
+        import tritonclient.http as httpclient
+    except ImportError:
+        raise DytDeployError("the service demo uses tritonclient: pip install 'tritonclient[http]' "
+                             "(or the test extra: pip install -e '.[test]')") from None
+    return httpclient
+
+
+def demo_inputs(metadata: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Inputs for a model from its metadata: -1 dims become ``batch`` (first) or 8 (others)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for tensor in metadata["inputs"]:
+        shape = [d if d >= 0 else (batch if i == 0 else 8) for i, d in enumerate(tensor["shape"])]
+        dtype = DATATYPES[tensor["datatype"]]
+        feed[tensor["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
+                                else np.ones(shape, dtype) if dtype.kind == "b" else np.zeros(shape, dtype))
+    return feed
+
+
+def query_model(client: Any, httpclient: Any, name: str, requests: int) -> bool:
+    """Send ``requests`` inferences, each as JSON and as binary tensors; True if every pair agrees."""
+    metadata = client.get_model_metadata(name)
+    agree = True
+    for seed in range(requests):
+        results = []
+        for binary in (False, True):
+            tensors = []
+            for tensor_name, array in demo_inputs(metadata, 1 + seed % 4, seed).items():
+                tensor = httpclient.InferInput(tensor_name, list(array.shape), datatype_of_array(array))
+                tensor.set_data_from_numpy(array, binary_data=binary)
+                tensors.append(tensor)
+            outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
+            result = client.infer(name, tensors, outputs=outputs)
+            results.append([result.as_numpy(o["name"]) for o in metadata["outputs"]])
+        agree &= all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
+    return agree
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 30, batch: int = 1,
+                     threads: int = 0, console: Any = None) -> dict[str, Any]:
+    """Serve ``repository`` in the background and exercise it; returns what it measured."""
+    httpclient = _tritonclient()
+    with serve_in_thread(create_app(repository, Settings(threads=threads))) as running:
+        client = httpclient.InferenceServerClient(url=running.address, network_timeout=300)
+        try:
+            index = client.get_model_repository_index()
+            ready = [m["name"] for m in index if m["state"] == "READY"]
+            agreement = {name: query_model(client, httpclient, name, requests) for name in ready}
+        finally:
+            client.close()
+        live = _get_json(f"{running.url}/api/live")
+        comparisons = [_post_json(f"{running.url}/api/compare", {"family": f["family"], "rounds": rounds,
+                                                                 "dims": {"batch": batch}})
+                       for f in live["families"] if sum(v["state"] == "READY" for v in f["variants"]) >= 2]
+    report = {"models": index, "json_binary_agree": agreement, "live": live, "comparisons": comparisons}
+    if console is not None:
+        print_report(report, console)
+    return report
+
+
+def print_report(report: dict[str, Any], console: Any) -> None:
+    """Rich tables of the demo's figures."""
+    from rich.table import Table
+
+    models = Table("model", "state", "JSON = binary", "reason", title="served models (tritonclient)")
+    for m in report["models"]:
+        agree = report["json_binary_agree"].get(m["name"])
+        models.add_row(m["name"], m["state"], "-" if agree is None else ("yes" if agree else "NO"), m["reason"])
+    console.print(models)
+    for comparison in report["comparisons"]:
+        table = Table("model", "variant", "median ms", "p90 ms", "p99 ms",
+                      title=f"controlled comparison, {comparison['family']}, {comparison['rounds']} rounds")
+        for v in comparison["variants"]:
+            s = v["summary"]
+            table.add_row(v["model"], v["variant"], f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}")
+        console.print(table)
+        for r in comparison["ratios"]:
+            console.print(f"{r['model']} / {r['baseline']}: x{r['ratio']:.3f} [{r['low']:.3f} - {r['high']:.3f}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, required=True)
+    parser.add_argument("--requests", type=int, default=20, help="inferences per model (each JSON and binary)")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of the controlled comparison")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of the controlled comparison")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    console = Console(width=140)
+    try:
+        report = run_service_demo(args.repository, args.requests, args.rounds, args.batch, console=console)
+    except DytDeployError as err:
+        console.print(f"service demo: error: {err}")
+        return 2
+    passed = all(report["json_binary_agree"].values()) and bool(report["json_binary_agree"])
+    console.print("PASSED" if passed else "FAILED")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""dyt-serve: arguments, user errors, and a real run with two uvicorn workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from service_testlib import images, json_request
+
+from service.cli import build_parser, main, settings_from_args
+from service.settings import BatchingConfig, Settings
+
+
+def test_defaults_and_settings(repository: Path) -> None:
+    args = build_parser().parse_args(["--repository", str(repository), "--dynamic-batching", "all",
+                                      "--max-queue-delay-us", "500", "--api-key", "k", "--max-body-mb", "1"])
+    assert (args.host, args.port, args.workers) == ("127.0.0.1", 8000, 1)
+    settings = settings_from_args(args)
+    assert settings.batching == {"*": BatchingConfig(8, 500)} and settings.api_key == "k"
+    assert settings.max_body_bytes == 1 << 20 and settings.repository == str(repository.resolve())
+    assert Settings.from_json(settings.to_json()) == settings
+
+
+def test_missing_repository_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["--repository", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dyt-serve: error: --repository") and "Traceback" not in err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"dyt-serve exited with {process.returncode}"
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("dyt-serve did not become ready")
+
+
+def test_dyt_serve_with_two_workers_serves_the_repository(repository: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "--repository", str(repository), "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "2", "--threads", "1", "--log-level", "warning"]
+    process = subprocess.Popen(command, cwd=Path(__file__).parents[2], env={**os.environ},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        assert httpx.get(f"{url}/v2/models/vit-dyt").json()["parameters"]["norm"] == "dyt"
+        response = httpx.post(f"{url}/v2/models/vit-layernorm/infer", json=json_request(images(1)), timeout=30)
+        assert response.status_code == 200 and response.json()["outputs"][0]["shape"] == [1, 1000]
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode(errors="replace")
+    assert process.returncode == 0, output
+
+
+def test_service_demo_hook(repository: Path) -> None:
+    from service.demo import run_service_demo
+
+    report = run_service_demo(repository, requests=2, rounds=3, threads=1)
+    assert report["json_binary_agree"] == {"bert-dyt": True, "vit-dyt": True, "vit-layernorm": True}
+    (comparison,) = report["comparisons"]  # bert_tiny has one variant: nothing to compare
+    assert comparison["family"] == "vit_tiny" and comparison["rounds"] == 3
+    assert {v["variant"] for v in comparison["variants"]} == {"layernorm", "dyt"}
+    counts = [v["count"] for f in report["live"]["families"] for v in f["variants"]]
+    assert counts == [4, 4, 4]  # 2 requests per model, each as JSON and as binary

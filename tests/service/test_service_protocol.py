@@ -1,0 +1,265 @@
+"""The protocol codec on its own: datatypes, JSON and binary decoding, validation, encoding."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from service import protocol
+from service.errors import BadRequest
+from service.protocol import Signature, TensorSpec
+
+SIGNATURE = Signature(
+    inputs=(TensorSpec("ids", "INT64", ("batch", "seq")), TensorSpec("mask", "BOOL", ("batch", "seq")),
+            TensorSpec("scale", "FP32", ("batch", 2))),
+    outputs=(TensorSpec("out", "FP32", ("batch", "seq", 4)), TensorSpec("half", "FP16", ("batch",))),
+    max_batch_size=4,
+)
+
+
+def feed(batch: int = 2, seq: int = 3) -> dict[str, np.ndarray]:
+    return {"ids": np.arange(batch * seq, dtype=np.int64).reshape(batch, seq),
+            "mask": np.ones((batch, seq), bool),
+            "scale": np.linspace(-1, 1, batch * 2, dtype=np.float32).reshape(batch, 2)}
+
+
+def json_body(inputs: dict[str, np.ndarray], **extra: object) -> bytes:
+    tensors = [{"name": n, "shape": list(a.shape), "datatype": protocol.datatype_of_array(a),
+                "data": a.tolist()} for n, a in inputs.items()]
+    return json.dumps({"inputs": tensors, **extra}).encode()
+
+
+def decode(body: bytes, header: str | None = None, allow_nonfinite: bool = False) -> protocol.InferRequest:
+    return protocol.decode_request(body, header, SIGNATURE, allow_nonfinite)
+
+
+@pytest.mark.parametrize(("datatype", "dtype"), [
+    ("BOOL", np.bool_), ("UINT8", np.uint8), ("UINT16", np.uint16), ("UINT32", np.uint32), ("UINT64", np.uint64),
+    ("INT8", np.int8), ("INT16", np.int16), ("INT32", np.int32), ("INT64", np.int64), ("FP16", np.float16),
+    ("FP32", np.float32), ("FP64", np.float64),
+])
+def test_datatype_table_matches_the_spec(datatype: str, dtype: type) -> None:
+    assert protocol.numpy_dtype(datatype) == np.dtype(dtype)
+    assert protocol.datatype_of_array(np.zeros(1, dtype)) == datatype
+
+
+def test_unknown_datatype_lists_the_known_ones() -> None:
+    with pytest.raises(BadRequest, match="unknown datatype 'FLOAT'.*FP32"):
+        protocol.numpy_dtype("FLOAT")
+
+
+def test_manifest_dtypes_map_to_protocol_datatypes() -> None:
+    assert protocol.datatype_from_manifest("float32") == "FP32"
+    assert protocol.datatype_from_manifest("int64") == "INT64"
+    assert protocol.datatype_from_manifest("bool") == "BOOL"
+
+
+def test_json_request_decodes_nested_data_to_the_declared_dtypes() -> None:
+    request = decode(json_body(feed(), id="r1"))
+    assert request.id == "r1" and request.outputs is None and request.batch_size == 2
+    for name, array in feed().items():
+        np.testing.assert_array_equal(request.inputs[name], array)
+        assert request.inputs[name].dtype == array.dtype
+
+
+def test_flat_json_data_is_accepted() -> None:
+    body = json.loads(json_body(feed()))
+    for tensor in body["inputs"]:
+        tensor["data"] = np.asarray(tensor["data"]).ravel().tolist()
+    request = decode(json.dumps(body).encode())
+    np.testing.assert_array_equal(request.inputs["ids"], feed()["ids"])
+
+
+def test_binary_request_round_trips() -> None:
+    body, headers = protocol.encode_binary_request(feed(), outputs=["half"])
+    request = decode(body, headers[protocol.HEADER_LENGTH])
+    np.testing.assert_array_equal(request.inputs["scale"], feed()["scale"])
+    assert request.outputs == [protocol.RequestedOutput("half", None)]
+    assert request.binary_output is True
+
+
+def test_mixed_json_and_binary_inputs() -> None:
+    inputs = feed()
+    header = {"inputs": [
+        {"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": inputs["ids"].ravel().tolist()},
+        {"name": "mask", "shape": [2, 3], "datatype": "BOOL", "parameters": {"binary_data_size": 6}},
+        {"name": "scale", "shape": [2, 2], "datatype": "FP32", "parameters": {"binary_data_size": 16}},
+    ]}
+    raw = json.dumps(header).encode()
+    body = raw + inputs["mask"].tobytes() + inputs["scale"].tobytes()
+    request = decode(body, str(len(raw)))
+    np.testing.assert_array_equal(request.inputs["mask"], inputs["mask"])
+    np.testing.assert_array_equal(request.inputs["scale"], inputs["scale"])
+
+
+BAD_CASES = {
+    "not json": (b"{nope", None, "not valid JSON"),
+    "json array": (b"[1, 2]", None, "must be an object"),
+    "no inputs": (b'{"inputs": []}', None, "non-empty 'inputs'"),
+    "input not object": (b'{"inputs": [3]}', None, r"inputs\[0\] must be an object"),
+    "bad id": (json_body(feed(), id=7), None, "'id' must be a string"),
+    "header not int": (json_body(feed()), "ten", "not an integer"),
+    "header too long": (json_body(feed()), "100000", "does not fit"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_malformed_requests_are_400(case: str) -> None:
+    body, header, message = BAD_CASES[case]
+    with pytest.raises(BadRequest, match=message):
+        decode(body, header)
+
+
+def mutate(tensor_name: str, **changes: object) -> bytes:
+    """A valid JSON request with one input's fields changed (None removes the field)."""
+    body = json.loads(json_body(feed()))
+    tensor = next(t for t in body["inputs"] if t["name"] == tensor_name)
+    for key, value in changes.items():
+        if value is None:
+            tensor.pop(key)
+        else:
+            tensor[key] = value
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (mutate("ids", name="tokens"), "unknown input 'tokens'.*missing input 'ids'"),
+    (mutate("ids", datatype="INT32"), "'ids' is INT32, the model takes INT64"),
+    (mutate("ids", datatype="STRING"), "unknown datatype 'STRING'"),
+    (mutate("ids", shape=[6]), "the model takes rank 2"),
+    (mutate("ids", shape=[2, -3]), "non-negative integers"),
+    (mutate("ids", shape=[3, 2]), r"'mask' dim 0 \(batch\) is 2, another input has batch=3"),
+    (mutate("scale", shape=[1, 4]), "'scale' dim 1 is 4, the model takes 2"),
+    (mutate("ids", data=[1, 2, 3]), "has 3 elements, but shape \\[2, 3\\] needs 6"),
+    (mutate("ids", data=[[1, 2, 3], [4, 5]]), "ragged"),
+    (mutate("ids", data=["a", "b", "c", "d", "e", "f"]), "INT64 data holds values that are not numbers"),
+    (mutate("ids", data=[0.5, 1, 2, 3, 4, 5]), "INT64 data holds non-integer numbers"),
+    (mutate("ids", data=[2**70, 1, 2, 3, 4, 5]), "INT64 data holds values that are not numbers|outside the range"),
+    (mutate("mask", data=[1, 0, 1, 0, 1, 0]), "BOOL data holds integers"),
+    (mutate("scale", data=[None, 1, 2, 3]), "not numbers"),
+    (mutate("ids", data=None), "neither 'data' nor"),
+    (mutate("scale", parameters={"binary_data_size": 16}), "both 'data' and binary_data_size"),
+    (mutate("scale", parameters=[1]), "'parameters' must be an object"),
+])
+def test_invalid_tensors_are_400_and_name_the_tensor(body: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode(body)
+
+
+def test_batch_over_max_batch_size_is_refused() -> None:
+    with pytest.raises(BadRequest, match="batch size 5 is over the model's max_batch_size 4"):
+        decode(json_body(feed(batch=5)))
+
+
+def test_duplicate_input_is_refused() -> None:
+    body = json.loads(json_body(feed()))
+    body["inputs"].append(body["inputs"][0])
+    with pytest.raises(BadRequest, match="given twice"):
+        decode(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_floats_are_refused_unless_allowed(value: float) -> None:
+    inputs = feed()
+    inputs["scale"][0, 0] = value
+    body, headers = protocol.encode_binary_request(inputs)
+    with pytest.raises(BadRequest, match="'scale' holds NaN or Inf"):
+        decode(body, headers[protocol.HEADER_LENGTH])
+    assert np.isnan(decode(body, headers[protocol.HEADER_LENGTH], allow_nonfinite=True).inputs["scale"][0, 0]) \
+        == np.isnan(value)
+
+
+def test_json_nan_literal_is_refused() -> None:
+    body = mutate("scale", data=[1.0, 2.0, 3.0, 4.0]).replace(b"4.0", b"NaN")
+    with pytest.raises(BadRequest, match="NaN or Inf"):
+        decode(body)
+
+
+def binary_header(sizes: dict[str, int]) -> tuple[bytes, str]:
+    shapes = {"ids": [2, 3], "mask": [2, 3], "scale": [2, 2]}
+    types = {"ids": "INT64", "mask": "BOOL", "scale": "FP32"}
+    raw = json.dumps({"inputs": [{"name": n, "shape": shapes[n], "datatype": types[n],
+                                  "parameters": {"binary_data_size": s}} for n, s in sizes.items()]}).encode()
+    return raw, str(len(raw))
+
+
+def test_binary_size_that_does_not_match_the_shape_is_refused() -> None:
+    raw, length = binary_header({"ids": 40, "mask": 6, "scale": 16})
+    with pytest.raises(BadRequest, match="'ids': 40 binary bytes, but shape \\[2, 3\\] of INT64 needs 48"):
+        decode(raw + bytes(40 + 6 + 16), length)
+
+
+def test_binary_size_past_the_end_of_the_body_is_refused() -> None:
+    raw, length = binary_header({"ids": 48, "mask": 6, "scale": 16})
+    with pytest.raises(BadRequest, match="runs past the end of the body"):
+        decode(raw + bytes(48 + 6), length)
+
+
+def test_trailing_binary_bytes_are_refused() -> None:
+    raw, length = binary_header({"ids": 48, "mask": 6, "scale": 16})
+    with pytest.raises(BadRequest, match="binary data is 75 bytes but the inputs' binary_data_size add up to 70"):
+        decode(raw + bytes(75), length)
+
+
+def test_binary_bool_bytes_must_be_zero_or_one() -> None:
+    raw, length = binary_header({"ids": 48, "mask": 6, "scale": 16})
+    with pytest.raises(BadRequest, match="BOOL bytes must be 0 or 1"):
+        decode(raw + bytes(48) + bytes([2] * 6) + bytes(16), length)
+
+
+def test_requested_outputs_are_checked() -> None:
+    with pytest.raises(BadRequest, match="unknown output 'logits'; the model has: out, half"):
+        decode(json_body(feed(), outputs=[{"name": "logits"}]))
+    with pytest.raises(BadRequest, match="requested twice"):
+        decode(json_body(feed(), outputs=[{"name": "out"}, {"name": "out"}]))
+    with pytest.raises(BadRequest, match="classification extension"):
+        decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": 3}}]))
+
+
+def outputs() -> dict[str, np.ndarray]:
+    return {"out": np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7, "half": np.array([0.5, -2], np.float16)}
+
+
+def test_json_response_has_every_output_and_echoes_the_id() -> None:
+    request = protocol.InferRequest(inputs=feed(), id="abc")
+    body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
+    assert headers == {"content-type": "application/json"}
+    response = json.loads(body)
+    assert response["model_name"] == "m" and response["model_version"] == "1" and response["id"] == "abc"
+    assert [o["name"] for o in response["outputs"]] == ["out", "half"]
+    assert response["outputs"][1] == {"name": "half", "datatype": "FP16", "shape": [2], "data": [0.5, -2.0]}
+    np.testing.assert_array_equal(protocol.decode_binary_response(body, None)["out"], outputs()["out"])
+
+
+def test_binary_response_sets_the_header_and_sizes() -> None:
+    request = protocol.InferRequest(inputs=feed(), outputs=[protocol.RequestedOutput("half", True),
+                                                            protocol.RequestedOutput("out", False)])
+    body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
+    length = int(headers["inference-header-content-length"])
+    header = json.loads(body[:length])
+    assert header["outputs"][0]["parameters"] == {"binary_data_size": 4}
+    assert "data" in header["outputs"][1] and len(body) == length + 4
+    decoded = protocol.decode_binary_response(body, headers["inference-header-content-length"])
+    np.testing.assert_array_equal(decoded["half"], outputs()["half"])
+
+
+def test_binary_data_output_applies_unless_an_output_overrides_it() -> None:
+    request = protocol.InferRequest(inputs=feed(), binary_output=True,
+                                    outputs=[protocol.RequestedOutput("out"), protocol.RequestedOutput("half", False)])
+    body, headers = protocol.encode_response("m", None, request, outputs(), SIGNATURE)
+    header = json.loads(body[:int(headers["inference-header-content-length"])])
+    assert "model_version" not in header
+    assert header["outputs"][0]["parameters"]["binary_data_size"] == 96 and "data" in header["outputs"][1]
+
+
+def test_bytes_tensors_use_length_prefixes() -> None:
+    values = np.array([b"ab", b"", b"xyz"], dtype=object)
+    blob = protocol.tensor_bytes(values, "BYTES")
+    assert blob == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 0) + struct.pack("<I", 3) + b"xyz"
+    decoded = protocol.decode_binary(memoryview(blob), "BYTES", (3,), "t")
+    assert decoded.tolist() == [b"ab", b"", b"xyz"]
+    with pytest.raises(BadRequest, match="runs past"):
+        protocol.decode_binary(memoryview(blob[:-1]), "BYTES", (3,), "t")
