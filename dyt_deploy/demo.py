@@ -2,7 +2,10 @@
 
 1. build both variants (same seed: they differ only in their norm layers) and save model.pt;
 2. export each into a model repository (Triton layout), verified against PyTorch;
-3. export the DyT variant again with gamma/beta folded, as the DynamicTanh function form.
+3. export the DyT variant again with gamma/beta folded, as the DynamicTanh function form;
+4. serve the repository (Open Inference Protocol), query every model with tritonclient, compare
+   DyT and LayerNorm latency, then keep serving with the dashboard until Ctrl-C (``--no-serve``
+   stops after step 4's checks).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="vit_small")
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-serve", action="store_true", help="stop after the service checks")
     args = parser.parse_args(argv)
     console = Console(width=140)
     console.print(f"[bold]dyt-deploy demo[/]: {args.arch}, LayerNorm vs DyT, written under {args.out}/")
@@ -68,7 +73,20 @@ def main(argv: list[str] | None = None) -> None:
                         f"{logits.cosine:.7f}", "PASSED" if result.parity.passed else "FAILED",
                         f"{result.seconds:.0f} s")
     console.print(exports)
-    console.print(f"Next: dyt-check {args.out / 'repo' / (args.arch + '-dyt')} --runners ort,torch")
+    repo = args.out / "repo"
+    console.print("\n[bold]Serving the repository[/] and querying it with tritonclient (JSON and binary) ...")
+    from service.demo import run_service_demo
+
+    run_service_demo(repo, requests=10, rounds=30, console=console)
+    if args.no_serve:
+        return
+    name = f"{args.arch}-dyt"
+    console.print(f"\nDashboard: http://127.0.0.1:{args.port}/   (Ctrl-C stops the service)")
+    console.print(f"Try: curl -s http://127.0.0.1:{args.port}/v2/models/{name} | python -m json.tool")
+    console.print(f"     dyt-check {repo / name} --runners ort,torch")
+    from service.cli import main as serve_main
+
+    serve_main(["--repository", str(repo), "--port", str(args.port)])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ..export.api import library_versions
 from ..models import create_model
 from ..models.base import random_tensor
 from ..runners.base import Runner
-from .harness import Timings, analyze, time_group
+from .harness import Timings, analyze, headline, time_all
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import median_interval
 from .variants import VARIANTS, check_variants, export_variants, optimize, write_checkpoints
@@ -106,12 +106,12 @@ def _run(arch, variants, runners, batches, seqs, threads, warmup, iters, optimiz
             groups[f"ort/{optimizer}"] = _ort_runners(paths, threads)
     for kind in (k for k in runners if k != "ort"):
         groups[kind] = _torch_runners(checkpoints, specs, kind)
-    for group, members in groups.items():
-        for runner in members.values():
-            runner.activate()
-        time_group(group, members, feeds, warmup, iters, timings, lambda d, t, g=group: say(f"time {g}", d, t))
-        for runner in members.values():
-            runner.deactivate()
+    everyone = [runner for members in groups.values() for runner in members.values()]
+    for runner in everyone:
+        runner.activate()
+    time_all(groups, feeds, warmup, iters, timings, lambda d, t: say("time every runner, interleaved", d, t))
+    for runner in everyone:
+        runner.deactivate()
     rows = analyze(timings, baseline, batch_of)
     report = {
         "schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
@@ -123,6 +123,7 @@ def _run(arch, variants, runners, batches, seqs, threads, warmup, iters, optimiz
         "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
                                                                                             r.variant)]))}
                     for r in rows],
+        "headline": headline(timings, baseline, [v for v in variants if v.startswith("dyt")]),
         "layer": None, "profile": None,
     }
     if layer:

@@ -34,6 +34,7 @@ REPORT_SCHEMA: dict[str, Any] = {
             "properties": {"summary": _SUMMARY, "median_ci_ms": {"type": "array", "minItems": 2, "maxItems": 2},
                            "ratio_to_baseline": {"type": ["object", "null"],
                                                  "required": ["ratio", "low", "high"]}}}},
+        "headline": {"type": "array"},
         "layer": {"type": ["object", "null"]},
         "profile": {"type": ["object", "null"]},
     },
@@ -82,6 +83,14 @@ def markdown(report: dict) -> str:
              f"({report['machine']['cpus']} CPUs). Ratio < 1: faster than the baseline.", "",
              "| " + " | ".join(RESULT_COLUMNS) + " |", "|" + " --- |" * len(RESULT_COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in results_table(report)]
+    if report.get("headline"):
+        lines += ["", f"## Best DyT export against {s['baseline']} with its best fusions (onnxruntime)", "",
+                  "| shape | baseline | median ms | best DyT | median ms | ratio [95% CI] |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for h in report["headline"]:
+            r = h["ratio"]
+            lines.append(f"| {h['shape']} | {h['baseline']} | {h['baseline_median_ms']:.3f} | {h['contender']} | "
+                         f"{h['contender_median_ms']:.3f} | {r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |")
     fusions = s.get("fusions") or {}
     if fusions:
         lines += ["", "Fusions applied by each optimizer (fused operator counts):", ""]

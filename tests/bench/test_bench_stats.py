@@ -57,3 +57,19 @@ def test_interleaving_runs_every_variant_once_per_round_and_rotates():
     assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
     assert [r[0] for r in rounds] == ["a", "b", "c", "a"]  # each round starts one later
     assert interleaved_schedule(["a", "b"], 2, rotate=False) == ["a", "b", "a", "b"]
+
+
+def test_headline_takes_the_fastest_entry_of_each_side_across_groups():
+    from dyt_deploy.bench.harness import Timings, headline
+
+    rng = np.random.default_rng(4)
+    timings = Timings()
+    medians = {("ort/none", "layernorm"): 10.0, ("ort/fused", "layernorm"): 8.0, ("ort/none", "dyt"): 9.0,
+               ("ort/fused", "dyt-folded"): 7.6, ("torch", "dyt"): 1.0}  # torch is not an onnxruntime group
+    for (group, variant), median in medians.items():
+        for value in rng.normal(median, 0.01, 30) / 1e3:
+            timings.add(group, "batch=1", variant, value)
+    (row,) = headline(timings, "layernorm", ["dyt", "dyt-folded"])
+    assert row["baseline"] == "layernorm (ort/fused)" and row["contender"] == "dyt-folded (ort/fused)"
+    assert row["ratio"]["ratio"] == pytest.approx(0.95, abs=0.01)
+    assert row["ratio"]["high"] < 1.0
