@@ -284,6 +284,10 @@ def bench(
                                      "--set depth=2 --set img_size=64; repeat per key."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
+    import os
+
+    # OpenMP threads that spin after torch's calls would slow the onnxruntime call after them
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.progress import Progress
 
     from .bench.api import run_benchmark

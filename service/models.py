@@ -75,7 +75,8 @@ def make_runner(folder: Path, version: str, settings: Settings) -> Runner:
     onnx_path, plan_path = folder / version / "model.onnx", folder / version / "model.plan"
     if onnx_path.is_file():
         from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-        return OnnxRuntimeRunner(onnx_path, provider=settings.provider, threads=settings.threads)
+        # several models take turns on the same cores: idle threads must not spin (see the runner)
+        return OnnxRuntimeRunner(onnx_path, provider=settings.provider, threads=settings.threads, spin=False)
     if plan_path.is_file():
         from dyt_deploy.runners.tensorrt import TensorRTRunner
         return TensorRTRunner(plan_path)

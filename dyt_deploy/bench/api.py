@@ -70,6 +70,9 @@ def run_benchmark(
         optimizers: ONNX optimizers for the "ort" runner (default none, ort-transformers).
         layer, profile: add the norm-layer bandwidth table and onnxruntime's per-op profile.
         workdir: where model.pt and ONNX files go (default a temporary folder, removed after).
+
+    Runners take turns on the same cores, so onnxruntime sessions run without thread spinning;
+    for torch, set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (``dyt-bench`` does).
     """
     variants = check_variants(variants or ["layernorm", "rmsnorm", "dyt", "dyt-folded"])
     runners = runners or ["ort", "torch"]
@@ -119,7 +122,9 @@ def _run(arch, variants, runners, batches, seqs, threads, warmup, iters, optimiz
         "machine": machine_info(), "versions": library_versions(),
         "settings": {"arch": arch, "variants": variants, "baseline": baseline, "runners": runners,
                      "shapes": list(feeds), "warmup": warmup, "iters": iters, "threads": threads or "default",
-                     "ort_opt_level": "all", "optimizers": optimizers, "fusions": fusions},
+                     "ort_opt_level": "all", "ort_thread_spinning": False,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                     "optimizers": optimizers, "fusions": fusions},
         "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
                                                                                             r.variant)]))}
                     for r in rows],
@@ -149,7 +154,8 @@ def _feeds(specs, batches: list[int], seqs: list[int]) -> dict[str, dict[str, np
 def _ort_runners(paths: dict[str, Path], threads: int) -> dict[str, Runner]:
     from ..runners.onnxruntime_runner import OnnxRuntimeRunner
 
-    return {variant: OnnxRuntimeRunner(path, threads=threads) for variant, path in paths.items()}
+    # many sessions take turns on the same cores: a session's spinning threads would slow the next
+    return {variant: OnnxRuntimeRunner(path, threads=threads, spin=False) for variant, path in paths.items()}
 
 
 def _torch_runners(checkpoints: dict[str, Path], specs, kind: str) -> dict[str, Runner]:
