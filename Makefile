@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-export gpu-check clean
+.PHONY: demo test lint bench bench-export bench-service gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 # export + verify wall time and peak memory for vit_base (figures in the README)
 bench-export: $(STAMP)
 	$(BIN)/python benchmarks/export_time.py --arch vit_base --norms layernorm,dyt --repeats 3
+
+# served vs in-process latency and throughput at concurrency 1/4/16, with and without dynamic batching
+bench-service: $(STAMP)
+	$(BIN)/python benchmarks/service_latency.py --arch vit_small --norm dyt --seconds 10
 
 # on a CUDA host, inside a Python environment that has torch with CUDA
 gpu-check:
