@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-export bench-service gpu-check clean
+.PHONY: demo test test-docker lint bench bench-export bench-service gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ demo: $(STAMP)
 	$(BIN)/python -m dyt_deploy.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not docker"
+
+# builds docker/Dockerfile with podman on a debootstrapped bookworm base and tests the running
+# container (needs root on Debian; a host where podman cannot run skips with the reason)
+test-docker: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m docker tests/docker
 
 # the standard latency comparison: vit_small, onnxruntime CPU and torch, batch 1 and 8
 bench: $(STAMP)
