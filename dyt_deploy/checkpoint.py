@@ -13,7 +13,6 @@ Formats read by :func:`load_checkpoint`:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import pickle
 import tempfile
@@ -89,14 +88,6 @@ class atomic_write:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) -> nn.Module:

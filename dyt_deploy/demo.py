@@ -18,10 +18,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from .checkpoint import load_checkpoint, save_checkpoint
 from .export import export_onnx
 from .models import create_model
 from .nn.convert import norm_kind_of
+from .repository import sha256_file
 
 
 def build_variants(arch: str, norms: list[str], out_dir: Path, seed: int = 0) -> list[dict]:

@@ -11,6 +11,7 @@ half-written model and a failed write leaves the previous one intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,6 +45,15 @@ def make_stage(final: Path) -> Path:
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     stage.chmod(0o777 & ~current_umask())
     return stage
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def refuse_existing(path: Path, force: bool) -> None:

@@ -13,7 +13,6 @@ decides, as a pure function of the manifest and the host's facts, whether the en
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DytDeployError
+from ..repository import sha256_file
 
 ENGINE_MANIFEST_FORMAT = "dyt-deploy/engine-manifest"
 ENGINE_MANIFEST_VERSION = 1
@@ -98,14 +98,6 @@ def read_engine_manifest(plan_path: str | os.PathLike) -> EngineManifest:
     except json.JSONDecodeError as err:
         raise EngineManifestError(f"{path}: not valid JSON ({err}); rebuild the engine with dyt-build") from None
     return EngineManifest.from_dict(data, source=str(path))
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---- host facts and the compatibility decision ----
@@ -267,11 +259,11 @@ def check_engine_file(plan_path: str | os.PathLike, host: HostFacts, onnx_path: 
     if not plan_path.is_file():
         raise EngineManifestError(f"no engine at {plan_path}; build one with dyt-build MODEL.onnx|REPO/NAME -o PLAN")
     manifest = read_engine_manifest(plan_path)
-    if sha256_of(plan_path) != manifest.plan_sha256:
+    if sha256_file(plan_path) != manifest.plan_sha256:
         raise EngineManifestError(f"{plan_path} is not the engine its manifest describes (sha256 differs); "
                                   f"rebuild it: {manifest.rebuild_command()}")
     onnx_file = Path(onnx_path) if onnx_path is not None else recorded_onnx_path(plan_path, manifest)
-    decision = check_compatibility(manifest, host, sha256_of(onnx_file) if onnx_file else None, str(plan_path))
+    decision = check_compatibility(manifest, host, sha256_file(onnx_file) if onnx_file else None, str(plan_path))
     decision.raise_if_refused()
     for warning in decision.warnings:
         log.warning("engine %s: %s", plan_path, warning)

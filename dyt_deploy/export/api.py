@@ -19,12 +19,12 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedModel, load_checkpoint, sha256_file
+from ..checkpoint import LoadedModel, load_checkpoint
 from ..compare import ParityReport, default_tolerances
 from ..errors import DytDeployError
 from ..models.base import TensorSpec, random_tensor
 from ..nn.convert import norm_kind_of
-from ..repository import config_pbtxt, refuse_existing, staged_file, staged_folder, write_manifest
+from ..repository import config_pbtxt, refuse_existing, sha256_file, staged_file, staged_folder, write_manifest
 from . import signature as sig
 from .fold import FoldReport, fold_dyt_affine
 from .forms import FORMS, to_form
