@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     console.print(table)
     console.print("Both variants share every weight outside their norm layers (same seed).")
     console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {args.out / 'repo'}/ ...")
-    exports = Table("model folder", "form", "DyT nodes", "folded", "max abs err", "cosine", "verdict", "time")
+    exports = Table("model folder", "form", "DynamicTanh nodes", "folded", "max abs err", "cosine", "verdict", "time")
     jobs = [("layernorm", "pattern", False), ("dyt", "pattern", False), ("dyt", "function", True)]
     for norm, form, fold in jobs:
         name = f"{args.arch}-{norm}" + ("-folded" if fold else "")

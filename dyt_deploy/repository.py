@@ -39,12 +39,28 @@ def current_umask() -> int:
     return mask
 
 
-def make_stage(final: Path) -> Path:
-    """A fresh folder beside ``final`` with normal permissions (mkdtemp alone gives 0700)."""
+@contextmanager
+def _stage_beside(final: Path) -> Iterator[Path]:
+    """A fresh staging folder beside ``final`` (normal permissions; mkdtemp alone gives 0700).
+
+    It is removed afterwards; when the block fails, so are the parent folders it had to create,
+    so a failed write leaves no trace.
+    """
+    new_parents = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
     stage.chmod(0o777 & ~current_umask())
-    return stage
+    succeeded = False
+    try:
+        yield stage
+        succeeded = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in [] if succeeded else new_parents:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -69,12 +85,9 @@ def staged_folder(final: Path, force: bool = False) -> Iterator[Path]:
     On any error the staging folder is removed and ``final`` is untouched.
     """
     refuse_existing(final, force)
-    stage = make_stage(final)
-    try:
+    with _stage_beside(final) as stage:
         yield stage
         _swap_into_place(stage, final)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextmanager
@@ -82,13 +95,10 @@ def staged_file(final: Path, force: bool = False) -> Iterator[Path]:
     """Yield a staging folder beside the file ``final``; on success the files written there move
     next to ``final`` (companions such as ``.data`` first, ``final``'s own name last)."""
     refuse_existing(final, force)
-    stage = make_stage(final)
-    try:
+    with _stage_beside(final) as stage:
         yield stage
         for item in sorted(stage.iterdir(), key=lambda p: p.name == final.name):
             os.replace(item, final.parent / item.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _swap_into_place(stage: Path, final: Path) -> None:
