@@ -42,26 +42,26 @@ def no_device_error(what: str, err: Exception) -> MissingBackendError:
     )
 
 
-def create_builder(trt: ModuleType, logger: Any) -> Any:
-    """``trt.Builder``; without a CUDA device TensorRT raises TypeError ("factory function returned nullptr")."""
+def _create(factory: Any, what: str, logger: Any) -> Any:
+    """``factory(logger)``; without a CUDA device TensorRT raises TypeError ("factory function
+    returned nullptr") or returns None: both become the one-line no-device error."""
     try:
-        builder = trt.Builder(logger)
+        made = factory(logger)
     except TypeError as err:
-        raise no_device_error("builder", err) from None
-    if builder is None:
-        raise no_device_error("builder", RuntimeError("trt.Builder returned None"))
-    return builder
+        raise no_device_error(what, err) from None
+    if made is None:
+        raise no_device_error(what, RuntimeError(f"TensorRT returned no {what}"))
+    return made
+
+
+def create_builder(trt: ModuleType, logger: Any) -> Any:
+    """``trt.Builder``, or MissingBackendError without a usable CUDA device."""
+    return _create(trt.Builder, "builder", logger)
 
 
 def create_runtime(trt: ModuleType, logger: Any) -> Any:
-    """``trt.Runtime``, with the same no-device handling as :func:`create_builder`."""
-    try:
-        runtime = trt.Runtime(logger)
-    except TypeError as err:
-        raise no_device_error("runtime", err) from None
-    if runtime is None:
-        raise no_device_error("runtime", RuntimeError("trt.Runtime returned None"))
-    return runtime
+    """``trt.Runtime``, or MissingBackendError without a usable CUDA device."""
+    return _create(trt.Runtime, "runtime", logger)
 
 
 def require_cuda_torch() -> ModuleType:

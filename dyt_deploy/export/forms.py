@@ -142,7 +142,7 @@ def _attach_functions(model: ir.Model) -> None:
     opset = model.opset_imports.get("", 20)
     used = {node.overload for node in dyt_nodes(model)}
     for overload in sorted(used):
-        function = ir.serde.deserialize_function(_function_proto(overload, opset))
+        function = ir.serde.deserialize_function(function_proto(overload, opset))
         model.functions[function.identifier()] = function
     for node in dyt_nodes(model):
         for key in ("plugin_namespace", "plugin_version"):
@@ -157,7 +157,7 @@ def _mark_plugins(model: ir.Model) -> None:
         node.attributes["plugin_version"] = ir.AttrString("plugin_version", PLUGIN_VERSION)
 
 
-def _function_proto(overload: str, opset: int) -> onnx.FunctionProto:
+def function_proto(overload: str, opset: int) -> onnx.FunctionProto:
     """The body of one overload: Mul -> Tanh [-> Mul gamma] [-> Add beta]."""
     names = OVERLOADS[overload]
     nodes = [helper.make_node("Mul", ["alpha", "x"], ["alpha_x"]), helper.make_node("Tanh", ["alpha_x"], ["t"])]

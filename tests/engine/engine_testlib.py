@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dyt_deploy.export.forms import OVERLOADS, function_proto
 from dyt_deploy.repository import MANIFEST_FORMAT, config_pbtxt
 
-OVERLOAD_INPUTS = {"": ("x", "alpha", "gamma", "beta"), "no_bias": ("x", "alpha", "gamma"), "tanh_only": ("x", "alpha")}
+OVERLOAD_INPUTS = OVERLOADS
 _NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 
 
@@ -41,17 +42,8 @@ def reference(x: np.ndarray, sites: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def dyt_function(overload: str, opset: int) -> onnx.FunctionProto:
-    names = OVERLOAD_INPUTS[overload]
-    nodes = [helper.make_node("Mul", ["alpha", "x"], ["ax"]), helper.make_node("Tanh", ["ax"], ["t"])]
-    last = "t"
-    if "gamma" in names:
-        nodes.append(helper.make_node("Mul", [last, "gamma"], ["gt"]))
-        last = "gt"
-    if "beta" in names:
-        nodes.append(helper.make_node("Add", [last, "beta"], ["y"]))
-        last = "y"
-    return helper.make_function("dyt_deploy", "DynamicTanh", list(names), [last], nodes,
-                                [helper.make_opsetid("", opset)], overload=overload)
+    """The exporter's own function body for ``overload`` (what dyt-export writes)."""
+    return function_proto(overload, opset)
 
 
 def _site_nodes(form: str, overload: str, x: str, out: str, prefix: str) -> list[onnx.NodeProto]:
