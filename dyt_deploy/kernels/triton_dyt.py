@@ -1,0 +1,186 @@
+"""Triton kernels for the DyT forward pass: plain, tanh-only (folded) and fused with a residual add.
+
+One kernel covers every form; ``constexpr`` flags remove what a form does not use:
+
+* ``y = weight * tanh(alpha * x) + bias`` (``weight``/``bias`` each optional: the LLaMA form has
+  no bias, the folded form has neither);
+* with ``residual``: ``h = x + residual`` is written out as well, then ``y = DyT(h)``: the
+  new residual stream and the next layer's input in one pass over memory, as a pre-norm
+  decoder block needs.
+
+The math runs in float32 whatever the storage type (fp32, fp16, bf16) and rounds once on the
+store. ``h`` is rounded to its storage type before DyT reads it, exactly as eager PyTorch's
+``residual + x`` followed by the norm would be, so on a GPU ``h`` matches eager bit for bit.
+(Triton's CPU interpreter rounds float32 -> bfloat16 toward zero instead of to nearest even, so
+there bf16 results may differ from a GPU's by one unit in the last place.)
+
+This module imports Triton at import time; :mod:`dyt_deploy.kernels` imports it only when a
+kernel is about to run. With ``TRITON_INTERPRET=1`` in the environment before the first import,
+the kernels run on CPU tensors through Triton's interpreter (slow; for tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+# tanh in float32, accurate to a few ulps over the whole range:
+# * |z| < 0.25: the odd Taylor series up to z^9 (the first term left out is below 1e-8 relative),
+#   which keeps full relative precision for tiny z, where 1 - e below would cancel;
+# * otherwise (1 - e) / (1 + e) with e = exp(-2|z|) = 2^(-2|z| log2(e)), the sign restored after.
+#   e lies in (0, 1], so nothing overflows, and large |z| gives exactly +-1.
+_TWO_LOG2E = 2.8853900817779268
+
+
+@triton.jit
+def _tanh(z):
+    a = tl.abs(z)
+    zs = tl.where(a < 0.25, z, 0.0)  # the series only for lanes that use it (no overflow elsewhere)
+    z2 = zs * zs
+    series = zs * (1.0 + z2 * (-1.0 / 3.0 + z2 * (2.0 / 15.0 + z2 * (-17.0 / 315.0 + z2 * (62.0 / 2835.0)))))
+    e = tl.exp2(-_TWO_LOG2E * a)
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(a < 0.25, series, tl.where(z < 0.0, -t, t))
+
+
+@triton.jit
+def _dyt_fwd_kernel(
+    X, R, H, Y, ALPHA, W, B,
+    M, N,
+    stride_x, stride_r, stride_h, stride_y, stride_w, stride_b,
+    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Program (i, j) covers rows [i*BLOCK_M, +BLOCK_M) and columns [j*BLOCK_N, +BLOCK_N) of the
+    # (M, N) row-major view; weight/bias are loaded once per program and reused over its rows.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < M
+    col_ok = cols < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    rows = rows.to(tl.int64)  # M * N may pass 2^31 elements
+
+    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
+        h = (x.to(tl.float32) + r.to(tl.float32)).to(H.dtype.element_ty)
+        tl.store(H + rows[:, None] * stride_h + cols[None, :], h, mask=mask)
+        x = h
+
+    alpha = tl.load(ALPHA).to(tl.float32)
+    y = _tanh(alpha * x.to(tl.float32))
+    if HAS_WEIGHT:
+        w = tl.load(W + cols * stride_w, mask=col_ok, other=0.0).to(tl.float32)
+        y = y * w[None, :]
+    if HAS_BIAS:
+        b = tl.load(B + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
+        y = y + b[None, :]
+    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Tile and warp count of one launch: ``block_m`` rows by ``block_n`` columns per program."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+
+
+def default_config(n_rows: int, n_cols: int, element_size: int) -> LaunchConfig:
+    """A tile of about 16 KiB of input per program, at most 4096 columns wide.
+
+    Memory-bound elementwise work wants each program to move enough bytes to hide latency
+    (16-byte vector loads, several per thread) while leaving enough programs to fill every SM.
+    ``dyt-bench --device cuda`` sweeps other tiles next to this one.
+    """
+    block_n = min(triton.next_power_of_2(max(n_cols, 1)), 4096)
+    elements = max(16 * 1024 // element_size, block_n)
+    block_m = min(max(elements // block_n, 1), triton.next_power_of_2(max(n_rows, 1)), 64)
+    num_warps = 8 if block_m * block_n >= 4096 else 4
+    return LaunchConfig(block_m, block_n, num_warps)
+
+
+def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """A (M, N) view of ``t`` with unit column stride (a copy only when no such view exists)."""
+    t2 = t.reshape(-1, n_cols)
+    return t2 if t2.stride(1) == 1 or t2.shape[0] * t2.shape[1] == 0 else t2.contiguous()
+
+
+def _param(p: torch.Tensor | None, n_cols: int, name: str) -> tuple[torch.Tensor | None, int]:
+    """weight/bias as a flat vector and its stride: ``(C,)`` per channel (stride 1) or one value (stride 0)."""
+    if p is None:
+        return None, 0
+    flat = p.reshape(-1)
+    if flat.numel() == 1:
+        return flat, 0
+    if flat.numel() != n_cols:
+        raise ValueError(f"{name} has {flat.numel()} values; DyT over the last dim needs 1 or {n_cols}")
+    return flat.contiguous(), 1
+
+
+def dyt_forward(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    *,
+    residual: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
+    config: LaunchConfig | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel over the last dim of ``x`` (channels-last DyT).
+
+    Without ``residual`` returns ``y``; with it returns ``(h, y)`` where ``h = x + residual``.
+    ``out``/``residual_out`` are written in place when given (their dtypes decide the stored
+    types); otherwise new tensors get the dtype eager PyTorch would give (type promotion of
+    the inputs and parameters). Runs on ``x``'s device and current stream.
+    """
+    n_cols = x.shape[-1] if x.dim() else 1
+    if alpha.numel() != 1:
+        raise ValueError(f"alpha must hold one value, got shape {list(alpha.shape)}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}")
+    w, stride_w = _param(weight, n_cols, "weight")
+    b, stride_b = _param(bias, n_cols, "bias")
+
+    x2 = _rows(x, n_cols)
+    n_rows = x2.shape[0]
+    if residual is not None:
+        r2 = _rows(residual, n_cols)
+        if residual_out is None:
+            residual_out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype), device=x.device)
+        src_dtype = residual_out.dtype
+    else:
+        r2 = None
+        src_dtype = x.dtype
+    if out is None:
+        y_dtype = torch.promote_types(src_dtype, alpha.dtype)
+        for p in (weight, bias):
+            if p is not None:
+                y_dtype = torch.promote_types(y_dtype, p.dtype)
+        out = torch.empty(x.shape, dtype=y_dtype, device=x.device)
+    for name, t in (("out", out), ("residual_out", residual_out)):
+        if t is not None and (t.shape != x.shape or not t.is_contiguous()):
+            raise ValueError(f"{name} must be contiguous with x's shape {list(x.shape)}")
+    y2 = out.view(-1, n_cols)
+    h2 = residual_out.view(-1, n_cols) if residual_out is not None else None
+
+    if n_rows and n_cols:
+        cfg = config or default_config(n_rows, n_cols, x.element_size())
+        grid = (triton.cdiv(n_rows, cfg.block_m), triton.cdiv(n_cols, cfg.block_n))
+        dummy = x2  # stands in for absent pointers; never read (the constexpr flags drop the loads)
+        _dyt_fwd_kernel[grid](
+            x2, r2 if r2 is not None else dummy, h2 if h2 is not None else dummy, y2,
+            alpha, w if w is not None else dummy, b if b is not None else dummy,
+            n_rows, n_cols,
+            x2.stride(0), r2.stride(0) if r2 is not None else 0, h2.stride(0) if h2 is not None else 0,
+            y2.stride(0), stride_w, stride_b,
+            HAS_RESIDUAL=r2 is not None, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )
+    return out if residual is None else (residual_out, out)

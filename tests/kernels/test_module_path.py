@@ -1,0 +1,142 @@
+"""The module path: KernelDynamicTanh / use_kernels / add_and_norm, kernel where it can run, reference elsewhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE
+from torch import nn
+
+from dyt_deploy import kernels as K
+from dyt_deploy.models import create_model
+from dyt_deploy.nn import DynamicTanh, add_and_norm, create_norm
+
+
+@pytest.fixture
+def no_interpreter(monkeypatch):
+    """CPU tensors without TRITON_INTERPRET: the kernel cannot run, the reference must."""
+    if DEVICE == "cuda":
+        pytest.skip("CUDA tensors always take the kernel")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
+def trained_like(module: DynamicTanh, seed: int = 0) -> DynamicTanh:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        module.alpha.fill_(0.7)
+        module.weight.copy_(torch.randn(module.weight.shape, generator=g))
+        if module.bias is not None:
+            module.bias.copy_(torch.randn(module.bias.shape, generator=g))
+    return module
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_kernel_module_matches_dynamic_tanh_under_no_grad(bias):
+    ref = trained_like(DynamicTanh(64, bias=bias)).to(DEVICE)
+    fused = K.KernelDynamicTanh.from_module(ref)
+    x = torch.randn(3, 10, 64, device=DEVICE) * 4
+    with torch.no_grad():
+        assert K.will_use_kernel(x, ref.alpha, ref.weight, ref.bias)
+        torch.testing.assert_close(fused(x), ref(x), rtol=1e-6, atol=1e-6)
+        r = torch.randn_like(x)
+        h, y = fused.forward_add(x, r)
+        assert torch.equal(h, r + x)
+        torch.testing.assert_close(y, ref(r + x), rtol=1e-6, atol=1e-6)
+
+
+def test_without_a_kernel_device_the_reference_runs_bit_for_bit(no_interpreter):
+    ref = trained_like(DynamicTanh(32))
+    fused = K.KernelDynamicTanh.from_module(ref)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert not K.will_use_kernel(x, ref.alpha)
+        assert torch.equal(fused(x), ref(x))
+
+
+def test_training_takes_the_reference_so_gradients_flow():
+    ref = trained_like(DynamicTanh(16)).to(DEVICE)
+    fused = K.KernelDynamicTanh.from_module(ref)
+    x = torch.randn(5, 16, device=DEVICE, requires_grad=True)
+    assert not K.will_use_kernel(x, fused.alpha)
+    fused(x).sum().backward()
+    assert x.grad is not None and fused.alpha.grad is not None and fused.weight.grad is not None
+
+
+def test_float64_and_channels_first_take_the_reference():
+    x64 = torch.randn(2, 8, dtype=torch.float64, device=DEVICE)
+    assert not K.will_use_kernel(x64, torch.ones(1, dtype=torch.float64))
+    cf = trained_like(DynamicTanh(6, channels_last=False)).to(DEVICE)
+    x = torch.randn(2, 6, 5, 5, device=DEVICE)
+    with torch.no_grad():
+        assert torch.equal(K.KernelDynamicTanh.from_module(cf)(x), cf(x))
+
+
+def test_from_module_shares_parameters_and_state_dict():
+    ref = trained_like(DynamicTanh(12, bias=False))
+    fused = K.KernelDynamicTanh.from_module(ref)
+    assert fused.alpha is ref.alpha and fused.weight is ref.weight and fused.bias is None
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    assert fused.extra_repr() == ref.extra_repr()
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "llama_tiny", "bert_tiny"])
+def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
+    model = create_model(name, "dyt", seed=0).eval().to(DEVICE)
+    dyt_sites = sum(type(m) is DynamicTanh for m in model.modules())
+    keys = {k: v.data_ptr() for k, v in model.state_dict().items()}
+    feeds = {k: v.to(DEVICE) for k, v in model.example_inputs(batch=2, seq=8).items()}
+    with torch.no_grad():
+        before = model(*feeds.values())
+        model, count = K.use_kernels(model)
+        after = model(*feeds.values())
+    assert count == dyt_sites > 0
+    assert not any(type(m) is DynamicTanh for m in model.modules())
+    assert {k: v.data_ptr() for k, v in model.state_dict().items()} == keys, "no parameter copied or renamed"
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_use_kernels_leaves_other_norms_and_takes_a_bare_module():
+    ln_model = create_model("vit_tiny", "layernorm", seed=0)
+    assert K.use_kernels(ln_model)[1] == 0
+    bare, count = K.use_kernels(DynamicTanh(8))
+    assert count == 1 and isinstance(bare, K.KernelDynamicTanh)
+
+
+def test_add_and_norm_without_a_fused_norm_is_the_two_eager_ops():
+    norm = create_norm("rmsnorm", 16, eps=1e-6)
+    x, r = torch.randn(3, 16), torch.randn(3, 16)
+    h, y = add_and_norm(norm, x, r)
+    assert torch.equal(h, r + x) and torch.equal(y, norm(r + x))
+
+
+def test_fused_residual_decoder_equals_the_plain_decoder_bit_for_bit(no_interpreter):
+    """With kernel modules but no kernel device, the restructured forward runs the same eager ops."""
+    model = create_model("llama_tiny", "dyt", seed=0).eval()
+    ids = torch.randint(0, model.config["vocab_size"], (2, 12))
+    with torch.no_grad():
+        plain = model(ids)
+        assert not model.fused_residual
+        model, _ = K.use_kernels(model)
+        assert model.fused_residual
+        assert torch.equal(model(ids), plain)
+
+
+def test_fused_residual_decoder_with_kernels_matches():
+    model = create_model("llama_tiny", "dyt", seed=0).eval().to(DEVICE)
+    ids = torch.randint(0, model.config["vocab_size"], (2, 12), device=DEVICE)
+    with torch.no_grad():
+        plain = model(ids)
+        model, _ = K.use_kernels(model)
+        torch.testing.assert_close(model(ids), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_add_and_norm_refuses_broadcasting_residuals():
+    fused = K.KernelDynamicTanh(8)
+    with pytest.raises(ValueError, match="does not broadcast"), torch.no_grad():
+        fused.forward_add(torch.randn(2, 8), torch.randn(1, 8))
+
+
+def test_kernel_module_is_an_nn_module_drop_in():
+    seq = nn.Sequential(nn.Linear(8, 8), K.KernelDynamicTanh(8))
+    with torch.no_grad():
+        assert seq(torch.randn(2, 8)).shape == (2, 8)

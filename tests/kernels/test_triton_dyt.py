@@ -1,0 +1,151 @@
+"""The Triton DyT kernel itself (plain, no-bias, tanh-only, fused residual add) against the reference math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE, ULP, within_ulps
+
+from dyt_deploy.kernels import dyt_add_reference, dyt_reference, interpreting
+from dyt_deploy.kernels import triton_dyt as T
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+FORMS = {"plain": (True, True), "no_bias": (True, False), "tanh_only": (False, False)}
+
+
+def params(width: int, dtype: torch.dtype, form: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    has_w, has_b = FORMS[form]
+    alpha = torch.tensor([0.8]).to(DEVICE, dtype)
+    w = (torch.randn(width, generator=g) * 2).to(DEVICE, dtype) if has_w else None
+    b = torch.randn(width, generator=g).to(DEVICE, dtype) if has_b else None
+    return alpha, w, b
+
+
+def data(shape, dtype, seed=1, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(DEVICE, dtype)
+
+
+def kernel_ulps(dtype):
+    """How far the kernel may be from the correctly rounded result, in units of the dtype's eps.
+
+    fp16/bf16: one rounding from float32 math that is far more precise than the storage, so 1.
+    fp32: the float32 tanh (exp2 and a division) and the multiply-add each add rounding error.
+    """
+    return 8 if dtype == torch.float32 else 1
+
+
+def exact(x, alpha, w, b):
+    """The float64 reference, rounded once to x's dtype: what a correctly rounded kernel returns."""
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return dyt_reference(x.double(), d(alpha), d(w), d(b)).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("form", list(FORMS))
+@pytest.mark.parametrize("shape", [(37, 200), (2, 3, 64), (5, 4100), (1, 1)], ids=str)
+def test_kernel_matches_reference_within_one_ulp(dtype, form, shape):
+    x = data(shape, dtype)
+    alpha, w, b = params(shape[-1], dtype, form)
+    y = T.dyt_forward(x, alpha, w, b)
+    assert y.shape == x.shape and y.dtype == dtype and y.device == x.device
+    within_ulps(y, exact(x, alpha, w, b), dtype, ulps=kernel_ulps(dtype))
+    # eager PyTorch in that dtype rounds after every op, so it sits a few ulps off as well
+    within_ulps(y, dyt_reference(x, alpha, w, b), dtype, ulps=16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("form", list(FORMS))
+def test_fused_residual_add_writes_the_stream_and_the_norm(dtype, form):
+    x, residual = data((23, 96), dtype, seed=2), data((23, 96), dtype, seed=3)
+    alpha, w, b = params(96, dtype, form)
+    h, y = T.dyt_forward(x, alpha, w, b, residual=residual)
+    h_eager, _ = dyt_add_reference(x, residual, alpha, w, b)
+    if dtype == torch.bfloat16 and interpreting():
+        within_ulps(h, h_eager, dtype)  # the interpreter truncates to bf16; a GPU rounds to nearest
+    else:
+        assert torch.equal(h, h_eager), "h must equal eager residual + x bit for bit"
+    within_ulps(y, exact(h, alpha, w, b), dtype, ulps=kernel_ulps(dtype))
+
+
+def test_mixed_precision_follows_eager_type_promotion():
+    """bf16 activations with fp32 parameters: eager DyT returns fp32, and so does the kernel."""
+    x = data((8, 64), torch.bfloat16)
+    alpha, w, b = params(64, torch.float32, "plain")
+    y = T.dyt_forward(x, alpha, w, b)
+    expected = dyt_reference(x, alpha, w, b)
+    assert y.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_out_buffer_sets_the_stored_dtype():
+    """The TensorRT plugin's case: fp32 parameters, fp16 x, output in x's dtype, written in place."""
+    x = data((6, 32), torch.float16)
+    alpha, w, b = params(32, torch.float32, "plain")
+    out = torch.full_like(x, float("nan"))
+    returned = T.dyt_forward(x, alpha, w, b, out=out)
+    assert returned is out
+    within_ulps(out, dyt_reference(x.float(), alpha, w, b).to(torch.float16), torch.float16, ulps=1)
+
+
+def test_saturation_zero_and_nan_behave_like_tanh():
+    x = torch.tensor([[-1e30, -80.0, -0.0, 0.0, 1e-30, 80.0, 1e30, float("inf"), float("-inf"), float("nan")]],
+                     device=DEVICE)
+    alpha = torch.tensor([1.0], device=DEVICE)
+    y = T.dyt_forward(x, alpha)
+    expected = torch.tanh(x)
+    assert torch.equal(y[:, :-1], expected[:, :-1])
+    assert torch.isnan(y[0, -1])
+
+
+def test_non_contiguous_input_and_scalar_parameters():
+    x = data((64, 48), torch.float32).t()  # (48, 64), column stride 48
+    assert not x.is_contiguous()
+    alpha = torch.tensor([0.3], device=DEVICE)
+    w, b = torch.tensor([1.5], device=DEVICE), torch.tensor([-0.25], device=DEVICE)
+    y = T.dyt_forward(x, alpha, w, b)
+    torch.testing.assert_close(y, dyt_reference(x, alpha, w, b), rtol=1e-6, atol=1e-6)
+
+
+def test_empty_input_launches_nothing():
+    x = torch.empty((0, 16), device=DEVICE)
+    y = T.dyt_forward(x, torch.tensor([0.5], device=DEVICE))
+    assert y.shape == (0, 16)
+
+
+@pytest.mark.parametrize("config", [T.LaunchConfig(1, 16, 1), T.LaunchConfig(4, 32, 2), T.LaunchConfig(64, 256, 8)],
+                         ids=str)
+def test_tiles_do_not_change_results(config):
+    x, residual = data((33, 100), torch.float16), data((33, 100), torch.float16, seed=9)
+    alpha, w, b = params(100, torch.float16, "plain")
+    h0, y0 = T.dyt_forward(x, alpha, w, b, residual=residual)
+    h1, y1 = T.dyt_forward(x, alpha, w, b, residual=residual, config=config)
+    assert torch.equal(h0, h1) and torch.equal(y0, y1)
+
+
+@pytest.mark.parametrize(("rows", "cols", "size"), [(4096, 4096, 2), (4096, 4096, 4), (7, 100, 2), (1, 20000, 4)])
+def test_default_config_covers_rows_with_bounded_tiles(rows, cols, size):
+    cfg = T.default_config(rows, cols, size)
+    assert cfg.block_n & (cfg.block_n - 1) == 0 and cfg.block_m & (cfg.block_m - 1) == 0
+    assert cfg.block_n >= min(cols, 4096), "a row up to 4096 wide is one tile across"
+    assert cfg.block_m <= max(rows, 1) * 2 - 1, "no more tile rows than the input has (rounded up)"
+    assert cfg.block_m * cfg.block_n * size <= 32 * 1024
+    assert cfg.num_warps in (4, 8)
+
+
+def test_bad_parameters_are_refused_with_the_reason():
+    x = data((4, 8), torch.float32)
+    with pytest.raises(ValueError, match="alpha must hold one value"):
+        T.dyt_forward(x, torch.ones(2, device=DEVICE))
+    with pytest.raises(ValueError, match="weight has 5 values"):
+        T.dyt_forward(x, torch.ones(1, device=DEVICE), torch.ones(5, device=DEVICE))
+    with pytest.raises(ValueError, match="residual shape"):
+        T.dyt_forward(x, torch.ones(1, device=DEVICE), residual=torch.ones(4, 9, device=DEVICE))
+    with pytest.raises(ValueError, match="out must be contiguous"):
+        T.dyt_forward(x, torch.ones(1, device=DEVICE), out=torch.empty(8, 4, device=DEVICE).t())
+
+
+def test_ulp_table_matches_the_dtypes():
+    for dtype, ulp in ULP.items():
+        assert torch.finfo(dtype).eps == ulp
