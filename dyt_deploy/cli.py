@@ -282,9 +282,21 @@ def bench(
     output: Path = typer.Option(Path("reports/bench"), "-o", "--output", help="Report folder."),
     config: list[str] = typer.Option(None, "--set", help="Architecture config override KEY=VALUE, e.g. "
                                      "--set depth=2 --set img_size=64; repeat per key."),
+    device: str = typer.Option("cpu", help="cpu: the model on each runner (above). cuda[:N]: the GPU suite "
+                               "instead -- the norm layer alone (copy, LayerNorm, RMSNorm, DyT eager/compiled/"
+                               "Triton kernel) and a LLaMA-style decoder; --set then sizes the decoder."),
+    tokens: str = typer.Option(None, help="GPU suite: token counts of the layer cases [default: 4096 at widths "
+                               "1024-8192 bf16, 16384x4096 bf16, 4096x4096 fp16/fp32]."),
+    widths: str = typer.Option(None, help="GPU suite: layer widths (with --tokens) [default: 4096]."),
+    dtypes: str = typer.Option(None, help="GPU suite: fp32, fp16, bf16 (with --tokens) [default: bf16]."),
+    decoder: bool = typer.Option(True, "--decoder/--no-decoder", help="GPU suite: also time the decoder."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     import os
+
+    if device != "cpu":
+        _gpu_bench(device, tokens, widths, dtypes, decoder, batch, seq, warmup, iters, config, output)
+        return
 
     # OpenMP threads that spin after torch's calls would slow the onnxruntime call after them
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -307,4 +319,47 @@ def bench(
     for row in results_table(report):
         table.add_row(*row)
     console.print(table)
+    console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
+
+
+def _gpu_bench(device: str, tokens: str | None, widths: str | None, dtypes: str | None, decoder: bool, batch: str,
+               seq: str | None, warmup: int, iters: int, config: list[str] | None, output: Path) -> None:
+    """``dyt-bench --device cuda``: the GPU suite, written to gpu_report.{json,md,html}."""
+    import torch
+
+    if not device.startswith("cuda"):
+        raise DytDeployError(f"--device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise DytDeployError(f"--device {device}: no CUDA device is visible (PyTorch {torch.__version__} is {build}); "
+                             "run on a machine with an NVIDIA GPU, or drop --device for the CPU benchmark")
+    from rich.progress import Progress
+
+    from .bench.gpu import DTYPES, LayerCase, run_gpu_benchmark
+    from .bench.gpu_report import decoder_table, layer_table, write_gpu_reports
+
+    cases = None
+    if tokens or widths or dtypes:
+        names = _names(dtypes) or ["bf16"]
+        unknown = [d for d in names if d not in DTYPES]
+        if unknown:
+            raise DytDeployError(f"unknown --dtypes {', '.join(unknown)}; use {', '.join(DTYPES)}")
+        cases = [LayerCase(t, w, d) for t in (_ints(tokens) or [4096]) for w in (_ints(widths) or [4096])
+                 for d in names]
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task("preparing", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total or None)
+
+        report = run_gpu_benchmark(device, cases, layer_rounds=iters, decoder=decoder,
+                                   decoder_config=_overrides(config), batch=(_ints(batch) or [1])[0],
+                                   seq=(_ints(seq) or [4096])[0], warmup=warmup, decoder_rounds=iters,
+                                   progress=progress)
+    paths = write_gpu_reports(report, output)
+    console.print("\n".join(layer_table(report["layer"])), highlight=False)
+    if report["decoder"]:
+        console.print("\n".join(decoder_table(report["decoder"])), highlight=False)
+    for goal in report["goals"]:
+        console.print(f"{'met' if goal['met'] else 'NOT MET'}: {goal['goal']}: {goal['measured']}", highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)

@@ -6,7 +6,7 @@ as classes (TensorDesc, Tensor, int) when the decorators run.
 
 import tensorrt.plugin as trtp
 
-from .plugin import PLUGIN_ID, check_param_shapes, dyt_reference
+from .plugin import PLUGIN_ID, run_dyt
 
 
 @trtp.register(PLUGIN_ID)
@@ -22,10 +22,10 @@ def dynamic_tanh_impl(
     x: trtp.Tensor, alpha: trtp.Tensor, gamma: trtp.Tensor, beta: trtp.Tensor,
     outputs: tuple[trtp.Tensor], stream: int,
 ) -> None:
-    """``gamma * tanh(alpha * x) + beta`` on TensorRT's stream, zero-copy through torch CUDA tensors."""
+    """``gamma * tanh(alpha * x) + beta`` on TensorRT's stream, zero-copy through torch CUDA tensors:
+    the Triton DyT kernel where it fits, else the reference (``plugin.run_dyt``)."""
     import torch
 
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
         tx, talpha, tgamma, tbeta = (torch.as_tensor(t, device="cuda") for t in (x, alpha, gamma, beta))
-        check_param_shapes(tuple(tx.shape), {"alpha": talpha.shape, "gamma": tgamma.shape, "beta": tbeta.shape})
-        dyt_reference(tx, talpha, tgamma, tbeta, out=torch.as_tensor(outputs[0], device="cuda"))
+        run_dyt(tx, talpha, tgamma, tbeta, out=torch.as_tensor(outputs[0], device="cuda"))

@@ -160,6 +160,27 @@ def dyt_reference(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | No
     return out
 
 
+def run_dyt(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
+            out: torch.Tensor) -> str:
+    """The plugin's computation into ``out``: the Triton kernel of :mod:`dyt_deploy.kernels` when it fits,
+    else :func:`dyt_reference`. Returns which ran, ``"triton"`` or ``"reference"``.
+
+    The kernel fits when gamma and beta are per last dim or one value (not channels-first), the
+    storage types are fp32/fp16/bf16 and Triton can run on x's device.
+    """
+    from ..kernels import KERNEL_DTYPES, will_use_kernel
+
+    layouts = check_param_shapes(tuple(x.shape), {"alpha": alpha.shape, "gamma": None if gamma is None else gamma.shape,
+                                                  "beta": None if beta is None else beta.shape})
+    if "channels" not in layouts.values() and x.dim() >= 1 and out.dtype in KERNEL_DTYPES and will_use_kernel(x):
+        from ..kernels.triton_dyt import dyt_forward
+
+        dyt_forward(x, alpha, gamma, beta, out=out)
+        return "triton"
+    dyt_reference(x, alpha, gamma, beta, out=out)
+    return "reference"
+
+
 # ---- the ONNX side: which nodes need the plugin, and giving them all four inputs ----
 
 

@@ -25,6 +25,7 @@ from dyt_deploy.engine.plugin import (
     overload_for,
     param_layout,
     register_plugin,
+    run_dyt,
 )
 from dyt_deploy.runners.base import MissingBackendError
 
@@ -153,6 +154,33 @@ def test_neutral_inputs_change_nothing() -> None:
     plain = dyt_reference(x, alpha)
     padded = dyt_reference(x, alpha, torch.ones(1), torch.zeros(1))
     assert torch.equal(plain, padded)
+
+
+@pytest.mark.parametrize(("x_shape", "gamma_shape", "dtype", "path"), [
+    ((2, 5, 16), (16,), torch.float16, "triton"),        # per last dim: the kernel
+    ((2, 5, 16), (1, 1, 16), torch.float32, "triton"),   # leading 1s are still per last dim
+    ((3, 16), (1,), torch.bfloat16, "triton"),           # one value for every channel
+    ((2, 4, 3, 3), (4, 1, 1), torch.float32, "reference"),  # channels-first: the reference
+    ((3, 16), (16,), torch.float64, "reference"),        # no float64 kernel
+])
+def test_plugin_computation_uses_the_triton_kernel_where_it_fits(x_shape, gamma_shape, dtype, path) -> None:
+    """The same dispatch the TensorRT impl runs (on CUDA there; here through Triton's interpreter)."""
+    pytest.importorskip("triton", reason="Triton not installed")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(x_shape, generator=g).to(dtype)
+    alpha = torch.tensor([0.7])  # fp32 parameters next to fp16/bf16 x, as an exported engine has them
+    gamma, beta = torch.randn(gamma_shape, generator=g), torch.randn(gamma_shape, generator=g)
+    out = torch.full_like(x, float("nan"))
+    assert run_dyt(x, alpha, gamma, beta, out) == path
+    expected = dyt_reference(x, alpha, gamma, beta)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, 1e-6)
+    torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
+
+
+def test_plugin_computation_checks_shapes_first() -> None:
+    x = torch.randn(2, 8)
+    with pytest.raises(PluginShapeError, match="gamma"):
+        run_dyt(x, torch.tensor([0.5]), torch.ones(5), None, torch.empty_like(x))
 
 
 # ---- the ONNX side ----

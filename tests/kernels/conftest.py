@@ -1,18 +1,10 @@
-"""Kernel tests run the real Triton kernels: on a GPU when there is one, else through Triton's interpreter.
-
-``TRITON_INTERPRET=1`` must be in the environment before ``dyt_deploy.kernels.triton_dyt`` (and
-with it ``triton.jit``) is first imported; this conftest is imported before the test modules.
-"""
+"""Kernel tests run the real Triton kernels: on a GPU when there is one, else through Triton's
+interpreter (``TRITON_INTERPRET=1``, set by the suite's root conftest)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
