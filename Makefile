@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker lint bench bench-export bench-service gpu-check clean
+.PHONY: demo test test-docker lint bench bench-export bench-service bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench-service: $(STAMP)
 # on a CUDA host, inside a Python environment that has torch with CUDA
 gpu-check:
 	scripts/gpu_check.sh
+
+# the GPU suite alone (norm layer vs copy bandwidth, decoder); needs a CUDA GPU and torch with CUDA
+bench-gpu: $(STAMP)
+	$(BIN)/dyt-bench --device cuda -o reports/gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

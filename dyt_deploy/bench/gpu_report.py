@@ -78,7 +78,8 @@ def markdown(report: dict) -> str:
                 f"dim {c['dim']}, depth {c['depth']}, heads {c['heads']}, FFN {c['ffn_dim']}, vocab {c['vocab_size']} "
                 f"({dec['parameters'] / 1e6:.0f} M parameters), batch {dec['batch']} x {dec['seq']} tokens, "
                 f"{dec['dtype']}, forward only; each sample one forward pass between CUDA events, variants "
-                f"interleaved. `dyt/triton` is eager with the Triton kernels and the residual adds fused into the norms.",
+                "interleaved. `dyt/triton` is eager with the Triton kernels and the residual adds fused into "
+                "the norms.",
                 "", *decoder_table(dec), ""]
     return "\n".join(out)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 
-import jsonschema
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -83,6 +82,7 @@ def test_goals_judge_the_two_figures_the_issue_sets(fraction, ratio, met):
 
 
 def test_report_validates_and_reads(report, tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(report, GPU_REPORT_SCHEMA)
     md = markdown(report)
     assert "no GPU: figures are not GPU figures" in md
