@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DEVICE, ULP, within_ulps
 
-from dyt_deploy.kernels import dyt_add_reference, dyt_reference, interpreting
-from dyt_deploy.kernels import triton_dyt as T
+pytest.importorskip("triton", reason="Triton not installed (pip install 'dyt-deploy[test]')")
+from kernel_testlib import DEVICE, ULP, within_ulps  # noqa: E402
+
+from dyt_deploy.kernels import dyt_add_reference, dyt_reference, interpreting  # noqa: E402
+from dyt_deploy.kernels import triton_dyt as T  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 FORMS = {"plain": (True, True), "no_bias": (True, False), "tanh_only": (False, False)}
