@@ -90,6 +90,13 @@ def make_runner(kind: str, target: CheckTarget, workdir: Path) -> Runner:
         from .runners.torch_runner import TorchRunner
 
         return TorchRunner(target.reference, names, target.output_names, compile=kind == "torch-compile")
+    if kind == "torch-triton":
+        import torch
+
+        from .runners.torch_runner import TorchRunner
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return TorchRunner(target.reference, names, target.output_names, kernels=True, device=device)
     if kind == "trt":
         if target.plan_path is None:
             raise DytDeployError("runner trt needs a TensorRT engine: build one with dyt-build REPO/NAME")

@@ -78,3 +78,12 @@ def test_unknown_runner_lists_the_known_ones(folder):
 def test_trt_without_engine_says_how_to_build_one(folder):
     result = cli.invoke(check_app, [str(folder), "--runners", "trt"])
     assert result.exit_code == 2 and "dyt-build" in result.output
+
+
+def test_check_with_the_triton_kernels(folder, tmp_path):
+    pytest.importorskip("triton", reason="Triton not installed")
+    report = tmp_path / "check.json"
+    result = cli.invoke(check_app, [str(folder), "--runners", "torch-triton", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "PASSED torch-triton vs PyTorch" in result.output
+    assert json.loads(report.read_text())["torch-triton"]["outputs"]["logits"]["max_abs"] < 1e-4

@@ -1,6 +1,8 @@
-"""PyTorch runners: eager and ``torch.compile``."""
+"""PyTorch runners: eager, ``torch.compile``, and eager with the Triton DyT kernels."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -14,24 +16,47 @@ class TorchRunner(Runner):
     """Runs an ``nn.Module`` on ``device``; inputs are passed positionally in ``input_names`` order.
 
     ``compile=True`` wraps the module in ``torch.compile`` (compiled on the first inference, which
-    ``activate`` runs when given ``warmup_feed``).
+    ``activate`` runs when given ``warmup_feed``). ``kernels=True`` runs a copy of the module with
+    every DynamicTanh swapped for the Triton kernel module (``dyt_deploy.kernels.use_kernels``);
+    the kernels need a CUDA device, or ``TRITON_INTERPRET=1`` to be interpreted on the CPU.
     """
 
     def __init__(self, model: nn.Module, input_names: list[str], output_names: list[str], *,
-                 compile: bool = False, device: str = "cpu", warmup_feed: dict[str, np.ndarray] | None = None) -> None:
+                 compile: bool = False, device: str = "cpu", warmup_feed: dict[str, np.ndarray] | None = None,
+                 kernels: bool = False) -> None:
         super().__init__()
-        self.name = "torch-compile" if compile else "torch"
+        if compile and kernels:
+            raise ValueError("choose compile or kernels: torch.compile generates its own DyT kernels")
+        self.name = "torch-compile" if compile else "torch-triton" if kernels else "torch"
         self.model, self.input_names, self.output_names = model, input_names, output_names
-        self.compile, self.device, self.warmup_feed = compile, device, warmup_feed
+        self.compile, self.kernels, self.device, self.warmup_feed = compile, kernels, device, warmup_feed
         self._callable: nn.Module | None = None
+        self.kernel_sites = 0
 
     def _activate(self) -> None:
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise MissingBackendError(f"{self.name}: no CUDA device; use device='cpu'")
-        module = self.model.to(self.device).eval()
+        module = copy.deepcopy(self.model) if self.kernels else self.model  # the swap must not touch the original
+        module = module.to(self.device).eval()
+        if self.kernels:
+            module = self._with_kernels(module)
         self._callable = torch.compile(module) if self.compile else module
         if self.warmup_feed is not None:
             self._infer(self.warmup_feed)
+
+    def _with_kernels(self, module: nn.Module) -> nn.Module:
+        from .. import kernels
+
+        if not kernels.triton_available():
+            raise MissingBackendError(f"{self.name}: Triton is not installed (it comes with PyTorch's CUDA builds; "
+                                      "else pip install triton)")
+        if not self.device.startswith("cuda") and not kernels.interpreting():
+            raise MissingBackendError(f"{self.name}: the Triton kernels run on a CUDA device; on the CPU only "
+                                      "through Triton's interpreter (set TRITON_INTERPRET=1 before starting)")
+        module, self.kernel_sites = kernels.use_kernels(module)
+        if not self.kernel_sites:
+            raise RunnerError(f"{self.name}: the model has no channels-last DynamicTanh for the kernels to run")
+        return module
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feed]

@@ -108,3 +108,38 @@ def test_cuda_runners_match_pytorch(tiny):
         pytest.skip("onnxruntime without CUDA (install the gpu extra)")
     with OnnxRuntimeRunner(onnx_path, provider="cuda") as runner:
         np.testing.assert_allclose(runner.infer(feed)["logits"], expected, atol=1e-3, rtol=1e-3)
+
+
+def test_torch_triton_runner_runs_the_kernels_and_matches_eager(tiny):
+    """Eager with the Triton DyT kernels (interpreted on the CPU here, compiled on a GPU) vs eager."""
+    pytest.importorskip("triton", reason="Triton not installed")
+    model, _ = tiny
+    feed = _feed(2, 7)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with TorchRunner(model, ["pixel_values"], ["logits"], kernels=True, device=device) as runner:
+        got = runner.infer(feed)["logits"]
+        assert runner.name == "torch-triton" and runner.kernel_sites == 3  # 2 block norms + the final norm
+    np.testing.assert_allclose(got, _reference(model.cpu(), feed), rtol=1e-4, atol=1e-4)
+    assert not any(type(m).__name__ == "KernelDynamicTanh" for m in model.modules()), "the original is untouched"
+
+
+def test_torch_triton_runner_says_what_it_needs(tiny, monkeypatch):
+    model, _ = tiny
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the kernels can run")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(MissingBackendError, match="TRITON_INTERPRET=1"):
+        TorchRunner(model, ["pixel_values"], ["logits"], kernels=True).activate()
+    with pytest.raises(ValueError, match="choose compile or kernels"):
+        TorchRunner(model, ["pixel_values"], ["logits"], kernels=True, compile=True)
+
+
+def test_torch_triton_runner_refuses_a_model_without_dyt():
+    pytest.importorskip("triton", reason="Triton not installed")
+    model = create_model("vit_tiny", norm="layernorm", depth=1, img_size=32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    runner = TorchRunner(model, ["pixel_values"], ["logits"], kernels=True, device=device)
+    if device == "cpu" and not __import__("os").environ.get("TRITON_INTERPRET"):
+        pytest.skip("needs the interpreter or a GPU")
+    with pytest.raises(RunnerError, match="no channels-last DynamicTanh"):
+        runner.activate()
