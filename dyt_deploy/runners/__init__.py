@@ -1,6 +1,7 @@
 """Every backend behind one interface: ``Runner.activate() / infer(feed) / deactivate()``.
 
-Kinds: ``torch`` (eager), ``torch-compile``, ``torch-triton`` (eager with the Triton DyT kernels), ``ort`` (onnxruntime CPU), ``ort-cuda`` and
+Kinds: ``torch`` (eager), ``torch-compile``, ``torch-triton`` (eager with the Triton DyT
+kernels), ``ort`` (onnxruntime CPU), ``ort-cuda`` and
 ``ort-trt`` (onnxruntime's CUDA / TensorRT execution providers, ``gpu`` extra), ``trt``
 (a TensorRT engine, ``tensorrt`` extra). Backends are imported when a runner is made.
 """
