@@ -201,7 +201,8 @@ check_app = new_app("Check runners against the PyTorch reference.")
 def check(
     model: Path = typer.Argument(..., help="A model.pt, or a model folder REPO/NAME written by dyt-export."),
     runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, torch-triton, ort, ort-cuda, "
-                                "ort-trt, trt [default: torch-compile,ort for a model.pt; ort (+trt with an engine) for a folder]."),
+                                "ort-trt, trt [default: torch-compile,ort for a model.pt; ort (+trt with an engine) "
+                                "for a folder]."),
     samples: int = typer.Option(3, help="Seeded inputs; the first at the export shape, the others at other shapes."),
     atol: float = typer.Option(None, help="Absolute tolerance [default: 1e-4 for fp32 runners, 2e-2 for fp16]."),
     rtol: float = typer.Option(None, help="Relative tolerance [default: 1e-3 for fp32 runners, 2e-2 for fp16]."),
