@@ -20,7 +20,7 @@ from .triton_dyt import LaunchConfig, _dyt_fwd_kernel
 
 TRITON_TYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}
 _POINTERS = ("X", "R", "H", "Y", "ALPHA", "W", "B")
-_INTS = ("M", "N", "stride_x", "stride_r", "stride_h", "stride_y", "stride_w", "stride_b")
+_INTS = ("M", "N", "stride_x", "stride_r", "stride_h", "stride_y")
 # pointers and sizes Triton's JIT would find 16-byte divisible for contiguous, 4096-wide tensors
 _ALIGNED = ("X", "R", "H", "Y", "W", "B", "N", "stride_x", "stride_r", "stride_h", "stride_y")
 
@@ -61,7 +61,7 @@ def compile_dyt(dtype: str = "bf16", *, residual: bool = False, weight: bool = T
     names = list(_dyt_fwd_kernel.arg_names)
     signature = {n: f"*{TRITON_TYPES[dtype]}" for n in _POINTERS}
     signature.update({n: "i32" for n in _INTS})
-    constexprs = {"HAS_RESIDUAL": residual, "HAS_WEIGHT": weight, "HAS_BIAS": bias,
+    constexprs = {"HAS_RESIDUAL": residual, "HAS_WEIGHT": weight, "HAS_BIAS": bias, "W_SCALAR": False, "B_SCALAR": False,
                   "BLOCK_M": config.block_m, "BLOCK_N": config.block_n}
     signature.update({n: "constexpr" for n in constexprs})
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in _ALIGNED} if aligned else {}

@@ -50,8 +50,9 @@ def _tanh(z):
 def _dyt_fwd_kernel(
     X, R, H, Y, ALPHA, W, B,
     M, N,
-    stride_x, stride_r, stride_h, stride_y, stride_w, stride_b,
+    stride_x, stride_r, stride_h, stride_y,
     HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    W_SCALAR: tl.constexpr, B_SCALAR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Program (i, j) covers rows [i*BLOCK_M, +BLOCK_M) and columns [j*BLOCK_N, +BLOCK_N) of the
@@ -72,12 +73,20 @@ def _dyt_fwd_kernel(
 
     alpha = tl.load(ALPHA).to(tl.float32)
     y = _tanh(alpha * x.to(tl.float32))
+    # weight/bias: one value (W_SCALAR) or one per column; as constexprs, so the per-column loads
+    # are known to be contiguous and compile to vector loads
     if HAS_WEIGHT:
-        w = tl.load(W + cols * stride_w, mask=col_ok, other=0.0).to(tl.float32)
-        y = y * w[None, :]
+        if W_SCALAR:
+            y = y * tl.load(W).to(tl.float32)
+        else:
+            w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+            y = y * w[None, :]
     if HAS_BIAS:
-        b = tl.load(B + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
-        y = y + b[None, :]
+        if B_SCALAR:
+            y = y + tl.load(B).to(tl.float32)
+        else:
+            b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+            y = y + b[None, :]
     tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
@@ -179,8 +188,9 @@ def dyt_forward(
             alpha, w if w is not None else dummy, b if b is not None else dummy,
             n_rows, n_cols,
             x2.stride(0), r2.stride(0) if r2 is not None else 0, h2.stride(0) if h2 is not None else 0,
-            y2.stride(0), stride_w, stride_b,
+            y2.stride(0),
             HAS_RESIDUAL=r2 is not None, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+            W_SCALAR=stride_w == 0, B_SCALAR=stride_b == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         )
     return out if residual is None else (residual_out, out)

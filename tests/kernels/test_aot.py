@@ -25,6 +25,7 @@ for dtype, residual, weight, bias, arch, aligned in [
     c = compile_dyt(dtype, residual=residual, weight=weight, bias=bias, arch=arch, aligned=aligned)
     key = f"{dtype}-res{int(residual)}-w{int(weight)}-b{int(bias)}-sm{arch}-{'aligned' if aligned else 'any'}"
     out[key] = {"accesses": sorted(c.global_accesses()), "cubin": len(c.cubin), "warps": c.num_warps,
+                "shared": c.shared_bytes,
                 "target": [l for l in c.ptx.splitlines() if l.startswith(".target")][0]}
 print(json.dumps(out))
 """
@@ -55,6 +56,8 @@ def test_aligned_tensors_get_128_bit_vector_loads_and_stores(compiled):
             assert "ld.global.v4.b32" in c["accesses"] and "st.global.v4.b32" in c["accesses"], key
             # the only scalar load left is alpha's single value
             assert not [a for a in c["accesses"] if a.startswith("st.global") and ".v4." not in a], key
+            # gamma/beta arrive in the layout the tile uses: no round trip through shared memory
+            assert c["shared"] == 0, key
 
 
 def test_without_alignment_the_compiler_must_fall_back_to_scalar_accesses(compiled):
