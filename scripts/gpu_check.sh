@@ -7,6 +7,8 @@
 # the project runs from this checkout through PYTHONPATH, so the check also works offline.
 #   scripts/gpu_check.sh                       # writes gpu-check/: facts, pytest logs, gpu_report.*
 #   OUT=somewhere BENCH_ARGS="--iters 20" scripts/gpu_check.sh
+# Each step has a time limit (TEST_TIMEOUT, BENCH_TIMEOUT seconds), so one hang cannot eat a
+# rented GPU's time. Order: kernel tests, the benchmark, then the other GPU tests.
 # Exit status: 0 when every test passed (the benchmark's goals are reported, not enforced).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,18 +34,19 @@ for mod in ("triton", "onnxruntime", "tensorrt"):
 PY
 
 echo "== kernel tests on the GPU" | tee "$OUT/pytest-kernels.txt"
-"$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/kernels tests/bench/test_gpu_bench.py \
-    tests/engine/test_engine_plugin.py 2>&1 | tee -a "$OUT/pytest-kernels.txt"
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/kernels \
+    tests/bench/test_gpu_bench.py tests/engine/test_engine_plugin.py tests/runners 2>&1 \
+    | tee -a "$OUT/pytest-kernels.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
-
-echo "== gpu/tensorrt-marked engine and runner tests" | tee "$OUT/pytest-gpu.txt"
-"$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/engine tests/runners 2>&1 \
-    | tee -a "$OUT/pytest-gpu.txt"
-rc=${PIPESTATUS[0]}
-[ "$rc" = 0 ] || [ "$rc" = 5 ] || status=1  # 5: nothing selected
 
 echo "== GPU benchmark" | tee "$OUT/bench.txt"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
-"$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' --device cuda -o "$OUT" ${BENCH_ARGS:-} 2>&1 \
-    | tee -a "$OUT/bench.txt"
+timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' \
+    --device cuda -o "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.txt"
+
+echo "== gpu/tensorrt-marked engine tests" | tee "$OUT/pytest-gpu.txt"
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/engine \
+    2>&1 | tee -a "$OUT/pytest-gpu.txt"
+rc=${PIPESTATUS[0]}
+[ "$rc" = 0 ] || [ "$rc" = 5 ] || status=1  # 5: nothing selected
 exit "$status"
