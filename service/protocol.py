@@ -127,6 +127,7 @@ class RequestedOutput:
 
     name: str
     binary: bool | None = None
+    classes: int | None = None  # the classification extension: top-k "value:index" strings
 
 
 @dataclass
@@ -407,12 +408,21 @@ def _requested_output(raw: dict[str, Any], signature: Signature) -> RequestedOut
         known = ", ".join(t.name for t in signature.outputs)
         raise BadRequest(f"unknown output {name!r}; the model has: {known}")
     parameters = _parameters(raw.get("parameters"), f"output {name!r}")
-    if parameters.get("classification"):
-        raise BadRequest(f"output {name!r}: the classification extension is not supported")
     binary = parameters.get("binary_data")
     if binary is not None and not isinstance(binary, bool):
         raise BadRequest(f"output {name!r}: binary_data must be true or false")
-    return RequestedOutput(name, binary)
+    classes = parameters.get("classification")
+    if classes is not None:
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            raise BadRequest(f"output {name!r}: classification must be a positive integer (the number of classes "
+                             f"to return), got {classes!r}")
+        spec = signature.output(name)
+        if spec.datatype == BYTES:
+            raise BadRequest(f"output {name!r} is BYTES; classification needs a numeric output")
+        width = spec.shape[-1] if spec.shape else None
+        if isinstance(width, int) and width >= 0 and classes > width:
+            raise BadRequest(f"output {name!r} has {width} classes; classification asked for {classes}")
+    return RequestedOutput(name, binary, classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -428,7 +438,10 @@ def encode_response(model_name: str, model_version: str | None, request: InferRe
     blobs: list[bytes] = []
     for item in wanted:
         binary = request.binary_output if item.binary is None else item.binary
-        entry, blob = encode_output(item.name, outputs[item.name], signature.output(item.name), binary)
+        array, spec = outputs[item.name], signature.output(item.name)
+        if item.classes is not None:
+            array, spec = classify(item.name, array, item.classes), None
+        entry, blob = encode_output(item.name, array, spec, binary)
         entries.append(entry)
         blobs.extend([blob] if blob is not None else [])
     response: dict[str, Any] = {"model_name": model_name}
@@ -442,6 +455,25 @@ def encode_response(model_name: str, model_version: str | None, request: InferRe
         return header, {"content-type": "application/json"}
     return header + b"".join(blobs), {"content-type": "application/octet-stream",
                                       "inference-header-content-length": str(len(header))}
+
+
+def classify(name: str, array: np.ndarray, count: int) -> np.ndarray:
+    """The classification extension: the ``count`` highest values along the last dim, highest first,
+    as BYTES ``"<value>:<index>"`` (shape ``[..., count]``; ``[batch, count]`` for a classifier).
+
+    Ties keep the lower index first. Raises BadRequest when the output is a scalar or has fewer
+    than ``count`` classes (checked here too, for outputs whose class count is dynamic).
+    """
+    values = np.asarray(array)
+    if values.ndim == 0 or values.shape[-1] < count:
+        have = "no class dimension" if values.ndim == 0 else f"{values.shape[-1]} classes"
+        raise BadRequest(f"output {name!r} has {have}; classification asked for {count}")
+    order = np.argsort(-values.astype(np.float64), axis=-1, kind="stable")[..., :count]
+    top = np.take_along_axis(values, order, axis=-1)
+    text = np.empty(order.shape, dtype=object)
+    for pos in np.ndindex(order.shape):
+        text[pos] = f"{float(top[pos]):f}:{int(order[pos])}".encode()
+    return text
 
 
 def encode_output(name: str, array: np.ndarray, spec: TensorSpec | None,

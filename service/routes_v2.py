@@ -34,7 +34,7 @@ from .schemas import (
 )
 from .stats import RequestTiming
 
-EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration", "model_repository_index"]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository_index"]
 INLINE_BYTES = 1 << 16  # bodies and outputs below this are coded on the event loop, larger ones in a thread
 
 router = APIRouter()

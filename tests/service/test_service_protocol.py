@@ -215,8 +215,29 @@ def test_requested_outputs_are_checked() -> None:
         decode(json_body(feed(), outputs=[{"name": "logits"}]))
     with pytest.raises(BadRequest, match="requested twice"):
         decode(json_body(feed(), outputs=[{"name": "out"}, {"name": "out"}]))
-    with pytest.raises(BadRequest, match="classification extension"):
-        decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": 3}}]))
+
+@pytest.mark.parametrize("count", [0, -2, "3", True, 2.5])
+def test_classification_count_must_be_a_positive_integer(count: object) -> None:
+    with pytest.raises(BadRequest, match="classification must be a positive integer"):
+        decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": count}}]))
+
+
+def test_classification_is_decoded_per_output() -> None:
+    request = decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": 2}},
+                                                {"name": "half"}]))
+    assert [(o.name, o.classes) for o in request.outputs] == [("out", 2), ("half", None)]
+
+
+def test_classify_orders_by_value_then_index() -> None:
+    scores = np.array([[1.0, 5.0, 10.0, 4.0], [0.5, 0.5, -1.0, 0.5]], np.float32)
+    top = protocol.classify("out", scores, 3)
+    assert top.shape == (2, 3)
+    assert top.tolist() == [[b"10.000000:2", b"5.000000:1", b"4.000000:3"],
+                            [b"0.500000:0", b"0.500000:1", b"0.500000:3"]]
+    with pytest.raises(BadRequest, match="has 4 classes; classification asked for 5"):
+        protocol.classify("out", scores, 5)
+    with pytest.raises(BadRequest, match="no class dimension"):
+        protocol.classify("out", np.float32(3.0), 1)
 
 
 def outputs() -> dict[str, np.ndarray]:
@@ -263,3 +284,25 @@ def test_bytes_tensors_use_length_prefixes() -> None:
     assert decoded.tolist() == [b"ab", b"", b"xyz"]
     with pytest.raises(BadRequest, match="runs past"):
         protocol.decode_binary(memoryview(blob[:-1]), "BYTES", (3,), "t")
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_classified_output_is_sent_as_bytes(binary: bool) -> None:
+    request = protocol.InferRequest(inputs=feed(), outputs=[protocol.RequestedOutput("out", binary, classes=2)])
+    body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
+    if binary:
+        length = int(headers["inference-header-content-length"])
+        entry = json.loads(body[:length])["outputs"][0]
+        values = protocol.decode_binary(memoryview(body[length:]), "BYTES", (2, 3, 2), "out").tolist()
+    else:
+        entry = json.loads(body)["outputs"][0]
+        values = np.array(entry["data"]).reshape(2, 3, 2).tolist()
+    assert entry["datatype"] == "BYTES" and entry["shape"] == [2, 3, 2]
+    as_text = [[[v.decode() if isinstance(v, bytes) else v for v in row] for row in seq] for seq in values]
+    best = outputs()["out"][0, 0]  # 0, 1/7, 2/7, 3/7: indices 3 then 2
+    assert as_text[0][0] == [f"{best[3]:f}:3", f"{best[2]:f}:2"]
+
+
+def test_classification_beyond_a_fixed_class_count_is_refused_at_decode() -> None:
+    with pytest.raises(BadRequest, match="output 'out' has 4 classes; classification asked for 5"):
+        decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": 5}}]))

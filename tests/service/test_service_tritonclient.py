@@ -64,6 +64,35 @@ def test_infer_equals_the_in_process_runner(triton: httpclient.InferenceServerCl
 
 
 @pytest.mark.parametrize("binary", [False, True])
+def test_classification_extension_returns_the_top_classes(triton: httpclient.InferenceServerClient,
+                                                          reference: dict[str, OnnxRuntimeRunner],
+                                                          binary: bool) -> None:
+    """``class_count`` as tritonclient sends it: "<value>:<index>" strings, highest first, per image."""
+    assert "classification" in triton.get_server_metadata()["extensions"]
+    x = images(3, seed=5)
+    tensor = httpclient.InferInput("pixel_values", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    wanted = [httpclient.InferRequestedOutput("logits", binary_data=binary, class_count=4)]
+    top = triton.infer("vit-dyt", [tensor], outputs=wanted).as_numpy("logits")
+    assert top.shape == (3, 4)
+    logits = expected(reference, "vit-dyt", x)
+    for row, entries in zip(logits, top, strict=True):
+        # tritonclient gives bytes for binary BYTES tensors and str for JSON ones
+        pairs = [(e.decode() if isinstance(e, bytes) else e).split(":") for e in entries]
+        assert [int(i) for _, i in pairs] == list(np.argsort(-row, kind="stable")[:4])
+        np.testing.assert_allclose([float(v) for v, _ in pairs], np.sort(row)[::-1][:4], rtol=1e-5, atol=1e-5)
+
+
+def test_classification_asking_for_more_classes_than_exist_is_a_400(triton: httpclient.InferenceServerClient) -> None:
+    x = images(1, seed=5)
+    tensor = httpclient.InferInput("pixel_values", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException, match="has 1000 classes; classification asked for 1001"):
+        triton.infer("vit-dyt", [tensor], outputs=[httpclient.InferRequestedOutput("logits", class_count=1001)])
+    assert triton.is_server_ready()
+
+
+@pytest.mark.parametrize("binary", [False, True])
 def test_int64_inputs_equal_the_in_process_runner(triton: httpclient.InferenceServerClient,
                                                   reference: dict[str, OnnxRuntimeRunner], binary: bool) -> None:
     rng = np.random.default_rng(9)
