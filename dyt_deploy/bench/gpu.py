@@ -3,7 +3,9 @@
 Layer: for each (tokens, width, dtype), every provider in turn, round by round --
 
 * ``copy``: ``x.clone()``, the device-to-device copy the others are measured against;
-* ``layernorm`` / ``rmsnorm``: PyTorch's own (fused) ``nn.LayerNorm`` / ``nn.RMSNorm``;
+* ``layernorm`` / ``rmsnorm``: PyTorch's own ``nn.LayerNorm`` / ``nn.RMSNorm``; ``rmsnorm-compiled``:
+  ``nn.RMSNorm`` through ``torch.compile``; ``rmsnorm-hf``: the op-by-op RMSNorm of Hugging Face's
+  LLaMA (float32 upcast, pow, mean, rsqrt), the baseline of the DyT paper's latency table;
 * ``dyt-eager``: :class:`~dyt_deploy.nn.DynamicTanh` op by op; ``dyt-compiled``: the same
   through ``torch.compile`` (Inductor fuses it);
 * ``dyt-triton``: the Triton kernel (:mod:`dyt_deploy.kernels`); ``dyt-add-triton``: the kernel
@@ -39,7 +41,8 @@ from ..models import create_model
 from ..nn import create_norm
 from .stats import interleaved_schedule, median_ratio
 
-LAYER_PROVIDERS = ("copy", "layernorm", "rmsnorm", "dyt-eager", "dyt-compiled", "dyt-triton", "dyt-add-triton")
+LAYER_PROVIDERS = ("copy", "layernorm", "rmsnorm", "rmsnorm-compiled", "rmsnorm-hf", "dyt-eager", "dyt-compiled",
+                   "dyt-triton", "dyt-add-triton")
 DECODER_VARIANTS = ("rmsnorm/eager", "dyt/eager", "dyt/triton", "rmsnorm/compiled", "dyt/compiled")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The paper's latency setting is one 4096-token sequence; the width follows LLaMA's 2048-4096.
@@ -108,6 +111,13 @@ def _seeded_norm(kind: str, width: int, dtype: torch.dtype, device: torch.device
     return module.to(device=device, dtype=dtype).eval()
 
 
+def _hf_rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm op by op as Hugging Face's ``LlamaRMSNorm`` computes it (float32 statistics)."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
 def _layer_call(provider: str, width: int, dtype: torch.dtype,
                 device: torch.device) -> tuple[Callable[[torch.Tensor, torch.Tensor], object], int]:
     """The provider's call on (x, residual) and how many tensors of x's size it moves per call."""
@@ -116,6 +126,12 @@ def _layer_call(provider: str, width: int, dtype: torch.dtype,
     if provider in ("layernorm", "rmsnorm"):
         norm = _seeded_norm(provider, width, dtype, device)
         return (lambda x, r: norm(x)), 2
+    if provider == "rmsnorm-compiled":
+        compiled_rms = torch.compile(_seeded_norm("rmsnorm", width, dtype, device), dynamic=False)
+        return (lambda x, r: compiled_rms(x)), 2
+    if provider == "rmsnorm-hf":
+        weight, eps = _seeded_norm("rmsnorm", width, dtype, device).weight, 1e-6
+        return (lambda x, r: _hf_rmsnorm(x, weight, eps)), 2
     dyt = _seeded_norm("dyt", width, dtype, device)
     if provider == "dyt-eager":
         return (lambda x, r: dyt(x)), 2

@@ -18,7 +18,7 @@ from dyt_deploy.cli import bench_app
 
 pytest.importorskip("triton", reason="Triton not installed (pip install 'dyt-deploy[test]')")
 
-CPU_PROVIDERS = ["copy", "layernorm", "rmsnorm", "dyt-eager", "dyt-triton", "dyt-add-triton"]
+CPU_PROVIDERS = ["copy", "layernorm", "rmsnorm", "rmsnorm-hf", "dyt-eager", "dyt-triton", "dyt-add-triton"]
 TOY_DECODER = {"dim": 64, "depth": 2, "heads": 2, "ffn_dim": 128, "vocab_size": 256}
 
 
@@ -57,6 +57,13 @@ def test_decoder_ratios_pair_each_dyt_variant_with_rmsnorm_in_the_same_mode(repo
     for q in dec["ratios"]:
         assert q["low"] <= q["ratio"] <= q["high"]
     assert dec["config"]["max_seq_len"] >= 16 and dec["parameters"] > 0
+
+
+def test_hf_rmsnorm_is_rmsnorm():
+    from dyt_deploy.bench.gpu import _hf_rmsnorm
+
+    x, w = torch.randn(4, 32), torch.rand(32) + 0.5
+    torch.testing.assert_close(_hf_rmsnorm(x, w, 1e-6), torch.nn.functional.rms_norm(x, (32,), w, 1e-6))
 
 
 def test_unknown_names_are_refused():
