@@ -45,6 +45,12 @@ class PayloadTooLarge(ServiceError):
     status = 413
 
 
+class DeadlineExceeded(ServiceError):
+    """The request's own ``timeout`` parameter ran out before the model answered (504)."""
+
+    status = 504
+
+
 class Unavailable(ServiceError):
     """Model not ready, or the server is at its bound of requests in flight (503)."""
 

@@ -24,7 +24,7 @@ from dyt_deploy.repository import DEFAULT_MAX_BATCH_SIZE, MANIFEST_NAME, list_mo
 from dyt_deploy.runners.base import Runner
 
 from .batching import DynamicBatcher
-from .errors import NotFound, Unavailable
+from .errors import DeadlineExceeded, NotFound, Unavailable
 from .protocol import DATATYPES, Signature, TensorSpec
 from .settings import BatchingConfig, Settings
 from .stats import ModelStats
@@ -198,11 +198,25 @@ class ServedModel:
         self.runner.infer(feed)
         return float(self.runner.last_inference_time or 0.0)
 
-    async def infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
+    async def infer(self, feed: dict[str, np.ndarray],
+                    timeout_s: float | None = None) -> tuple[dict[str, np.ndarray], float, float]:
         """Run one request off the event loop (through the batcher when batching is on);
-        returns its outputs, queue time and compute time."""
+        returns its outputs, queue time and compute time.
+
+        ``timeout_s`` (the request's own ``timeout``): past it the request is answered with 504; if
+        it is still queued it never runs, a backend call already under way finishes unseen.
+        """
         if not self.ready:
             raise Unavailable(f"model {self.name!r} is not ready: {self.reason or self.state}")
+        if timeout_s is None:
+            return await self._infer(feed)
+        try:
+            return await asyncio.wait_for(self._infer(feed), timeout_s)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"model {self.name!r} did not answer within the request's timeout of "
+                                   f"{round(timeout_s * 1e6)} µs") from None
+
+    async def _infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
         if self.batcher is not None:
             return await self.batcher.submit(feed, _items(feed))
         enqueued = time.perf_counter()

@@ -141,6 +141,13 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def timeout_s(self) -> float | None:
+        """The request's ``timeout`` parameter (microseconds, as Triton reads it) in seconds; None when
+        absent or 0 (no limit of its own; the server's --timeout still applies)."""
+        micros = self.parameters.get("timeout")
+        return micros / 1e6 if micros else None
+
+    @property
     def batch_size(self) -> int:
         """Dim 0 of the first input (1 for a scalar input)."""
         first = next(iter(self.inputs.values()))
@@ -186,6 +193,10 @@ def decode_request(body: bytes, header_length: str | None, signature: Signature,
     header, binary = split_body(body, header_length)
     request = parse_json_header(header)
     parameters = _parameters(request.get("parameters"), "request")
+    timeout = parameters.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
+        raise BadRequest(f"request parameter 'timeout' must be a non-negative integer number of microseconds "
+                         f"(0: no limit), got {timeout!r}")
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("request needs a non-empty 'inputs' list")

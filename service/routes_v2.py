@@ -168,7 +168,7 @@ async def run_inference(model: ServedModel, body: bytes, headers: Any) -> tuple[
 
     decoded, input_s = await maybe_in_thread(decode, len(body) > INLINE_BYTES)
     try:
-        outputs, queue_s, infer_s = await model.infer(decoded.inputs)
+        outputs, queue_s, infer_s = await model.infer(decoded.inputs, decoded.timeout_s)
     except ServiceError:
         raise
     except Exception as err:  # the backend refused inputs that passed the signature checks

@@ -7,7 +7,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from service_testlib import images, json_request
+from service_testlib import API_KEY, images, json_request
 
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
 from service import protocol
@@ -177,3 +177,30 @@ def test_int64_inputs_with_two_dynamic_dims(client: httpx.Client, reference: dic
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
     mismatch = client.post("/v2/models/bert-dyt/infer", json=token_request(ids, mask[:, :6]))
     assert mismatch.status_code == 400 and "(seq) is 6, another input has seq=7" in mismatch.json()["error"]
+
+
+def test_a_request_timeout_that_runs_out_is_a_504_and_the_model_stays_usable(client: httpx.Client) -> None:
+    """Triton's reserved ``timeout`` parameter, in microseconds: 1 µs cannot cover even the hop to the worker."""
+    body = {**json_request(images(1)), "parameters": {"timeout": 1}}
+    response = client.post("/v2/models/vit-dyt/infer", json=body)
+    assert response.status_code == 504
+    assert "within the request's timeout of 1 µs" in response.json()["error"]
+    generous = {**json_request(images(1)), "parameters": {"timeout": 60_000_000}}
+    assert client.post("/v2/models/vit-dyt/infer", json=generous).status_code == 200
+    no_limit = {**json_request(images(1)), "parameters": {"timeout": 0}}
+    assert client.post("/v2/models/vit-dyt/infer", json=no_limit).status_code == 200
+
+
+def test_a_request_timeout_also_bounds_the_batching_queue(strict_client: httpx.Client) -> None:
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    body = {**json_request(images(1)), "parameters": {"timeout": 1}}
+    response = strict_client.post("/v2/models/vit-dyt/infer", json=body, headers=key)
+    assert response.status_code == 504
+    assert strict_client.post("/v2/models/vit-dyt/infer", json=json_request(images(1)), headers=key).status_code == 200
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "100", True])
+def test_a_malformed_request_timeout_is_a_400(client: httpx.Client, value: object) -> None:
+    body = {**json_request(images(1)), "parameters": {"timeout": value}}
+    response = client.post("/v2/models/vit-dyt/infer", json=body)
+    assert response.status_code == 400 and "non-negative integer number of microseconds" in response.json()["error"]
