@@ -11,9 +11,15 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ULP = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
-def within_ulps(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, ulps: float = 1.0) -> None:
-    """|actual - expected| <= ulps * ULP * max(|expected|, 1): relative error near the dtype's precision."""
+def within_ulps(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, ulps: float = 1.0,
+                scale: torch.Tensor | None = None) -> None:
+    """|actual - expected| <= ulps * ULP * max(scale, 1), elementwise.
+
+    ``scale`` defaults to |expected|: error relative to the result. For ``w * t + b``, pass
+    ``|w * t| + |b|``: where the two terms cancel, the rounding of each still counts.
+    """
     diff = (actual.double() - expected.double()).abs()
-    bound = ulps * ULP[dtype] * expected.double().abs().clamp(min=1.0)
+    size = expected.double().abs() if scale is None else scale.double()
+    bound = ulps * ULP[dtype] * size.clamp(min=1.0)
     worst = (diff - bound).max().item() if diff.numel() else 0.0
     assert worst <= 0, f"max error {diff.max().item():.3g} exceeds {ulps} ulp(s) of {dtype}"
