@@ -37,66 +37,105 @@ def _device_line(facts: dict) -> str:
     return f"CPU {facts.get('cpu')} (no GPU: figures are not GPU figures), torch {facts['torch']}"
 
 
-def layer_table(rows: list[dict]) -> list[str]:
-    lines = ["| case | provider | median µs | p10-p90 µs | GB/s | of copy |", "|---|---|---:|---:|---:|---:|"]
+LAYER_COLUMNS = ["case", "provider", "median µs", "p10-p90 µs", "GB/s", "of copy"]
+DECODER_COLUMNS = ["variant", "median ms", "p10-p90 ms", "vs RMSNorm (95% CI)"]
+GOAL_COLUMNS = ["goal", "measured", "met"]
+
+
+def layer_rows(rows: list[dict]) -> list[list[str]]:
+    out = []
     for r in rows:
         frac = "" if r.get("copy_fraction") is None else f"{r['copy_fraction']:.0%}"
-        lines.append(f"| {r['case']} | {r['provider']} | {r['median_us']:.1f} | {r['p10_us']:.1f}-{r['p90_us']:.1f} "
-                     f"| {r['gbps']:.0f} | {frac} |")
-    return lines
+        out.append([r["case"], r["provider"], f"{r['median_us']:.1f}", f"{r['p10_us']:.1f}-{r['p90_us']:.1f}",
+                    f"{r['gbps']:.3g}", frac])
+    return out
 
 
-def decoder_table(decoder: dict) -> list[str]:
+def decoder_rows(decoder: dict) -> list[list[str]]:
     ratios = {r["variant"]: r for r in decoder["ratios"]}
-    lines = ["| variant | median ms | p10-p90 ms | vs RMSNorm (95% CI) |", "|---|---:|---:|---|"]
+    out = []
     for r in decoder["results"]:
         q = ratios.get(r["variant"])
         vs = f"{q['ratio']:.3f} [{q['low']:.3f}, {q['high']:.3f}] vs {q['baseline']}" if q else ""
-        lines.append(f"| {r['variant']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f}-{r['p90_ms']:.2f} | {vs} |")
-    return lines
+        out.append([r["variant"], f"{r['median_ms']:.2f}", f"{r['p10_ms']:.2f}-{r['p90_ms']:.2f}", vs])
+    return out
+
+
+def goal_rows(goals: list[dict]) -> list[list[str]]:
+    return [[g["goal"], g["measured"], "yes" if g["met"] else "NO"] for g in goals]
+
+
+def _md_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    align = ["---" if i < 2 or c.startswith(("goal", "met", "vs")) else "---:" for i, c in enumerate(columns)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def layer_table(rows: list[dict]) -> list[str]:
+    return _md_table(LAYER_COLUMNS, layer_rows(rows))
+
+
+def decoder_table(decoder: dict) -> list[str]:
+    return _md_table(DECODER_COLUMNS, decoder_rows(decoder))
+
+
+def _layer_method(report: dict) -> str:
+    s, facts = report["settings"], report["facts"]
+    graphs = any(r["cuda_graph"] for r in report["layer"])
+    l2 = f" (the GPU's L2 holds {facts['l2_mib']} MiB)" if facts.get("l2_mib") else ""
+    timing = "replayed from a CUDA graph and timed with CUDA events" if graphs else "timed with the wall clock"
+    return (f"Per call; {s['layer_rounds']} interleaved samples per provider, each one pass over a rotation of "
+            f"inputs of at least {s['min_bytes_per_sample'] / 2**20:.0f} MiB{l2}, {timing}. GB/s counts bytes "
+            "read plus written; 'of copy' is the share of `x.clone()`'s GB/s in the same case.")
+
+
+def _decoder_method(report: dict) -> str:
+    dec, facts = report["decoder"], report["facts"]
+    c = dec["config"]
+    clock = "between CUDA events" if facts.get("gpu") else "on the wall clock"
+    return (f"dim {c['dim']}, depth {c['depth']}, heads {c['heads']}, FFN {c['ffn_dim']}, vocab {c['vocab_size']} "
+            f"({dec['parameters'] / 1e6:.3g} M parameters), batch {dec['batch']} x {dec['seq']} tokens, "
+            f"{dec['dtype']}, forward only; each sample one forward pass {clock}, variants interleaved. "
+            "`dyt/triton` is eager with the Triton kernels and the residual adds fused into the norms.")
 
 
 def markdown(report: dict) -> str:
-    facts, s = report["facts"], report["settings"]
     out = ["# DyT on the GPU: norm layer and decoder", "",
-           f"Measured {report['created_at']} on {_device_line(facts)}.", ""]
+           f"Measured {report['created_at']} on {_device_line(report['facts'])}.", ""]
     if report["goals"]:
-        out += ["## Goals", "", "| goal | measured | met |", "|---|---|---|"]
-        out += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else 'NO'} |" for g in report["goals"]]
-        out.append("")
-    out += ["## Norm layer alone", "",
-            f"Per call; {s['layer_rounds']} interleaved samples per provider, each one pass over a rotation of "
-            f"inputs of at least {s['min_bytes_per_sample'] / 2**20:.0f} MiB (several times L2), "
-            + ("replayed as a CUDA graph and timed with CUDA events. " if any(r["cuda_graph"] for r in report["layer"])
-               else "timed with the wall clock. ")
-            + "GB/s counts bytes read plus written; 'of copy' is the share of `x.clone()`'s GB/s in the same case.",
-            "", *layer_table(report["layer"]), ""]
-    dec = report.get("decoder")
-    if dec:
-        c = dec["config"]
-        out += ["## LLaMA-style decoder", "",
-                f"dim {c['dim']}, depth {c['depth']}, heads {c['heads']}, FFN {c['ffn_dim']}, vocab {c['vocab_size']} "
-                f"({dec['parameters'] / 1e6:.0f} M parameters), batch {dec['batch']} x {dec['seq']} tokens, "
-                f"{dec['dtype']}, forward only; each sample one forward pass between CUDA events, variants "
-                "interleaved. `dyt/triton` is eager with the Triton kernels and the residual adds fused into "
-                "the norms.",
-                "", *decoder_table(dec), ""]
+        out += ["## Goals", "", *_md_table(GOAL_COLUMNS, goal_rows(report["goals"])), ""]
+    out += ["## Norm layer alone", "", _layer_method(report), "", *layer_table(report["layer"]), ""]
+    if report.get("decoder"):
+        out += ["## LLaMA-style decoder", "", _decoder_method(report), "", *decoder_table(report["decoder"]), ""]
     return "\n".join(out)
 
 
+def _html_table(columns: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def html_page(report: dict) -> str:
-    body = [f"<h1>DyT on the GPU</h1><p>{html.escape(_device_line(report['facts']))}</p>"]
+    parts = [f"<h1>DyT on the GPU</h1><p>Measured {html.escape(report['created_at'])} on "
+             f"{html.escape(_device_line(report['facts']))}.</p>"]
+    if report["goals"]:
+        parts.append("<h2>Goals</h2>" + _html_table(GOAL_COLUMNS, goal_rows(report["goals"])))
+    parts.append(f"<h2>Norm layer alone</h2><p>{html.escape(_layer_method(report))}</p>")
     for case in dict.fromkeys(r["case"] for r in report["layer"]):
         bars = [(r["provider"], r["gbps"], r["gbps"] * r["median_us"] / r["p90_us"],
                  r["gbps"] * r["median_us"] / r["p10_us"]) for r in report["layer"] if r["case"] == case]
-        body.append(bar_chart(f"norm layer {case}: GB/s (whiskers p90-p10 time)", bars, unit="GB/s"))
+        parts.append(bar_chart(f"{case}: GB/s at the median (whiskers: at p90 and p10 time)", bars, unit="GB/s"))
+    parts.append(_html_table(LAYER_COLUMNS, layer_rows(report["layer"])))
     if report.get("decoder"):
         bars = [(r["variant"], r["median_ms"], r["p10_ms"], r["p90_ms"]) for r in report["decoder"]["results"]]
-        body.append(bar_chart("decoder forward: median ms (whiskers p10-p90)", bars))
-    md = html.escape(markdown(report))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>DyT GPU benchmark</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto} svg{display:block;margin:1em 0}"
-            "pre{white-space:pre-wrap}</style></head><body>" + "".join(body) + f"<pre>{md}</pre></body></html>\n")
+        parts += [f"<h2>LLaMA-style decoder</h2><p>{html.escape(_decoder_method(report))}</p>",
+                  bar_chart("forward pass: median ms (whiskers p10-p90)", bars),
+                  _html_table(DECODER_COLUMNS, decoder_rows(report["decoder"]))]
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>DyT GPU benchmark</title>"
+            "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}svg{display:block;margin:1em 0}"
+            "svg text{font-size:12px}</style></head><body>" + "".join(parts) + "</body></html>\n")
 
 
 def write_gpu_reports(report: dict, out_dir: Path) -> dict[str, Path]:

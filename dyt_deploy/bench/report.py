@@ -124,8 +124,8 @@ def bar_chart(title: str, bars: list[tuple[str, float, float, float]], unit: str
     """Horizontal bars (label, value, low, high) with whiskers from low to high."""
     width, left, bar_h = 640, 180, 22
     height = 30 + bar_h * len(bars) + 20
-    top = max((b[3] for b in bars), default=1.0) * 1.1 or 1.0
-    scale = (width - left - 20) / top
+    top = max((b[3] for b in bars), default=1.0) or 1.0
+    scale = (width - left - 110) / top  # room right of the longest whisker for its value
     parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
              f'<text x="4" y="16" font-weight="bold">{html.escape(title)}</text>']
     for i, (label, value, low, high) in enumerate(bars):
