@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import add_and_norm, create_norm, paper_alpha_init
+from ..nn import create_norm, paper_alpha_init
 from .base import TensorSpec, ZooModel
+from .prenorm import Step, fused_prenorm, fuses_residual
 
 
 def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,15 +77,9 @@ class DecoderLayer(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.ffn(self.ffn_norm(x))
 
-    def forward_fused(self, x: torch.Tensor, normed: torch.Tensor, cos: torch.Tensor,
-                      sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same block with its residual adds handed to the norms after them (``add_and_norm``).
-
-        Takes the residual stream ``x`` and ``normed = attn_norm(x)``; returns the stream after the
-        block and its FFN output, still to be added by whichever norm comes next.
-        """
-        x, normed = add_and_norm(self.ffn_norm, self.attn(normed, cos, sin), x)
-        return x, self.ffn(normed)
+    def steps(self, cos: torch.Tensor, sin: torch.Tensor) -> list[Step]:
+        """The block as (norm, sublayer) steps, for ``fused_prenorm``."""
+        return [(self.attn_norm, lambda h: self.attn(h, cos, sin)), (self.ffn_norm, self.ffn)]
 
 
 class LlamaDecoder(ZooModel):
@@ -125,19 +120,13 @@ class LlamaDecoder(ZooModel):
             for layer in self.layers:
                 x = layer(x, cos, sin)
             return self.lm_head(self.norm(x))
-        # Each residual add runs inside the norm that follows it (one pass with fused DyT kernels).
-        normed = self.layers[0].attn_norm(x) if len(self.layers) else self.norm(x)
-        for i, layer in enumerate(self.layers):
-            x, delta = layer.forward_fused(x, normed, cos, sin)
-            following = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.norm
-            x, normed = add_and_norm(following, delta, x)
-        return self.lm_head(normed)
+        steps = [step for layer in self.layers for step in layer.steps(cos, sin)]
+        return self.lm_head(fused_prenorm(x, steps, self.norm))
 
     @property
     def fused_residual(self) -> bool:
         """True when the norms fuse the residual add before them (``dyt_deploy.kernels.use_kernels``)."""
-        norms = [self.norm, *(n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm))]
-        return any(hasattr(n, "forward_add") for n in norms)
+        return fuses_residual([self.norm, *(n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm))])
 
     def input_specs(self) -> list[TensorSpec]:
         return [TensorSpec("input_ids", ("batch", "seq"), "int64", 0, self.config["vocab_size"])]

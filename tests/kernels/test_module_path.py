@@ -142,3 +142,35 @@ def test_kernel_module_is_an_nn_module_drop_in():
     seq = nn.Sequential(nn.Linear(8, 8), K.KernelDynamicTanh(8))
     with torch.no_grad():
         assert seq(torch.randn(2, 8)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("name", ["llama_tiny", "vit_tiny"])
+def test_fused_prenorm_with_plain_norms_is_the_blocks_own_forward_bit_for_bit(name):
+    """fused_prenorm runs the same eager ops as the blocks when no norm fuses (checked per family)."""
+    from dyt_deploy.models.prenorm import fused_prenorm
+
+    model = create_model(name, "dyt", seed=0).eval()
+    feeds = model.example_inputs(batch=2, seq=8)
+    with torch.no_grad():
+        plain = model(*feeds.values())
+        if name == "vit_tiny":
+            x = model.patch_embed(feeds["pixel_values"]).flatten(2).transpose(1, 2)
+            x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed
+            steps = [s for block in model.blocks for s in block.steps()]
+            fused = model.head(fused_prenorm(x, steps, model.norm)[:, 0])
+        else:
+            ids = feeds["input_ids"]
+            cos, sin = model.rope_cos[: ids.shape[1]], model.rope_sin[: ids.shape[1]]
+            steps = [s for layer in model.layers for s in layer.steps(cos, sin)]
+            fused = model.lm_head(fused_prenorm(model.embed(ids), steps, model.norm))
+    assert torch.equal(fused, plain)
+
+
+def test_vit_with_kernels_takes_the_fused_path_and_matches():
+    model = create_model("vit_tiny", "dyt", seed=0).eval().to(DEVICE)
+    pixels = model.example_inputs(batch=2)["pixel_values"].to(DEVICE)
+    with torch.no_grad():
+        plain = model(pixels)
+        model, _ = K.use_kernels(model)
+        assert model.fused_residual
+        torch.testing.assert_close(model(pixels), plain, rtol=1e-4, atol=1e-4)
