@@ -1,7 +1,8 @@
 """Fused DyT kernels for GPUs (Triton), with the PyTorch reference wherever they cannot run.
 
 * :func:`dyt` -- ``weight * tanh(alpha * x) + bias`` over the last dim (weight/bias optional);
-* :func:`dyt_add` -- ``h = x + residual`` and ``DyT(h)`` in one pass, returning ``(h, y)``;
+* :func:`dyt_add` -- ``h = x + residual`` and ``DyT(h)`` in one pass, returning ``(h, y)``
+  (pre-norm blocks); :func:`dyt_of_sum` -- only ``DyT(x + residual)`` (post-norm blocks);
 * :class:`KernelDynamicTanh` / :func:`use_kernels` -- the module path: a drop-in
   :class:`~dyt_deploy.nn.DynamicTanh` (same parameters and state dict) that calls these.
 
@@ -32,6 +33,7 @@ __all__ = [
     "dyt",
     "dyt_add",
     "dyt_add_reference",
+    "dyt_of_sum",
     "dyt_reference",
     "interpreting",
     "triton_available",
@@ -109,12 +111,24 @@ def dyt_add(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
     return dyt_add_reference(x, residual, alpha, weight, bias)
 
 
+def dyt_of_sum(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``DyT(residual + x)``, one pass and the sum never written, where the kernel can run."""
+    if residual.shape != x.shape:
+        raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}; "
+                         "the fused add does not broadcast")
+    if will_use_kernel(x, alpha, weight, bias, residual) and residual.dtype in KERNEL_DTYPES:
+        return _kernels().dyt_forward(x, alpha, weight, bias, residual=residual, keep_sum=False)
+    return dyt_reference(residual + x, alpha, weight, bias)
+
+
 class KernelDynamicTanh(DynamicTanh):
     """:class:`~dyt_deploy.nn.DynamicTanh` that runs the fused Triton kernel where it can.
 
     Same parameters, state dict and results; channels-first instances use the reference.
-    :meth:`forward_add` fuses the residual add in front of the norm (see
-    :func:`dyt_deploy.nn.add_and_norm`).
+    :meth:`forward_add` fuses the residual add in front of the norm and returns the sum too (see
+    :func:`dyt_deploy.nn.add_and_norm`); :meth:`forward_sum` returns only the norm of the sum
+    (:func:`dyt_deploy.nn.norm_of_sum`).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,10 +137,15 @@ class KernelDynamicTanh(DynamicTanh):
         return dyt(x, self.alpha, self.weight, self.bias)
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.channels_last:
+        if not self.channels_last or x.shape != residual.shape:  # the fused add does not broadcast
             h = residual + x
-            return h, super().forward(h)
+            return h, self.forward(h)
         return dyt_add(x, residual, self.alpha, self.weight, self.bias)
+
+    def forward_sum(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last or x.shape != residual.shape:
+            return self.forward(residual + x)
+        return dyt_of_sum(x, residual, self.alpha, self.weight, self.bias)
 
     @classmethod
     def from_module(cls, module: DynamicTanh) -> KernelDynamicTanh:

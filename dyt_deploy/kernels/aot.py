@@ -61,7 +61,7 @@ def compile_dyt(dtype: str = "bf16", *, residual: bool = False, weight: bool = T
     names = list(_dyt_fwd_kernel.arg_names)
     signature = {n: f"*{TRITON_TYPES[dtype]}" for n in _POINTERS}
     signature.update({n: "i32" for n in _INTS})
-    constexprs = {"HAS_RESIDUAL": residual, "HAS_WEIGHT": weight, "HAS_BIAS": bias,
+    constexprs = {"HAS_RESIDUAL": residual, "STORE_SUM": residual, "HAS_WEIGHT": weight, "HAS_BIAS": bias,
                   "W_SCALAR": False, "B_SCALAR": False,
                   "BLOCK_M": config.block_m, "BLOCK_N": config.block_n}
     signature.update({n: "constexpr" for n in constexprs})

@@ -59,7 +59,7 @@ def _dyt_fwd_kernel(
     X, R, H, Y, ALPHA, W, B,
     M, N,
     stride_x, stride_r, stride_h, stride_y,
-    HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr, STORE_SUM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     W_SCALAR: tl.constexpr, B_SCALAR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -75,8 +75,10 @@ def _dyt_fwd_kernel(
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(R + rows[:, None] * stride_r + cols[None, :], mask=mask, other=0.0)
+        # rounded to h's storage type either way, so DyT reads what eager's `residual + x` holds
         h = (x.to(tl.float32) + r.to(tl.float32)).to(H.dtype.element_ty)
-        tl.store(H + rows[:, None] * stride_h + cols[None, :], h, mask=mask)
+        if STORE_SUM:  # pre-norm blocks carry h on; post-norm blocks only need DyT(h)
+            tl.store(H + rows[:, None] * stride_h + cols[None, :], h, mask=mask)
         x = h
 
     alpha = tl.load(ALPHA).to(tl.float32)
@@ -148,11 +150,14 @@ def dyt_forward(
     residual: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
     residual_out: torch.Tensor | None = None,
+    keep_sum: bool = True,
     config: LaunchConfig | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel over the last dim of ``x`` (channels-last DyT).
 
-    Without ``residual`` returns ``y``; with it returns ``(h, y)`` where ``h = x + residual``.
+    Without ``residual`` returns ``y``; with it returns ``(h, y)`` where ``h = x + residual``,
+    or only ``y = DyT(h)`` with ``keep_sum=False`` (post-norm blocks: ``h`` is never written
+    when x's or the residual's dtype can hold it).
     ``out``/``residual_out`` are written in place when given (their dtypes decide the stored
     types); otherwise new tensors get the dtype eager PyTorch would give (type promotion of
     the inputs and parameters). Runs on ``x``'s device and current stream.
@@ -167,11 +172,15 @@ def dyt_forward(
 
     x2 = _rows(x, n_cols)
     n_rows = x2.shape[0]
+    store_sum = True
     if residual is not None:
         r2 = _rows(residual, n_cols)
-        if residual_out is None:
-            residual_out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, residual.dtype), device=x.device)
-        src_dtype = residual_out.dtype
+        sum_dtype = torch.promote_types(x.dtype, residual.dtype)
+        if residual_out is None and not keep_sum and sum_dtype in (x.dtype, residual.dtype):
+            store_sum = False  # an input of the sum's dtype stands in for h's (unwritten) buffer
+        elif residual_out is None:
+            residual_out = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
+        src_dtype = sum_dtype if residual_out is None else residual_out.dtype
     else:
         r2 = None
         src_dtype = x.dtype
@@ -191,14 +200,18 @@ def dyt_forward(
         cfg = config or default_config(n_rows, n_cols, x.element_size())
         grid = (triton.cdiv(n_rows, cfg.block_m), triton.cdiv(n_cols, cfg.block_n))
         dummy = x2  # stands in for absent pointers; never read (the constexpr flags drop the loads)
+        if h2 is None and r2 is not None:  # sum not stored: h's dtype still sets its rounding
+            h2 = x2 if x2.dtype == src_dtype else r2
         _dyt_fwd_kernel[grid](
             x2, r2 if r2 is not None else dummy, h2 if h2 is not None else dummy, y2,
             alpha, w if w is not None else dummy, b if b is not None else dummy,
             n_rows, n_cols,
             x2.stride(0), r2.stride(0) if r2 is not None else 0, h2.stride(0) if h2 is not None else 0,
             y2.stride(0),
-            HAS_RESIDUAL=r2 is not None, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+            HAS_RESIDUAL=r2 is not None, STORE_SUM=store_sum, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
             W_SCALAR=stride_w == 0, B_SCALAR=stride_b == 0,
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         )
-    return out if residual is None else (residual_out, out)
+    if residual is None or not keep_sum:
+        return out
+    return residual_out, out

@@ -110,3 +110,12 @@ def add_and_norm(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> tu
         return fused(x, residual)
     h = residual + x
     return h, norm(h)
+
+
+def norm_of_sum(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """A post-norm block's ``norm(residual + x)``: one pass, the sum never stored, when ``norm`` has
+    a fused ``forward_sum`` (``dyt_deploy.kernels.KernelDynamicTanh``); else the two eager ops."""
+    fused = getattr(norm, "forward_sum", None)
+    if fused is not None:
+        return fused(x, residual)
+    return norm(residual + x)

@@ -132,10 +132,17 @@ def test_fused_residual_decoder_with_kernels_matches():
         torch.testing.assert_close(model(ids), plain, rtol=1e-4, atol=1e-4)
 
 
-def test_add_and_norm_refuses_broadcasting_residuals():
+def test_broadcasting_residuals_are_refused_by_the_functions_and_added_unfused_by_the_module():
     fused = K.KernelDynamicTanh(8)
-    with pytest.raises(ValueError, match="does not broadcast"), torch.no_grad():
-        fused.forward_add(torch.randn(2, 8), torch.randn(1, 8))
+    x, r = torch.randn(2, 8), torch.randn(1, 8)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="does not broadcast"):
+            K.dyt_add(x, r, fused.alpha)
+        with pytest.raises(ValueError, match="does not broadcast"):
+            K.dyt_of_sum(x, r, fused.alpha)
+        h, y = fused.forward_add(x, r)
+        assert torch.equal(h, r + x) and torch.equal(y, fused(r + x))
+        assert torch.equal(fused.forward_sum(x, r), fused(r + x))
 
 
 def test_kernel_module_is_an_nn_module_drop_in():
@@ -174,3 +181,14 @@ def test_vit_with_kernels_takes_the_fused_path_and_matches():
         model, _ = K.use_kernels(model)
         assert model.fused_residual
         torch.testing.assert_close(model(pixels), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_of_sum_fused_and_plain_agree():
+    from dyt_deploy.nn import norm_of_sum
+
+    ref = trained_like(DynamicTanh(24)).to(DEVICE)
+    fused = K.KernelDynamicTanh.from_module(ref)
+    x, r = torch.randn(3, 24, device=DEVICE), torch.randn(3, 24, device=DEVICE)
+    with torch.no_grad():
+        assert torch.equal(norm_of_sum(ref, x, r), ref(r + x))
+        torch.testing.assert_close(norm_of_sum(fused, x, r), ref(r + x), rtol=1e-6, atol=1e-6)

@@ -160,3 +160,22 @@ def test_bad_parameters_are_refused_with_the_reason():
 def test_ulp_table_matches_the_dtypes():
     for dtype, ulp in ULP.items():
         assert torch.finfo(dtype).eps == ulp
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_post_norm_form_gives_the_same_output_without_the_sum(dtype):
+    x, residual = data((9, 72), dtype, seed=4), data((9, 72), dtype, seed=5)
+    alpha, w, b = params(72, dtype, "plain")
+    _, y_pre = T.dyt_forward(x, alpha, w, b, residual=residual)
+    y_post = T.dyt_forward(x, alpha, w, b, residual=residual, keep_sum=False)
+    assert isinstance(y_post, torch.Tensor) and torch.equal(y_post, y_pre)
+
+
+def test_post_norm_form_with_mixed_storage_types_still_rounds_the_sum_like_eager():
+    """fp16 + bf16 sums to fp32 in eager PyTorch; the kernel then keeps an fp32 h internally."""
+    x, residual = data((4, 32), torch.float16), data((4, 32), torch.bfloat16, seed=6)
+    alpha, w, b = params(32, torch.float32, "plain")
+    y = T.dyt_forward(x, alpha, w, b, residual=residual, keep_sum=False)
+    expected = dyt_reference(residual + x, alpha, w, b)
+    assert y.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
