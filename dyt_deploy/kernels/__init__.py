@@ -47,8 +47,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in {"1", "true", "on", "yes"}
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether Triton can be imported here (it ships with PyTorch's CUDA builds on Linux)."""
+    """Whether Triton can be imported here (it ships with PyTorch's CUDA builds on Linux).
+
+    Looked up once per process: every forward pass of a kernel module asks.
+    """
     return importlib.util.find_spec("triton") is not None
 
 
@@ -59,9 +63,9 @@ def _kernels() -> ModuleType:
     return triton_dyt
 
 
-def will_use_kernel(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
-    """Whether :func:`dyt` / :func:`dyt_add` would launch the Triton kernel for these tensors."""
-    if x.dtype not in KERNEL_DTYPES:
+def will_use_kernel(x: torch.Tensor, *params: torch.Tensor | None, residual: torch.Tensor | None = None) -> bool:
+    """Whether :func:`dyt` / :func:`dyt_add` / :func:`dyt_of_sum` would launch the Triton kernel."""
+    if x.dtype not in KERNEL_DTYPES or (residual is not None and residual.dtype not in KERNEL_DTYPES):
         return False
     if x.device.type == "cuda":
         where_ok = True
@@ -69,7 +73,7 @@ def will_use_kernel(x: torch.Tensor, *params: torch.Tensor | None) -> bool:
         where_ok = x.device.type == "cpu" and interpreting()
     if not where_ok or not triton_available():
         return False
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *params)):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)):
         return False  # forward-only kernels: leave training to autograd
     return True
 
@@ -91,6 +95,12 @@ def dyt_add_reference(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tens
     return h, dyt_reference(h, alpha, weight, bias)
 
 
+def _same_shape(x: torch.Tensor, residual: torch.Tensor) -> None:
+    if residual.shape != x.shape:
+        raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}; "
+                         "the fused add does not broadcast")
+
+
 def dyt(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor | None = None,
         bias: torch.Tensor | None = None) -> torch.Tensor:
     """``weight * tanh(alpha * x) + bias`` over the last dim: the Triton kernel where it can run."""
@@ -103,10 +113,8 @@ def dyt_add(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
             weight: torch.Tensor | None = None,
             bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, DyT(h))`` with ``h = residual + x``, in one pass where the kernel can run."""
-    if residual.shape != x.shape:
-        raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}; "
-                         "the fused add does not broadcast")
-    if will_use_kernel(x, alpha, weight, bias, residual) and residual.dtype in KERNEL_DTYPES:
+    _same_shape(x, residual)
+    if will_use_kernel(x, alpha, weight, bias, residual=residual):
         return _kernels().dyt_forward(x, alpha, weight, bias, residual=residual)
     return dyt_add_reference(x, residual, alpha, weight, bias)
 
@@ -114,10 +122,8 @@ def dyt_add(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
 def dyt_of_sum(x: torch.Tensor, residual: torch.Tensor, alpha: torch.Tensor,
                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``DyT(residual + x)``, one pass and the sum never written, where the kernel can run."""
-    if residual.shape != x.shape:
-        raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}; "
-                         "the fused add does not broadcast")
-    if will_use_kernel(x, alpha, weight, bias, residual) and residual.dtype in KERNEL_DTYPES:
+    _same_shape(x, residual)
+    if will_use_kernel(x, alpha, weight, bias, residual=residual):
         return _kernels().dyt_forward(x, alpha, weight, bias, residual=residual, keep_sum=False)
     return dyt_reference(residual + x, alpha, weight, bias)
 

@@ -22,6 +22,23 @@ def no_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts kernel launches by form: "plain", "add" (sum kept) and "sum" (post-norm)."""
+    from dyt_deploy.kernels import triton_dyt
+
+    counts = {"plain": 0, "add": 0, "sum": 0}
+    real = triton_dyt.dyt_forward
+
+    def counting(*args, **kwargs):
+        form = "plain" if kwargs.get("residual") is None else "add" if kwargs.get("keep_sum", True) else "sum"
+        counts[form] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(triton_dyt, "dyt_forward", counting)
+    return counts
+
+
 def trained_like(module: DynamicTanh, seed: int = 0) -> DynamicTanh:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -123,13 +140,16 @@ def test_fused_residual_decoder_equals_the_plain_decoder_bit_for_bit(no_interpre
         assert torch.equal(model(ids), plain)
 
 
-def test_fused_residual_decoder_with_kernels_matches():
+def test_fused_residual_decoder_with_kernels_matches(launches):
     model = create_model("llama_tiny", "dyt", seed=0).eval().to(DEVICE)
     ids = torch.randint(0, model.config["vocab_size"], (2, 12), device=DEVICE)
     with torch.no_grad():
         plain = model(ids)
         model, _ = K.use_kernels(model)
         torch.testing.assert_close(model(ids), plain, rtol=1e-4, atol=1e-4)
+    depth = model.config["depth"]
+    # the first norm reads the embeddings alone; every later one takes the residual add before it
+    assert launches == {"plain": 1, "add": 2 * depth, "sum": 0}
 
 
 def test_broadcasting_residuals_are_refused_by_the_functions_and_added_unfused_by_the_module():
@@ -173,7 +193,7 @@ def test_fused_prenorm_with_plain_norms_is_the_blocks_own_forward_bit_for_bit(na
     assert torch.equal(fused, plain)
 
 
-def test_vit_with_kernels_takes_the_fused_path_and_matches():
+def test_vit_with_kernels_takes_the_fused_path_and_matches(launches):
     model = create_model("vit_tiny", "dyt", seed=0).eval().to(DEVICE)
     pixels = model.example_inputs(batch=2)["pixel_values"].to(DEVICE)
     with torch.no_grad():
@@ -181,6 +201,18 @@ def test_vit_with_kernels_takes_the_fused_path_and_matches():
         model, _ = K.use_kernels(model)
         assert model.fused_residual
         torch.testing.assert_close(model(pixels), plain, rtol=1e-4, atol=1e-4)
+    assert launches == {"plain": 1, "add": 2 * model.config["depth"], "sum": 0}
+
+
+def test_bert_with_kernels_runs_each_post_norm_as_one_pass(launches):
+    model = create_model("bert_tiny", "dyt", seed=0).eval().to(DEVICE)
+    feeds = {k: v.to(DEVICE) for k, v in model.example_inputs(batch=2, seq=8).items()}
+    with torch.no_grad():
+        plain = model(*feeds.values())
+        model, _ = K.use_kernels(model)
+        torch.testing.assert_close(model(*feeds.values()), plain, rtol=1e-4, atol=1e-4)
+    # the embedding norm adds a broadcast position table (unfused); each layer's two norms fuse
+    assert launches == {"plain": 1, "add": 0, "sum": 2 * model.config["depth"]}
 
 
 def test_norm_of_sum_fused_and_plain_agree():
