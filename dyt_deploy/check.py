@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .compare import ParityReport, default_tolerances
+from .parity import ParityReport, default_tolerances
 from .errors import DytDeployError, unknown_name
 from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
 from .models.base import TensorSpec

@@ -96,7 +96,7 @@ def _progress_printer() -> Callable[[str, str, float], None]:
 
 def print_parity(parity: Any, title: str) -> None:
     """The parity table and a PASSED/FAILED line."""
-    from .compare import PARITY_COLUMNS
+    from .parity import PARITY_COLUMNS
 
     table = Table(*PARITY_COLUMNS, title=f"{title} (atol {parity.atol:g}, rtol {parity.rtol:g}, "
                                           f"{len(parity.shapes)} samples)")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import LoadedModel, load_checkpoint
-from ..compare import ParityReport, default_tolerances
+from ..parity import ParityReport, default_tolerances
 from ..errors import DytDeployError
 from ..models.base import TensorSpec, random_tensor
 from ..nn.convert import norm_kind_of
@@ -95,7 +95,7 @@ def export_onnx(
         input_shapes: ``NAME=d0,d1,...[:dtype]`` per input, for models outside the zoo.
         dtype: "fp32" or "fp16". fp16 LayerNorm/RMSNorm layers compute in fp32 (Cast around them).
         fold: fold DyT gamma/beta into the linear layers that consume them where possible.
-        atol, rtol: verification tolerances; default per dtype (``compare.DEFAULT_TOLERANCES``).
+        atol, rtol: verification tolerances; default per dtype (``parity.DEFAULT_TOLERANCES``).
         samples: verification inputs; sample 0 has the export's shape, the others other shapes.
         verify: run the ONNX model in onnxruntime (CPU) against PyTorch before writing it.
         repository, name, family: write a Triton-layout model folder ``repository/name``

@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from dyt_deploy.compare import DEFAULT_TOLERANCES
+from dyt_deploy.parity import DEFAULT_TOLERANCES
 from dyt_deploy.export import export_onnx
 from dyt_deploy.export.api import Fp32Norm, prepare_for_dtype
 
