@@ -24,6 +24,11 @@ class CheckpointError(DytDeployError):
     """A model.pt could not be read or does not fit its architecture."""
 
 
+class MissingBackendError(DytDeployError):
+    """A backend (onnxruntime-gpu, TensorRT, Triton, CUDA) is not installed or has no device to run
+    on; the message names the extra to install."""
+
+
 def unknown_name(what: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard 'unknown X' error that lists the known names."""
     return UnknownNameError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")

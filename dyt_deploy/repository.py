@@ -160,6 +160,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def latest_version(folder: Path) -> str:
+    """The highest numeric version folder of a model folder (Triton's default policy serves the latest)."""
+    versions = [p.name for p in Path(folder).iterdir()
+                if p.is_dir() and p.name.isdigit() and not p.name.startswith("0")]
+    if not versions:
+        raise DytDeployError(f"{folder}: no numeric version folder (expected {Path(folder).name}/1/model.onnx)")
+    return max(versions, key=int)
+
+
 def list_model_folders(repository: Path) -> list[Path]:
     """Model folders of a repository: subfolders holding a dyt.json, sorted by name."""
     return sorted(p for p in Path(repository).iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())

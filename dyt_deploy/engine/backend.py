@@ -9,7 +9,7 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from ..runners.base import MissingBackendError
+from ..errors import MissingBackendError
 
 INSTALL_HINT = "pip install 'dyt-deploy[tensorrt]' on a host with an NVIDIA GPU and driver"
 

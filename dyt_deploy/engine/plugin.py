@@ -241,7 +241,7 @@ def register_plugin() -> None:
     global _registered
     if _registered:
         return
-    from ..runners.base import MissingBackendError
+    from ..errors import MissingBackendError
 
     try:
         importlib.import_module("tensorrt.plugin")

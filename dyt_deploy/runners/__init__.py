@@ -1,13 +1,32 @@
 """Every backend behind one interface: ``Runner.activate() / infer(feed) / deactivate()``.
 
-Kinds: ``torch`` (eager), ``torch-compile``, ``torch-triton`` (eager with the Triton DyT
-kernels), ``ort`` (onnxruntime CPU), ``ort-cuda`` and
-``ort-trt`` (onnxruntime's CUDA / TensorRT execution providers, ``gpu`` extra), ``trt``
-(a TensorRT engine, ``tensorrt`` extra). Backends are imported when a runner is made.
+Runners are made in one place, :func:`create_runner` (and :func:`runner_for_folder` for a model
+folder of a repository); the kinds are listed in ``RUNNERS`` (``runners/registry.py``). Backends
+are imported when a runner is made.
 """
 
-from .base import MissingBackendError, Runner, RunnerError, Timer
+from ..errors import MissingBackendError
+from .base import Runner, RunnerError, Timer
+from .registry import (
+    ORT_KIND_BY_PROVIDER,
+    RUNNER_KINDS,
+    RUNNERS,
+    RunnerKind,
+    create_runner,
+    runner_for_folder,
+    runner_kind,
+)
 
-RUNNER_KINDS = ("torch", "torch-compile", "torch-triton", "ort", "ort-cuda", "ort-trt", "trt")
-
-__all__ = ["RUNNER_KINDS", "MissingBackendError", "Runner", "RunnerError", "Timer"]
+__all__ = [
+    "ORT_KIND_BY_PROVIDER",
+    "RUNNERS",
+    "RUNNER_KINDS",
+    "MissingBackendError",
+    "Runner",
+    "RunnerError",
+    "RunnerKind",
+    "Timer",
+    "create_runner",
+    "runner_for_folder",
+    "runner_kind",
+]

@@ -5,7 +5,8 @@ with OnnxRuntimeRunner("model.onnx") as runner:      # activate(): load and warm
     outputs = runner.infer({"pixel_values": x})      # dict[str, np.ndarray] -> dict[str, np.ndarray]
     runner.last_inference_time                       # seconds of the backend call alone
 ```
-compare, bench and the service use runners and nothing else.
+Export verification, check, bench and the service use runners and nothing else; they are made by
+``runners.create_runner`` (see ``registry.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DytDeployError
+from ..errors import DytDeployError, MissingBackendError
 
-
-class MissingBackendError(DytDeployError):
-    """A runner's backend is not installed or has no device to run on; the message names the extra."""
+__all__ = ["MissingBackendError", "Runner", "RunnerError", "Timer"]
 
 
 class RunnerError(DytDeployError):
