@@ -4,7 +4,9 @@
 * :func:`dyt_add` -- ``h = x + residual`` and ``DyT(h)`` in one pass, returning ``(h, y)``
   (pre-norm blocks); :func:`dyt_of_sum` -- only ``DyT(x + residual)`` (post-norm blocks);
 * :class:`KernelDynamicTanh` / :func:`use_kernels` -- the module path: a drop-in
-  :class:`~dyt_deploy.nn.DynamicTanh` (same parameters and state dict) that calls these.
+  :class:`~dyt_deploy.nn.DynamicTanh` (same parameters and state dict) that calls these, and a
+  graph pass (:func:`fuse_residual_adds`, in :mod:`.fusion`) that hands each residual add in
+  front of such a norm to it, so the models themselves need no kernel knowledge.
 
 The Triton kernel runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` was set
 before Triton was first imported (Triton's interpreter: slow, for tests). Everything else --
@@ -24,17 +26,21 @@ import torch
 from torch import nn
 
 from ..nn import DynamicTanh
+from .fusion import FusedAdd, FusionReport, fuse_residual_adds, log_report
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 __all__ = [
     "KERNEL_DTYPES",
+    "FusedAdd",
+    "FusionReport",
     "KernelDynamicTanh",
     "dyt",
     "dyt_add",
     "dyt_add_reference",
     "dyt_of_sum",
     "dyt_reference",
+    "fuse_residual_adds",
     "interpreting",
     "triton_available",
     "use_kernels",
@@ -132,9 +138,10 @@ class KernelDynamicTanh(DynamicTanh):
     """:class:`~dyt_deploy.nn.DynamicTanh` that runs the fused Triton kernel where it can.
 
     Same parameters, state dict and results; channels-first instances use the reference.
-    :meth:`forward_add` fuses the residual add in front of the norm and returns the sum too (see
-    :func:`dyt_deploy.nn.add_and_norm`); :meth:`forward_sum` returns only the norm of the sum
-    (:func:`dyt_deploy.nn.norm_of_sum`).
+    :meth:`forward_add` takes in the residual add in front of the norm and returns the sum too
+    (``(h, DyT(h))``, pre-norm); :meth:`forward_sum` returns only ``DyT(residual + x)``
+    (post-norm). :func:`fuse_residual_adds` rewrites a model's adds into these calls. Where the
+    add broadcasts, or an operand is not a tensor, both add unfused, exactly as eager does.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,15 +150,20 @@ class KernelDynamicTanh(DynamicTanh):
         return dyt(x, self.alpha, self.weight, self.bias)
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.channels_last or x.shape != residual.shape:  # the fused add does not broadcast
+        if not self._fuses(x, residual):
             h = residual + x
             return h, self.forward(h)
         return dyt_add(x, residual, self.alpha, self.weight, self.bias)
 
     def forward_sum(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last or x.shape != residual.shape:
+        if not self._fuses(x, residual):
             return self.forward(residual + x)
         return dyt_of_sum(x, residual, self.alpha, self.weight, self.bias)
+
+    def _fuses(self, x: object, residual: object) -> bool:
+        """Channels-last, and two tensors of one shape (the fused add does not broadcast)."""
+        return (self.channels_last and isinstance(x, torch.Tensor) and isinstance(residual, torch.Tensor)
+                and x.shape == residual.shape)
 
     @classmethod
     def from_module(cls, module: DynamicTanh) -> KernelDynamicTanh:
@@ -165,11 +177,15 @@ class KernelDynamicTanh(DynamicTanh):
         return new
 
 
-def use_kernels(model: nn.Module) -> tuple[nn.Module, int]:
+def use_kernels(model: nn.Module, *, fuse: bool = True) -> tuple[nn.Module, int]:
     """Swap every channels-last :class:`DynamicTanh` in ``model`` for a :class:`KernelDynamicTanh`.
 
     Returns ``(model, count)``; ``model`` is the same object unless it is itself a DynamicTanh.
-    Parameters are shared, so the state dict and its keys do not change.
+    Parameters are shared, so the state dict and its keys do not change. ``fuse`` (default on)
+    then runs :func:`fuse_residual_adds` when anything was swapped: each residual add in front
+    of a swapped norm runs inside its kernel; what could not be traced is logged with the reason
+    and keeps the plain swap. Fusion fixes Python branches as traced, so swap in the mode the
+    model will run in (``eval()`` for inference).
     """
     def eligible(m: nn.Module) -> bool:
         return type(m) is DynamicTanh and m.channels_last
@@ -179,4 +195,6 @@ def use_kernels(model: nn.Module) -> tuple[nn.Module, int]:
     names = [name for name, m in model.named_modules() if name and eligible(m)]
     for name in names:
         model.set_submodule(name, KernelDynamicTanh.from_module(model.get_submodule(name)))
+    if fuse and names:
+        log_report(fuse_residual_adds(model))
     return model, len(names)

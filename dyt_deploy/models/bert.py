@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import create_norm, norm_of_sum
+from ..nn import create_norm
 from .base import TensorSpec, ZooModel
 from .layers import Mlp, SelfAttention
 
@@ -19,9 +19,8 @@ class EncoderLayer(nn.Module):
         self.out_norm = create_norm(norm, dim, eps=1e-12, alpha_init=alpha_init)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # norm(x + sublayer(x)); norm_of_sum runs it as one pass with the fused DyT kernel module
-        x = norm_of_sum(self.attn_out_norm, self.attn(x, mask), x)
-        return norm_of_sum(self.out_norm, self.mlp(x), x)
+        x = self.attn_out_norm(x + self.attn(x, mask))
+        return self.out_norm(x + self.mlp(x))
 
 
 class BertEncoder(ZooModel):
@@ -53,7 +52,7 @@ class BertEncoder(ZooModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = norm_of_sum(self.embed_norm, self.pos_embed(positions), self.word_embed(input_ids))
+        x = self.embed_norm(self.word_embed(input_ids) + self.pos_embed(positions))
         # (batch, 1, 1, seq) additive mask: 0 where attended, a large negative where padded
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
         for layer in self.layers:

@@ -12,7 +12,6 @@ from torch import nn
 
 from ..nn import create_norm, paper_alpha_init
 from .base import TensorSpec, ZooModel
-from .prenorm import Step, fused_prenorm, fuses_residual
 
 
 def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +76,6 @@ class DecoderLayer(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.ffn(self.ffn_norm(x))
 
-    def steps(self, cos: torch.Tensor, sin: torch.Tensor) -> list[Step]:
-        """The block as (norm, sublayer) steps, for ``fused_prenorm``."""
-        return [(self.attn_norm, lambda h: self.attn(h, cos, sin)), (self.ffn_norm, self.ffn)]
-
 
 class LlamaDecoder(ZooModel):
     """Causal LM: ``input_ids`` (batch, seq) -> ``logits`` (batch, seq, vocab_size)."""
@@ -116,17 +111,9 @@ class LlamaDecoder(ZooModel):
         seq = input_ids.shape[1]
         cos, sin = self.rope_cos[:seq], self.rope_sin[:seq]
         x = self.embed(input_ids)
-        if not self.fused_residual:
-            for layer in self.layers:
-                x = layer(x, cos, sin)
-            return self.lm_head(self.norm(x))
-        steps = [step for layer in self.layers for step in layer.steps(cos, sin)]
-        return self.lm_head(fused_prenorm(x, steps, self.norm))
-
-    @property
-    def fused_residual(self) -> bool:
-        """True when the norms fuse the residual add before them (``dyt_deploy.kernels.use_kernels``)."""
-        return fuses_residual([self.norm, *(n for layer in self.layers for n in (layer.attn_norm, layer.ffn_norm))])
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.lm_head(self.norm(x))
 
     def input_specs(self) -> list[TensorSpec]:
         return [TensorSpec("input_ids", ("batch", "seq"), "int64", 0, self.config["vocab_size"])]

@@ -8,7 +8,6 @@ from torch import nn
 from ..nn import create_norm
 from .base import TensorSpec, ZooModel
 from .layers import Mlp, SelfAttention
-from .prenorm import Step, fused_prenorm, fuses_residual
 
 
 class VitBlock(nn.Module):
@@ -22,10 +21,6 @@ class VitBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
-
-    def steps(self) -> list[Step]:
-        """The block as (norm, sublayer) steps, for ``fused_prenorm``."""
-        return [(self.norm1, self.attn), (self.norm2, self.mlp)]
 
 
 class VisionTransformer(ZooModel):
@@ -59,16 +54,9 @@ class VisionTransformer(ZooModel):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        if self.fused_residual:  # each residual add inside the norm after it (fused DyT kernels)
-            return self.head(fused_prenorm(x, [s for block in self.blocks for s in block.steps()], self.norm)[:, 0])
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
-
-    @property
-    def fused_residual(self) -> bool:
-        """True when the norms fuse the residual add before them (``dyt_deploy.kernels.use_kernels``)."""
-        return fuses_residual([self.norm, *(n for block in self.blocks for n in (block.norm1, block.norm2))])
 
     def input_specs(self) -> list[TensorSpec]:
         c = self.config

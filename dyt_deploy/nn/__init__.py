@@ -1,7 +1,7 @@
 """DyT and its relatives, the normalization switchboard, and norm conversion."""
 
 from .convert import ConversionReport, ConvertedSite, convert_norms, site_role
-from .dyt import Derf, DynamicTanh, add_and_norm, norm_of_sum
+from .dyt import Derf, DynamicTanh
 from .norms import create_norm, norm_kinds, paper_alpha_init, register_norm
 
 __all__ = [
@@ -9,11 +9,9 @@ __all__ = [
     "ConvertedSite",
     "Derf",
     "DynamicTanh",
-    "add_and_norm",
     "convert_norms",
     "create_norm",
     "norm_kinds",
-    "norm_of_sum",
     "paper_alpha_init",
     "register_norm",
     "site_role",

@@ -98,24 +98,3 @@ class Derf(_PointwiseNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._affine(torch.erf(self.alpha * x + self.shift))
 
-
-def add_and_norm(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A pre-norm block's residual add and the norm after it: ``h = residual + x``, returns ``(h, norm(h))``.
-
-    A norm with a fused ``forward_add`` (``dyt_deploy.kernels.KernelDynamicTanh``) does both in
-    one pass over memory; any other norm runs the two eager ops, which is also what export traces.
-    """
-    fused = getattr(norm, "forward_add", None)
-    if fused is not None:
-        return fused(x, residual)
-    h = residual + x
-    return h, norm(h)
-
-
-def norm_of_sum(norm: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """A post-norm block's ``norm(residual + x)``: one pass, the sum never stored, when ``norm`` has
-    a fused ``forward_sum`` (``dyt_deploy.kernels.KernelDynamicTanh``); else the two eager ops."""
-    fused = getattr(norm, "forward_sum", None)
-    if fused is not None:
-        return fused(x, residual)
-    return norm(residual + x)

@@ -1,4 +1,5 @@
-"""The module path: KernelDynamicTanh / use_kernels / add_and_norm, kernel where it can run, reference elsewhere."""
+"""The module path: KernelDynamicTanh / use_kernels and its residual-add fusion, kernel where it can run,
+reference elsewhere."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from torch import nn  # noqa: E402
 
 from dyt_deploy import kernels as K  # noqa: E402
 from dyt_deploy.models import create_model  # noqa: E402
-from dyt_deploy.nn import DynamicTanh, add_and_norm, create_norm  # noqa: E402
+from dyt_deploy.nn import DynamicTanh  # noqa: E402
+
+FAMILIES = ["vit_tiny", "llama_tiny", "bert_tiny"]
 
 
 @pytest.fixture
@@ -98,7 +101,7 @@ def test_from_module_shares_parameters_and_state_dict():
     assert fused.extra_repr() == ref.extra_repr()
 
 
-@pytest.mark.parametrize("name", ["vit_tiny", "llama_tiny", "bert_tiny"])
+@pytest.mark.parametrize("name", FAMILIES)
 def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
     model = create_model(name, "dyt", seed=0).eval().to(DEVICE)
     dyt_sites = sum(type(m) is DynamicTanh for m in model.modules())
@@ -106,9 +109,9 @@ def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
     feeds = {k: v.to(DEVICE) for k, v in model.example_inputs(batch=2, seq=8).items()}
     with torch.no_grad():
         before = model(*feeds.values())
-        model, count = K.use_kernels(model)
-        after = model(*feeds.values())
-    assert count == dyt_sites > 0
+        swapped, count = K.use_kernels(model)
+        after = swapped(*feeds.values())
+    assert swapped is model and count == dyt_sites > 0
     assert not any(type(m) is DynamicTanh for m in model.modules())
     assert {k: v.data_ptr() for k, v in model.state_dict().items()} == keys, "no parameter copied or renamed"
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
@@ -117,27 +120,36 @@ def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
 def test_use_kernels_leaves_other_norms_and_takes_a_bare_module():
     ln_model = create_model("vit_tiny", "layernorm", seed=0)
     assert K.use_kernels(ln_model)[1] == 0
+    assert "forward" not in vars(ln_model), "nothing swapped, nothing traced: the model's own forward runs"
     bare, count = K.use_kernels(DynamicTanh(8))
     assert count == 1 and isinstance(bare, K.KernelDynamicTanh)
 
 
-def test_add_and_norm_without_a_fused_norm_is_the_two_eager_ops():
-    norm = create_norm("rmsnorm", 16, eps=1e-6)
-    x, r = torch.randn(3, 16), torch.randn(3, 16)
-    h, y = add_and_norm(norm, x, r)
-    assert torch.equal(h, r + x) and torch.equal(y, norm(r + x))
+def fused_zoo_model(name: str) -> tuple[nn.Module, K.FusionReport]:
+    """A zoo model with kernel norms, fused by the pass itself (to read its report)."""
+    model = create_model(name, "dyt", seed=0).eval()
+    model, _ = K.use_kernels(model, fuse=False)
+    return model, K.fuse_residual_adds(model)
 
 
-def test_fused_residual_decoder_equals_the_plain_decoder_bit_for_bit(no_interpreter):
-    """With kernel modules but no kernel device, the restructured forward runs the same eager ops."""
-    model = create_model("llama_tiny", "dyt", seed=0).eval()
-    ids = torch.randint(0, model.config["vocab_size"], (2, 12))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fused_zoo_models_equal_the_plain_ones_bit_for_bit_without_a_kernel_device(name, no_interpreter):
+    """With kernel modules but no kernel device, the rewritten forward runs the same eager ops."""
+    plain = create_model(name, "dyt", seed=0).eval()
+    model, report = fused_zoo_model(name)
+    feeds = plain.example_inputs(batch=2, seq=12)
     with torch.no_grad():
-        plain = model(ids)
-        assert not model.fused_residual
-        model, _ = K.use_kernels(model)
-        assert model.fused_residual
-        assert torch.equal(model(ids), plain)
+        assert report.fused and torch.equal(model(**feeds), plain(**feeds))
+
+
+def test_prenorm_fusion_sites_cross_blocks_and_end_in_the_sum_only_form():
+    model, report = fused_zoo_model("llama_tiny")
+    depth = model.config["depth"]
+    norms = [f"layers.{i}.{n}" for i in range(depth) for n in ("attn_norm", "ffn_norm")][1:] + ["norm"]
+    assert [(s.module, s.norm) for s in report.fused] == [("", n) for n in norms]
+    # every add before a block's norm keeps the residual stream; the last one only feeds the final norm
+    assert [s.form for s in report.fused] == ["add"] * (2 * depth - 1) + ["sum"]
+    assert report.untraced == {}
 
 
 def test_fused_residual_decoder_with_kernels_matches(launches):
@@ -148,8 +160,9 @@ def test_fused_residual_decoder_with_kernels_matches(launches):
         model, _ = K.use_kernels(model)
         torch.testing.assert_close(model(ids), plain, rtol=1e-4, atol=1e-4)
     depth = model.config["depth"]
-    # the first norm reads the embeddings alone; every later one takes the residual add before it
-    assert launches == {"plain": 1, "add": 2 * depth, "sum": 0}
+    # the first norm reads the embeddings alone; every later one takes the residual add before it,
+    # the final norm without writing the sum
+    assert launches == {"plain": 1, "add": 2 * depth - 1, "sum": 1}
 
 
 def test_broadcasting_residuals_are_refused_by_the_functions_and_added_unfused_by_the_module():
@@ -171,37 +184,15 @@ def test_kernel_module_is_an_nn_module_drop_in():
         assert seq(torch.randn(2, 8)).shape == (2, 8)
 
 
-@pytest.mark.parametrize("name", ["llama_tiny", "vit_tiny"])
-def test_fused_prenorm_with_plain_norms_is_the_blocks_own_forward_bit_for_bit(name):
-    """fused_prenorm runs the same eager ops as the blocks when no norm fuses (checked per family)."""
-    from dyt_deploy.models.prenorm import fused_prenorm
-
-    model = create_model(name, "dyt", seed=0).eval()
-    feeds = model.example_inputs(batch=2, seq=8)
-    with torch.no_grad():
-        plain = model(*feeds.values())
-        if name == "vit_tiny":
-            x = model.patch_embed(feeds["pixel_values"]).flatten(2).transpose(1, 2)
-            x = torch.cat([model.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + model.pos_embed
-            steps = [s for block in model.blocks for s in block.steps()]
-            fused = model.head(fused_prenorm(x, steps, model.norm)[:, 0])
-        else:
-            ids = feeds["input_ids"]
-            cos, sin = model.rope_cos[: ids.shape[1]], model.rope_sin[: ids.shape[1]]
-            steps = [s for layer in model.layers for s in layer.steps(cos, sin)]
-            fused = model.lm_head(fused_prenorm(model.embed(ids), steps, model.norm))
-    assert torch.equal(fused, plain)
-
-
 def test_vit_with_kernels_takes_the_fused_path_and_matches(launches):
     model = create_model("vit_tiny", "dyt", seed=0).eval().to(DEVICE)
     pixels = model.example_inputs(batch=2)["pixel_values"].to(DEVICE)
     with torch.no_grad():
         plain = model(pixels)
         model, _ = K.use_kernels(model)
-        assert model.fused_residual
         torch.testing.assert_close(model(pixels), plain, rtol=1e-4, atol=1e-4)
-    assert launches == {"plain": 1, "add": 2 * model.config["depth"], "sum": 0}
+    # the first norm's add broadcasts the position table over the batch: fused in the graph, unfused at run time
+    assert launches == {"plain": 1, "add": 2 * model.config["depth"] - 1, "sum": 1}
 
 
 def test_bert_with_kernels_runs_each_post_norm_as_one_pass(launches):
@@ -215,12 +206,18 @@ def test_bert_with_kernels_runs_each_post_norm_as_one_pass(launches):
     assert launches == {"plain": 1, "add": 0, "sum": 2 * model.config["depth"]}
 
 
-def test_norm_of_sum_fused_and_plain_agree():
-    from dyt_deploy.nn import norm_of_sum
+def test_bert_top_level_cannot_be_traced_so_its_layers_are_fused_one_by_one():
+    model, report = fused_zoo_model("bert_tiny")
+    assert set(report.untraced) == {""} and "finfo" in report.untraced[""]
+    layers = [f"layers.{i}" for i in range(model.config["depth"])]
+    expected = [(layer, f"{layer}.{norm}", "sum") for layer in layers for norm in ("attn_out_norm", "out_norm")]
+    assert [(s.module, s.norm, s.form) for s in report.fused] == expected
+    assert "forward" not in vars(model) and all("forward" in vars(model.get_submodule(n)) for n in layers)
 
+
+def test_forward_sum_fused_and_plain_agree():
     ref = trained_like(DynamicTanh(24)).to(DEVICE)
     fused = K.KernelDynamicTanh.from_module(ref)
     x, r = torch.randn(3, 24, device=DEVICE), torch.randn(3, 24, device=DEVICE)
     with torch.no_grad():
-        assert torch.equal(norm_of_sum(ref, x, r), ref(r + x))
-        torch.testing.assert_close(norm_of_sum(fused, x, r), ref(r + x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(fused.forward_sum(x, r), ref(r + x), rtol=1e-6, atol=1e-6)
