@@ -24,6 +24,10 @@ _EXPORTS = {
     "load_checkpoint": "checkpoint",
     "load_model": "checkpoint",
     "export_onnx": "export",
+    "export_model": "export",
+    "ExportConfig": "export",
+    "create_runner": "runners",
+    "runner_for_folder": "runners",
 }
 
 __all__ = sorted(_EXPORTS)

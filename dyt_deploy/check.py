@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .parity import ParityReport, default_tolerances
-from .errors import DytDeployError, unknown_name
+from .dtypes import cast_floats
+from .errors import DytDeployError
 from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
+from .feeds import random_feed
 from .models.base import TensorSpec
+from .parity import ParityReport, default_tolerances
 from .repository import MANIFEST_NAME, read_manifest
-from .runners import RUNNER_KINDS, Runner
-
-_FLOAT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
 
 
 @dataclass
@@ -39,7 +39,7 @@ class CheckTarget:
     model_path: Path | None = None
 
 
-def resolve_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False) -> CheckTarget:
+def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False) -> CheckTarget:
     """A model.pt, or a model folder holding dyt.json (see the module docstring)."""
     source = Path(source)
     if source.is_dir():
@@ -81,32 +81,18 @@ def default_runners(target: CheckTarget) -> list[str]:
     return ["ort", "trt"] if target.plan_path else ["ort"]
 
 
-def make_runner(kind: str, target: CheckTarget, workdir: Path) -> Runner:
-    """A runner of ``kind`` over ``target`` (exporting ONNX into ``workdir`` if it has none)."""
-    if kind not in RUNNER_KINDS:
-        raise unknown_name("runner", kind, RUNNER_KINDS)
-    names = [s.name for s in target.specs]
-    if kind in ("torch", "torch-compile"):
-        from .runners.torch_runner import TorchRunner
-
-        return TorchRunner(target.reference, names, target.output_names, compile=kind == "torch-compile")
-    if kind == "torch-triton":
-        import torch
-
-        from .runners.torch_runner import TorchRunner
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return TorchRunner(target.reference, names, target.output_names, kernels=True, device=device)
-    if kind == "trt":
+def runner_for_target(kind: str, target: CheckTarget, workdir: Path) -> Runner:
+    """A runner of ``kind`` over ``target``: its module, engine, or ONNX file (exported into
+    ``workdir`` when the target has none)."""
+    takes = runner_kind(kind).takes
+    if takes == MODULE:
+        return create_runner(kind, target.reference, input_names=[s.name for s in target.specs],
+                             output_names=target.output_names)
+    if takes == PLAN:
         if target.plan_path is None:
-            raise DytDeployError("runner trt needs a TensorRT engine: build one with dyt-build REPO/NAME")
-        from .runners.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(target.plan_path)
-    from .runners.onnxruntime_runner import OnnxRuntimeRunner
-
-    provider = {"ort": "cpu", "ort-cuda": "cuda", "ort-trt": "tensorrt"}[kind]
-    return OnnxRuntimeRunner(_onnx_for(target, workdir), provider=provider)
+            raise DytDeployError(f"runner {kind} needs a TensorRT engine: build one with dyt-build REPO/NAME")
+        return create_runner(kind, target.plan_path)
+    return create_runner(kind, _onnx_for(target, workdir))
 
 
 def _onnx_for(target: CheckTarget, workdir: Path) -> Path:
@@ -121,37 +107,24 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
                 rtol: float | None = None, arch: str | None = None,
                 trust_pickle: bool = False) -> dict[str, ParityReport]:
     """Parity of each runner against the PyTorch reference; every runner is checked before returning."""
-    target = resolve_target(source, arch=arch, trust_pickle=trust_pickle)
-    feeds = [_feed(target.specs, index) for index in range(samples)]
+    target = check_target(source, arch=arch, trust_pickle=trust_pickle)
+    feeds = [random_feed(target.specs, sample_sizes(index, target.specs), index) for index in range(samples)]
     expected = [_reference(target, feed) for feed in feeds]
     reports: dict[str, ParityReport] = {}
     with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
         for kind in runners or default_runners(target):
             precision = "fp32" if kind.startswith("torch") else target.dtype
             report = ParityReport(*default_tolerances(precision, atol, rtol))
-            with make_runner(kind, target, Path(workdir)) as runner:
+            with runner_for_target(kind, target, Path(workdir)) as runner:
                 for feed, ref in zip(feeds, expected, strict=True):
-                    got = runner.infer(_cast_floats(feed, precision))
+                    got = runner.infer(cast_floats(feed, precision))
                     report.add_sample(ref, {k: np.asarray(v, np.float32) for k, v in got.items()},
                                       {k: v.shape for k, v in feed.items()})
             reports[kind] = report
     return reports
 
 
-def _feed(specs: list[TensorSpec], index: int) -> dict[str, np.ndarray]:
-    from .models.base import random_tensor
-
-    generator = torch.Generator().manual_seed(index)
-    sizes = sample_sizes(index, specs)
-    return {s.name: random_tensor(s, sizes, generator).numpy() for s in specs}
-
-
 def _reference(target: CheckTarget, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     with torch.no_grad():
         outputs = flatten_outputs(target.reference(*[torch.from_numpy(feed[s.name]) for s in target.specs]))
     return {name: t.float().numpy() for name, t in zip(target.output_names, outputs, strict=False)}
-
-
-def _cast_floats(feed: dict[str, np.ndarray], precision: str) -> dict[str, np.ndarray]:
-    dtype = _FLOAT_DTYPES[precision]
-    return {k: v.astype(dtype) if np.issubdtype(v.dtype, np.floating) else v for k, v in feed.items()}

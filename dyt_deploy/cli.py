@@ -1,52 +1,22 @@
-"""Command-line entry points. Each command is a thin layer over the Python API.
+"""Command-line entry points: one ``dyt`` command with a subcommand per tool (``dyt export``,
+``dyt check``, ...), and the same commands as ``dyt-export``, ``dyt-check``, ... console scripts.
 
-Errors of the project's family print as one message (no traceback) and exit with status 2;
-anything else is a bug and keeps its traceback.
+Each command is a thin layer over the Python API; errors go through the one handler in
+``cli_common`` (one ``error:`` line, exit status 2).
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from .cli_common import console, err_console, new_app, print_error, user_errors
 from .errors import DytDeployError
-
-# Tables stay readable when output goes to a pipe or a CI log (rich assumes 80 columns there).
-console = Console(width=None if sys.stdout.isatty() else 120)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DytDeployError into ``error: <message>`` on stderr and exit status 2."""
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except DytDeployError as err:
-            print_error(err)
-            sys.exit(2)
-
-    return run
-
-
-def new_app(help: str, **kwargs: Any) -> typer.Typer:
-    """A Typer app as every dyt-deploy command has it: plain-text help (brackets stay brackets)."""
-    return typer.Typer(help=help, add_completion=False, rich_markup_mode=None, **kwargs)
-
-
-def print_error(err: BaseException | str) -> None:
-    """``error: <message>`` on stderr; brackets in the message are text, not rich markup."""
-    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
-
 
 zoo_app = new_app("The model zoo: list architectures, write a model.pt.", no_args_is_help=True)
 
@@ -111,6 +81,7 @@ export_app = new_app("Export a model.pt to verified ONNX.")
 
 
 @export_app.command()
+@user_errors
 def export(
     model: Path = typer.Argument(..., help="model.pt (dyt-deploy, state_dict, training checkpoint), or a .pt2."),
     output: Path = typer.Option(None, "-o", "--output", help="ONNX file to write [default: MODEL with .onnx]."),
@@ -138,23 +109,18 @@ def export(
 
     Nothing is written when verification fails (exit status 1) or on any error (exit status 2).
     """
-    from .export import VerificationFailed, export_onnx
+    from .export import ExportConfig, VerificationFailed, export_model
     from .export.signature import parse_dynamic
 
+    config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic), input_shapes=input_shape,
+                          dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
+                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle)
     try:
-        result = export_onnx(
-            model, output, arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic),
-            input_shapes=input_shape, dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples,
-            verify=verify, repository=repository, name=name, family=family, force=force,
-            trust_pickle=trust_pickle, progress=_progress_printer(),
-        )
+        result = export_model(model, output, config, progress=_progress_printer())
     except VerificationFailed as failure:
         print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
         print_error(f"{failure}; nothing written (--no-verify writes it anyway)")
         sys.exit(1)
-    except DytDeployError as err:
-        print_error(err)
-        sys.exit(2)
     _print_export_summary(result)
 
 
@@ -198,6 +164,7 @@ check_app = new_app("Check runners against the PyTorch reference.")
 
 
 @check_app.command()
+@user_errors
 def check(
     model: Path = typer.Argument(..., help="A model.pt, or a model folder REPO/NAME written by dyt-export."),
     runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, torch-triton, ort, ort-cuda, "
@@ -219,11 +186,7 @@ def check(
     from .check import check_model
 
     kinds = [k.strip() for k in runners.split(",") if k.strip()] if runners else None
-    try:
-        reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle)
-    except DytDeployError as err:
-        print_error(err)
-        sys.exit(2)
+    reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle)
     for kind, report in reports.items():
         print_parity(report, f"{kind} vs PyTorch")
     if json_path:
@@ -303,7 +266,15 @@ def bench(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.progress import Progress
 
-    from .bench.api import run_benchmark
+    from .bench.config import BenchConfig
+
+    given = {"variants": _names(variants), "runners": _names(runners), "batches": _ints(batch), "seqs": _ints(seq),
+             "optimizers": _names(optimizers)}
+    bench_config = BenchConfig(arch=model, threads=threads, warmup=warmup, iters=iters, baseline=baseline,
+                               layer=layer, profile=profile, overrides=_overrides(config),
+                               **{k: v for k, v in given.items() if v is not None})
+
+    from .bench.api import benchmark
     from .bench.report import RESULT_COLUMNS, results_table, write_reports
 
     with Progress(console=err_console, transient=True) as bar:
@@ -312,9 +283,7 @@ def bench(
         def progress(step: str, done: int, total: int) -> None:
             bar.update(task, description=step, completed=done, total=total or None)
 
-        report = run_benchmark(model, _names(variants), _names(runners), _ints(batch), _ints(seq), threads, warmup,
-                               iters, _names(optimizers), baseline, layer, profile, progress=progress,
-                               **_overrides(config))
+        report = benchmark(bench_config, progress)
     paths = write_reports(report, output)
     table = Table(*RESULT_COLUMNS, title=f"{model}: median latency, ratio to {baseline}")
     for row in results_table(report):
@@ -364,3 +333,36 @@ def _gpu_bench(device: str, tokens: str | None, widths: str | None, dtypes: str 
     for goal in report["goals"]:
         console.print(f"{'met' if goal['met'] else 'NOT MET'}: {goal['goal']}: {goal['measured']}", highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
+
+
+# ---- the one `dyt` command: every tool above as a subcommand ----
+
+app = new_app("dyt-deploy: DyT transformers from model.pt to verified ONNX, engines, a service and honest "
+              "latency comparisons.", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+app.command("export")(export)
+app.command("form")(convert_form)
+app.command("check")(check)
+app.command("bench")(bench)
+
+
+def _mount_build() -> None:
+    """``dyt build``, defined beside the engine package."""
+    from .engine.cli import build
+
+    app.command("build")(build)
+
+
+_mount_build()
+
+
+@app.command("serve", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(ctx: typer.Context) -> None:
+    """Serve a model repository over the Open Inference Protocol v2 (same options as dyt-serve; dyt serve --help).
+
+    The service package (FastAPI, uvicorn) loads only when this command runs.
+    """
+    from service.cli import main
+
+    sys.exit(main(list(ctx.args)))

@@ -29,6 +29,18 @@ class MissingBackendError(DytDeployError):
     on; the message names the extra to install."""
 
 
+class OptionError(DytDeployError, ValueError):
+    """One or more options of a config object are invalid.
+
+    ``problems`` holds ``(field, message)`` pairs, all of them; the message is in library terms
+    (the field's name), and the CLI shows each field as its flag.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{field}: {message}" for field, message in self.problems))
+
+
 def unknown_name(what: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard 'unknown X' error that lists the known names."""
     return UnknownNameError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")

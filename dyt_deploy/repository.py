@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DytDeployError
+from .triton_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_text
 
 MANIFEST_NAME = "dyt.json"
 MANIFEST_FORMAT = "dyt-deploy/manifest"
 MANIFEST_VERSION = 1
-_TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
-                 "int32": "TYPE_INT32", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
-                 "bfloat16": "TYPE_BF16"}
-DEFAULT_MAX_BATCH_SIZE = 32
 
 
 def current_umask() -> int:
@@ -118,28 +115,9 @@ def _swap_into_place(stage: Path, final: Path) -> None:
 
 def config_pbtxt(name: str, inputs: list[dict], outputs: list[dict], platform: str = "onnxruntime_onnx",
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> str:
-    """A Triton config.pbtxt for a model with the given IO signature.
-
-    ``inputs``/``outputs`` are ``{"name", "dtype", "shape"}`` dicts, shapes holding ints and
-    dim names. When every tensor's first dim is named "batch", Triton batches it
-    (``max_batch_size`` > 0 and ``dims`` without the batch dim); otherwise max_batch_size is 0.
-    Other named dims become -1.
-    """
-    batched = all(t["shape"] and t["shape"][0] == "batch" for t in inputs + outputs)
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {max_batch_size if batched else 0}"]
-    for section, tensors in (("input", inputs), ("output", outputs)):
-        entries = [_tensor_entry(t, batched) for t in tensors]
-        lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
-    return "\n".join(lines) + "\n"
-
-
-def _tensor_entry(tensor: dict, batched: bool) -> str:
-    dtype = _TRITON_TYPES.get(tensor["dtype"])
-    if dtype is None:
-        raise DytDeployError(f"tensor {tensor['name']!r}: dtype {tensor['dtype']} has no Triton type")
-    shape = tensor["shape"][1:] if batched else tensor["shape"]
-    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in shape)
-    return f'  {{\n    name: "{tensor["name"]}"\n    data_type: {dtype}\n    dims: [ {dims} ]\n  }}'
+    """A Triton config.pbtxt for a model with the given IO signature (see
+    :func:`dyt_deploy.triton_config.build_config`)."""
+    return config_text(build_config(name, inputs, outputs, platform=platform, max_batch_size=max_batch_size))
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -12,17 +12,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DytDeployError, unknown_name
 from ..export.api import library_versions
+from ..feeds import random_feed
 from ..models import create_model
-from ..models.base import random_tensor
-from ..runners.base import Runner
+from ..runners import Runner, create_runner
+from .config import BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import median_interval
-from .variants import VARIANTS, check_variants, export_variants, optimize, write_checkpoints
+from .variants import VARIANTS, export_variants, optimize, write_checkpoints
 
-BENCH_RUNNERS = ("ort", "torch", "torch-compile")
+__all__ = ["BENCH_RUNNERS", "BenchConfig", "benchmark", "run_benchmark"]
 
 
 def machine_info() -> dict:
@@ -62,129 +62,121 @@ def run_benchmark(
 ) -> dict:
     """Benchmark the variants of zoo model ``arch``; returns the report dict (see ``report.REPORT_SCHEMA``).
 
-    Args:
-        variants: default layernorm, rmsnorm, dyt, dyt-folded. ``baseline`` must be one of them.
-        runners: "ort" (one group per ONNX optimizer), "torch", "torch-compile"; default ort, torch.
-        batches, seqs: shapes to time (seqs only for token models; default 1, 8 and 128).
-        threads: intra-op threads for torch and onnxruntime (0: their defaults).
-        optimizers: ONNX optimizers for the "ort" runner (default none, ort-transformers).
-        layer, profile: add the norm-layer bandwidth table and onnxruntime's per-op profile.
-        workdir: where model.pt and ONNX files go (default a temporary folder, removed after).
+    The keywords are :class:`BenchConfig`'s fields (see there what each means); None takes the
+    config's default. This is :func:`benchmark` with the config built from them.
+    """
+    given = {"variants": variants, "runners": runners, "batches": batches, "seqs": seqs, "optimizers": optimizers}
+    config = BenchConfig(arch=arch, threads=threads, warmup=warmup, iters=iters, baseline=baseline, layer=layer,
+                         profile=profile, workdir=workdir, overrides=overrides,
+                         **{k: v for k, v in given.items() if v is not None})
+    return benchmark(config, progress)
+
+
+def benchmark(config: BenchConfig, progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Run the benchmark ``config`` describes; returns the report dict.
 
     Runners take turns on the same cores, so onnxruntime sessions run without thread spinning;
     for torch, set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (``dyt-bench`` does).
     """
-    variants = check_variants(variants or ["layernorm", "rmsnorm", "dyt", "dyt-folded"])
-    runners = runners or ["ort", "torch"]
-    optimizers = optimizers or ["none", "ort-transformers"]
-    for kind in runners:
-        if kind not in BENCH_RUNNERS:
-            raise unknown_name("bench runner", kind, BENCH_RUNNERS)
-    if baseline not in variants:
-        raise DytDeployError(f"baseline {baseline!r} is not among the variants {', '.join(variants)}")
-    if threads:
-        torch.set_num_threads(threads)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     with tempfile.TemporaryDirectory(prefix="dyt-bench-") as tmp:
-        work = Path(workdir or tmp)
+        work = Path(config.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        return _run(arch, variants, runners, batches or [1, 8], seqs or [128], threads, warmup, iters, optimizers,
-                    baseline, layer, profile, work, progress, overrides)
+        return _run(config, work, progress or (lambda *_: None))
 
 
-def _run(arch, variants, runners, batches, seqs, threads, warmup, iters, optimizers, baseline, layer, profile,
-         work, progress, overrides) -> dict:
-    say = progress or (lambda *_: None)
+def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) -> dict:
     say("write model.pt per variant", 0, 0)
-    checkpoints = write_checkpoints(arch, variants, work, **overrides)
-    specs = create_model(arch, init_weights=False, **overrides).input_specs()
-    feeds = _feeds(specs, batches, seqs)
-    timings, fusions, groups = Timings(), {}, {}
-    if "ort" in runners:
+    checkpoints = write_checkpoints(config.arch, list(config.variants), work, **config.overrides)
+    specs = create_model(config.arch, init_weights=False, **config.overrides).input_specs()
+    feeds = _feeds(specs, config.batches, config.seqs)
+    timings, fusions, groups, onnx_files = Timings(), {}, {}, {}
+    if "ort" in config.runners:
         say("export and verify ONNX per variant", 0, 0)
         onnx_files = export_variants(checkpoints, work)
-        for optimizer in optimizers:
+        for optimizer in config.optimizers:
             paths = {}
             for variant, path in onnx_files.items():
-                paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer, arch)
-            groups[f"ort/{optimizer}"] = _ort_runners(paths, threads)
-    for kind in (k for k in runners if k != "ort"):
+                paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer, config.arch)
+            # many sessions take turns on the same cores: a session's spinning threads would slow the next
+            groups[f"ort/{optimizer}"] = {v: create_runner("ort", p, threads=config.threads, spin=False)
+                                          for v, p in paths.items()}
+    for kind in (k for k in config.runners if k != "ort"):
         groups[kind] = _torch_runners(checkpoints, specs, kind)
     everyone = [runner for members in groups.values() for runner in members.values()]
     for runner in everyone:
         runner.activate()
-    time_all(groups, feeds, warmup, iters, timings, lambda d, t: say("time every runner, interleaved", d, t))
+    time_all(groups, feeds, config.warmup, config.iters, timings,
+             lambda d, t: say("time every runner, interleaved", d, t))
     for runner in everyone:
         runner.deactivate()
-    rows = analyze(timings, baseline, batch_of)
-    report = {
-        "schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(), "versions": library_versions(),
-        "settings": {"arch": arch, "variants": variants, "baseline": baseline, "runners": runners,
-                     "shapes": list(feeds), "warmup": warmup, "iters": iters, "threads": threads or "default",
-                     "ort_opt_level": "all", "ort_thread_spinning": False,
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                     "optimizers": optimizers, "fusions": fusions},
-        "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
-                                                                                            r.variant)]))}
-                    for r in rows],
-        "headline": headline(timings, baseline, [v for v in variants if v.startswith("dyt")]),
-        "layer": None, "profile": None,
-    }
-    if layer:
+    report = _report(config, timings, feeds, fusions)
+    if config.layer:
         say("norm layer alone", 0, 0)
-        report["layer"] = _layer_section(specs, overrides, arch)
-    if profile and "ort" in runners:
+        report["layer"] = _layer_section(config)
+    if config.profile and "ort" in config.runners:
         say("onnxruntime profile", 0, 0)
-        report["profile"] = _profile_section(onnx_files, optimizers, arch, next(iter(feeds.values())), threads)
+        report["profile"] = _profile_section(onnx_files, config, next(iter(feeds.values())))
     return report
 
 
-def _feeds(specs, batches: list[int], seqs: list[int]) -> dict[str, dict[str, np.ndarray]]:
+def _report(config: BenchConfig, timings: Timings, feeds: dict, fusions: dict) -> dict:
+    rows = analyze(timings, config.baseline, batch_of)
+    return {
+        "schema": SCHEMA_ID, "schema_version": SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(), "versions": library_versions(),
+        "settings": {"arch": config.arch, "variants": list(config.variants), "baseline": config.baseline,
+                     "runners": list(config.runners), "shapes": list(feeds), "warmup": config.warmup,
+                     "iters": config.iters, "threads": config.threads or "default",
+                     "ort_opt_level": "all", "ort_thread_spinning": False,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+                     "optimizers": list(config.optimizers), "fusions": fusions},
+        "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
+                                                                                            r.variant)]))}
+                    for r in rows],
+        "headline": headline(timings, config.baseline, [v for v in config.variants if v.startswith("dyt")]),
+        "layer": None, "profile": None,
+    }
+
+
+def _feeds(specs, batches: tuple[int, ...], seqs: tuple[int, ...]) -> dict[str, dict[str, np.ndarray]]:
     token_model = any("seq" in s.shape for s in specs)
     feeds = {}
     for batch in batches:
         for seq in seqs if token_model else [None]:
             sizes = {"batch": batch} if seq is None else {"batch": batch, "seq": seq}
-            generator = torch.Generator().manual_seed(0)
-            feeds[shape_label(sizes)] = {s.name: random_tensor(s, sizes, generator).numpy() for s in specs}
+            feeds[shape_label(sizes)] = random_feed(specs, sizes, seed=0)
     return feeds
-
-
-def _ort_runners(paths: dict[str, Path], threads: int) -> dict[str, Runner]:
-    from ..runners.onnxruntime_runner import OnnxRuntimeRunner
-
-    # many sessions take turns on the same cores: a session's spinning threads would slow the next
-    return {variant: OnnxRuntimeRunner(path, threads=threads, spin=False) for variant, path in paths.items()}
 
 
 def _torch_runners(checkpoints: dict[str, Path], specs, kind: str) -> dict[str, Runner]:
     from ..checkpoint import load_checkpoint
-    from ..runners.torch_runner import TorchRunner
 
     runners: dict[str, Runner] = {}
     for variant, path in checkpoints.items():
         if VARIANTS[variant][1]:
             continue  # folding is an ONNX rewrite; in PyTorch it is the same module as "dyt"
         model = load_checkpoint(path).model
-        runners[variant] = TorchRunner(model, [s.name for s in specs], [s.name for s in model.output_specs()],
-                                       compile=kind == "torch-compile")
+        runners[variant] = create_runner(kind, model, input_names=[s.name for s in specs],
+                                         output_names=[s.name for s in model.output_specs()])
     return runners
 
 
-def _layer_section(specs, overrides: dict, arch: str) -> dict:
-    from .layer import copy_bandwidth_gbps, layer_bench
+def _layer_section(config: BenchConfig) -> dict:
+    from .layer import copy_bandwidth_gbps, cpu_layer_bench
 
-    width = create_model(arch, init_weights=False, **overrides).config.get("dim", 384)
-    return {"copy_gbps": copy_bandwidth_gbps(), "rows": layer_bench([256, 1024, 4096], sorted({width, 1024}))}
+    width = create_model(config.arch, init_weights=False, **config.overrides).config.get("dim", 384)
+    return {"copy_gbps": copy_bandwidth_gbps(), "rows": cpu_layer_bench([256, 1024, 4096], sorted({width, 1024}))}
 
 
-def _profile_section(onnx_files: dict[str, Path], optimizers: list[str], arch: str, feed, threads: int) -> dict:
+def _profile_section(onnx_files: dict[str, Path], config: BenchConfig, feed) -> dict:
     from .profile import op_time_share
 
     out = {}
-    for optimizer in optimizers:
+    for optimizer in config.optimizers:
         for variant, path in onnx_files.items():
-            optimized, _ = optimize(path, optimizer, arch)
-            out[f"{variant}/{optimizer}"] = op_time_share(optimized, feed, threads=threads)
+            optimized, _ = optimize(path, optimizer, config.arch)
+            out[f"{variant}/{optimizer}"] = op_time_share(optimized, feed, threads=config.threads)
     return out

@@ -165,7 +165,7 @@ def _rotation(fn: Callable, inputs: list[tuple[torch.Tensor, torch.Tensor]], gra
     return cuda_graph.replay
 
 
-def layer_bench(cases: list[LayerCase], providers: list[str] | None = None, rounds: int = 30, warmup: int = 3,
+def gpu_layer_bench(cases: list[LayerCase], providers: list[str] | None = None, rounds: int = 30, warmup: int = 3,
                 device: str | torch.device = "cuda", min_bytes: int | None = None, graphs: bool = True,
                 progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
     """Per case and provider: median/p10/p90 microseconds per call, GB/s, and the fraction of copy's GB/s."""
@@ -322,7 +322,7 @@ def run_gpu_benchmark(device: str = "cuda", cases: list[LayerCase] | None = None
     from datetime import datetime, timezone
 
     cases = cases or default_layer_cases()
-    layer = layer_bench(cases, providers, layer_rounds, warmup, device, min_bytes, progress=progress)
+    layer = gpu_layer_bench(cases, providers, layer_rounds, warmup, device, min_bytes, progress=progress)
     dec = decoder_bench(decoder_config, batch, seq, decoder_dtype, decoder_variants, warmup, decoder_rounds, device,
                         progress) if decoder else None
     return {"schema": "dyt-deploy/gpu-bench-report", "schema_version": 1,
@@ -335,4 +335,4 @@ def run_gpu_benchmark(device: str = "cuda", cases: list[LayerCase] | None = None
 
 
 __all__ = ["DECODER_VARIANTS", "LAYER_PROVIDERS", "Clock", "LayerCase", "decoder_bench",
-           "default_layer_cases", "device_facts", "goals", "layer_bench", "run_gpu_benchmark"]
+           "default_layer_cases", "device_facts", "goals", "gpu_layer_bench", "run_gpu_benchmark"]

@@ -25,13 +25,6 @@ OPTIMIZERS = ("none", "ort-transformers", "onnxscript")
 _ORT_MODEL_TYPES = {"vit": "vit", "bert": "bert", "llama": "gpt2"}
 
 
-def check_variants(names: list[str]) -> list[str]:
-    for name in names:
-        if name not in VARIANTS:
-            raise unknown_name("variant", name, list(VARIANTS))
-    return names
-
-
 def write_checkpoints(arch: str, variants: list[str], workdir: Path, seed: int = 0, **overrides) -> dict[str, Path]:
     """One model.pt per variant (``dyt-folded`` shares ``dyt``'s)."""
     paths: dict[str, Path] = {}

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from .profiles import InputProfile, Profiles, model_limits, profiles_to_dict, re
 log = logging.getLogger("dyt_deploy.engine")
 OPT_LEVELS = range(0, 6)  # TensorRT's builder optimization levels; it defaults to 3
 _FLOAT_NAMES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 17: "fp8", 18: "fp8", 19: "fp8", 20: "fp8"}
-_MAX_BATCH_RE = re.compile(r"^\s*max_batch_size\s*:\s*(\d+)", re.MULTILINE)
 
 
 class EngineBuildError(DytDeployError):
@@ -108,11 +106,10 @@ def _checked(target: BuildTarget) -> BuildTarget:
 
 def max_batch_of(model_dir: Path | None) -> int | None:
     """The ``max_batch_size`` of a model folder's config.pbtxt (None if absent or 0: not batched)."""
-    config = model_dir / "config.pbtxt" if model_dir else None
-    match = _MAX_BATCH_RE.search(config.read_text()) if config and config.is_file() else None
-    if match is None or int(match[1]) == 0:
-        return None
-    return int(match[1])
+    from ..triton_config import read_config
+
+    config = read_config(model_dir) if model_dir else None
+    return config.max_batch_size or None if config is not None else None
 
 
 # ---- the ONNX side ----

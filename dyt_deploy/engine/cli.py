@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import console, err_console, new_app, user_errors
+from ..cli_common import console, err_console, new_app, user_errors
 
 build_app = new_app("Build a TensorRT engine (model.plan) from ONNX.")
 

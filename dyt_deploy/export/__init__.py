@@ -1,11 +1,20 @@
 """torch -> ONNX export with DyT forms, folding and verification."""
 
-from .api import ExportError, ExportResult, FormConversion, VerificationFailed, convert_form_file, export_onnx
+from .api import (
+    ExportError,
+    ExportResult,
+    FormConversion,
+    VerificationFailed,
+    convert_form_file,
+    export_model,
+    export_onnx,
+)
+from .config import ExportConfig
 from .fold import FoldReport, fold_dyt_affine
 from .forms import DOMAIN, FORMS, OP_TYPE, current_form, dyt_nodes, to_form
 
 __all__ = [
-    "DOMAIN", "FORMS", "OP_TYPE", "ExportError", "ExportResult", "FoldReport", "FormConversion",
-    "VerificationFailed", "convert_form_file", "current_form", "dyt_nodes", "export_onnx", "fold_dyt_affine",
-    "to_form",
+    "DOMAIN", "FORMS", "OP_TYPE", "ExportConfig", "ExportError", "ExportResult", "FoldReport", "FormConversion",
+    "VerificationFailed", "convert_form_file", "current_form", "dyt_nodes", "export_model", "export_onnx",
+    "fold_dyt_affine", "to_form",
 ]

@@ -20,17 +20,18 @@ import torch
 from torch import nn
 
 from ..checkpoint import LoadedModel, load_checkpoint
-from ..parity import ParityReport, default_tolerances
+from ..dtypes import torch_dtype
 from ..errors import DytDeployError
-from ..models.base import TensorSpec, random_tensor
+from ..feeds import random_feed, random_tensors
+from ..models.base import TensorSpec
 from ..nn.convert import norm_kind_of
+from ..parity import ParityReport, default_tolerances
 from ..repository import config_pbtxt, refuse_existing, sha256_file, staged_file, staged_folder, write_manifest
 from . import signature as sig
+from .config import DEFAULT_OPSET, ExportConfig
 from .fold import FoldReport, fold_dyt_affine
-from .forms import FORMS, to_form
+from .forms import to_form
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-DEFAULT_OPSET = 20
 _EXTERNAL_DATA_BYTES = 1536 << 20  # above this, weights go to a .data file beside the .onnx (2 GB protobuf limit)
 
 Progress = Callable[[str, str, float], None]  # (event "start"|"done", step, seconds)
@@ -86,56 +87,55 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model_path`` to ONNX with DyT in ``form``, verify it against PyTorch, then write it.
 
-    Args:
-        output: the .onnx file to write (default: beside the model, ``.onnx`` suffix); or, with
-            ``repository``, ignored in favour of ``repository/name/1/model.onnx``.
-        arch: zoo architecture, for checkpoints that do not record it.
-        form: "pattern", "function" or "plugin" (see ``dyt_deploy.export.forms``).
-        dynamic: dims left symbolic ("batch", "seq"); None: all of them; (): a static model.
-        input_shapes: ``NAME=d0,d1,...[:dtype]`` per input, for models outside the zoo.
-        dtype: "fp32" or "fp16". fp16 LayerNorm/RMSNorm layers compute in fp32 (Cast around them).
-        fold: fold DyT gamma/beta into the linear layers that consume them where possible.
-        atol, rtol: verification tolerances; default per dtype (``parity.DEFAULT_TOLERANCES``).
-        samples: verification inputs; sample 0 has the export's shape, the others other shapes.
-        verify: run the ONNX model in onnxruntime (CPU) against PyTorch before writing it.
-        repository, name, family: write a Triton-layout model folder ``repository/name``
-            (name default ``<arch>-<norm>``; family default the architecture).
-        force: replace an existing output.
+    The keywords are :class:`ExportConfig`'s fields (see there what each means and defaults to);
+    this is :func:`export_model` with the config built from them. ``output``: the .onnx file to
+    write (default: beside the model, ``.onnx`` suffix); ignored with ``repository``.
+    """
+    config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=dynamic, input_shapes=input_shapes,
+                          dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
+                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle)
+    return export_model(model_path, output, config, progress)
+
+
+def export_model(model_path: str | Path, output: str | Path | None = None, config: ExportConfig | None = None,
+                 progress: Progress | None = None) -> ExportResult:
+    """Export ``model_path`` as ``config`` says (default: ``ExportConfig()``), verify, then write.
 
     Raises:
         VerificationFailed: outputs out of tolerance; nothing is written.
         DytDeployError: bad input of any kind; nothing is written.
     """
     started = time.perf_counter()
-    _check_choices(form, dtype, samples)
+    config = config or ExportConfig()
     steps = _Steps(progress)
-    if repository is None or name is not None:  # the target is known before loading: fail fast
-        early_dir, early_file = _targets(None, model_path, output, repository, name)
-        refuse_existing(early_dir or early_file, force)
+    if config.repository is None or config.name is not None:  # the target is known before loading: fail fast
+        early_dir, early_file = _targets(None, model_path, output, config)
+        refuse_existing(early_dir or early_file, config.force)
     with steps("load model.pt"):
-        loaded = load_checkpoint(model_path, arch=arch, trust_pickle=trust_pickle)
-    target_dir, onnx_path = _targets(loaded, model_path, output, repository, name)
-    refuse_existing(target_dir or onnx_path, force)
-    specs = sig.input_specs(loaded.model, input_shapes, dynamic)
-    with steps(f"export to ONNX (opset {opset}, {dtype})"):
-        onnx_model = _torch_export(loaded.model, specs, dtype, opset)
+        loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle)
+    target_dir, onnx_path = _targets(loaded, model_path, output, config)
+    refuse_existing(target_dir or onnx_path, config.force)
+    specs = sig.input_specs(loaded.model, list(config.input_shapes or []), config.dynamic)
+    with steps(f"export to ONNX (opset {config.opset}, {config.dtype})"):
+        onnx_model = _torch_export(loaded.model, specs, config.dtype, config.opset)
     fold_report = None
-    if fold:
+    if config.fold:
         with steps("fold DyT gamma/beta into linear layers"):
             fold_report = fold_dyt_affine(onnx_model)
-    with steps(f"rewrite DyT into the {form} form"):
-        counts = to_form(onnx_model, form)
-    result = ExportResult(onnx_path, target_dir, form, dict(counts), fold_report, None)
-    stager = staged_folder(target_dir, force) if target_dir else staged_file(onnx_path, force)
+    with steps(f"rewrite DyT into the {config.form} form"):
+        counts = to_form(onnx_model, config.form)
+    result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None)
+    stager = staged_folder(target_dir, config.force) if target_dir else staged_file(onnx_path, config.force)
     with stager as stage:
         staged_onnx = stage / "1" / "model.onnx" if target_dir else stage / onnx_path.name
         with steps("save ONNX"):
             save_onnx(onnx_model, staged_onnx)
-        if verify and form != "plugin":
-            with steps(f"verify against PyTorch ({samples} samples, onnxruntime CPU)"):
-                result.parity = verify_onnx(staged_onnx, loaded.model, specs, dtype, samples, atol, rtol)
+        if config.verify and config.form != "plugin":
+            with steps(f"verify against PyTorch ({config.samples} samples, onnxruntime CPU)"):
+                result.parity = verify_onnx(staged_onnx, loaded.model, specs, config.dtype, config.samples,
+                                            config.atol, config.rtol)
         result.seconds = time.perf_counter() - started
-        result.manifest = build_manifest(loaded, onnx_model, result, dtype, opset, family, target_dir, staged_onnx)
+        result.manifest = build_manifest(loaded, onnx_model, result, config, target_dir, staged_onnx)
         if result.parity is not None and not result.parity.passed:
             raise VerificationFailed(f"{model_path}: ONNX outputs differ from PyTorch beyond tolerance", result)
         if target_dir is not None:
@@ -143,17 +143,9 @@ def export_onnx(
     return result
 
 
-def _check_choices(form: str, dtype: str, samples: int) -> None:
-    if form not in FORMS:
-        raise DytDeployError(f"unknown --form {form!r}; choose one of {', '.join(FORMS)}")
-    if dtype not in DTYPES:
-        raise DytDeployError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if samples < 1:
-        raise DytDeployError("--samples must be at least 1")
-
-
 def _targets(loaded: LoadedModel | None, model_path: str | Path, output: str | Path | None,
-             repository: str | Path | None, name: str | None) -> tuple[Path | None, Path]:
+             config: ExportConfig) -> tuple[Path | None, Path]:
+    repository, name = config.repository, config.name
     if repository is None:
         return None, Path(output) if output else Path(model_path).with_suffix(".onnx")
     if name is None:
@@ -206,9 +198,7 @@ def prepare_for_dtype(model: nn.Module, dtype: str) -> nn.Module:
 
 def example_feed(specs: list[TensorSpec], sizes: dict[str, int], seed: int, dtype: str) -> list[torch.Tensor]:
     """Seeded inputs for ``specs`` at ``sizes``; float inputs in the export dtype."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = [random_tensor(spec, sizes, generator) for spec in specs]
-    return [t.to(DTYPES[dtype]) if t.is_floating_point() else t for t in tensors]
+    return [_cast(t, dtype) for t in random_tensors(specs, sizes, seed).values()]
 
 
 def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: int) -> ir.Model:
@@ -252,37 +242,33 @@ def save_onnx(model: ir.Model, path: Path) -> None:
 def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], dtype: str, samples: int,
                 atol: float | None, rtol: float | None) -> ParityReport:
     """Run the ONNX file in onnxruntime (CPU) and PyTorch (fp32) on ``samples`` seeded inputs."""
-    import onnxruntime as ort
+    from ..runners import create_runner
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
     report = ParityReport(*default_tolerances(dtype, atol, rtol))
-    for index in range(samples):
-        sizes = sig.sample_sizes(index, specs)
-        feed = example_feed(specs, sizes, seed=index, dtype="fp32")
-        onnx_feed = {s.name: _cast(t, dtype).numpy() for s, t in zip(specs, feed, strict=True)}
-        try:
-            with torch.no_grad():
-                expected = [t.float().numpy() for t in sig.flatten_outputs(reference(*feed))]
-            got = session.run(None, onnx_feed)
-        except Exception as err:  # the model (either side) cannot take this verification shape
-            shapes = ", ".join(f"{k}={v.shape}" for k, v in onnx_feed.items())
-            raise ExportError(f"verification sample {index} ({shapes}) failed to run: {_first_line(err)}. "
-                              "If the model only takes some sizes, fix them with --dynamic") from None
-        report.add_sample(dict(zip(names, expected, strict=False)),
-                          {n: np.asarray(g, dtype=np.float32) for n, g in zip(names, got, strict=True)},
-                          {k: v.shape for k, v in onnx_feed.items()})
+    with create_runner("ort", onnx_path) as runner:
+        for index in range(samples):
+            feed = example_feed(specs, sig.sample_sizes(index, specs), seed=index, dtype="fp32")
+            onnx_feed = {s.name: _cast(t, dtype).numpy() for s, t in zip(specs, feed, strict=True)}
+            try:
+                with torch.no_grad():
+                    expected = [t.float().numpy() for t in sig.flatten_outputs(reference(*feed))]
+                got = runner.infer(onnx_feed)
+            except Exception as err:  # the model (either side) cannot take this verification shape
+                shapes = ", ".join(f"{k}={v.shape}" for k, v in onnx_feed.items())
+                raise ExportError(f"verification sample {index} ({shapes}) failed to run: {_first_line(err)}. "
+                                  "If the model only takes some sizes, fix them with --dynamic") from None
+            report.add_sample(dict(zip(got, expected, strict=False)),
+                              {n: np.asarray(g, dtype=np.float32) for n, g in got.items()},
+                              {k: v.shape for k, v in onnx_feed.items()})
     return report
 
 
 def _cast(t: torch.Tensor, dtype: str) -> torch.Tensor:
-    return t.to(DTYPES[dtype]) if t.is_floating_point() else t
+    return t.to(torch_dtype(dtype)) if t.is_floating_point() else t
 
 
-def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResult, dtype: str, opset: int,
-                   family: str | None, target_dir: Path | None, staged_onnx: Path) -> dict[str, Any]:
+def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResult, config: ExportConfig,
+                   target_dir: Path | None, staged_onnx: Path) -> dict[str, Any]:
     """The dyt.json content (see DESIGN.md: model repository)."""
     from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
 
@@ -293,15 +279,15 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
         "format": MANIFEST_FORMAT,
         "format_version": MANIFEST_VERSION,
         "name": target_dir.name if target_dir else result.onnx_path.stem,
-        "family": family or loaded.arch or (source.stem if source else "model"),
+        "family": config.family or loaded.arch or (source.stem if source else "model"),
         "arch": loaded.arch,
         "config": loaded.config,
         "norm": norm,
         "form": result.form,
         "dyt_sites": result.form_counts,
         "folded": None if result.fold is None else vars(result.fold),
-        "opset": opset,
-        "dtype": dtype,
+        "opset": config.opset,
+        "dtype": config.dtype,
         "inputs": inputs,
         "outputs": outputs,
         "source": {"path": str(source) if source else None, "format": loaded.source_format,
@@ -382,25 +368,14 @@ def convert_form_file(source: str | Path, output: str | Path | None, form: str, 
 
 
 def _max_output_diff(first: Path, second: Path) -> float:
-    import onnxruntime as ort
+    """The largest output difference of two ONNX files on one seeded feed (named dims at export sizes)."""
+    from ..runners import create_runner
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = [ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (first, second)]
-    rng = np.random.default_rng(0)
-    feed = {i.name: _random_input(i, rng) for i in sessions[0].get_inputs()}
-    outputs = [s.run(None, feed) for s in sessions]
-    return max(float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(*outputs, strict=True))
-
-
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
-
-
-def _random_input(arg: Any, rng: np.random.Generator) -> np.ndarray:
-    """Random data for an onnxruntime input: named dims at their export sizes; ints in {0, 1}."""
-    shape = [d if isinstance(d, int) else sig.EXPORT_SIZES.get(str(d), 2) for d in arg.shape]
-    dtype = _ORT_TYPES.get(arg.type, np.float32)
-    if np.issubdtype(dtype, np.floating):
-        return rng.standard_normal(shape).astype(dtype)
-    return rng.integers(0, 2, shape).astype(dtype)
+    inputs, _ = sig.graph_signature(ir.load(first))
+    specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in inputs]
+    feed = random_feed(specs, sig.EXPORT_SIZES, seed=0, default_dim=2)
+    outputs = []
+    for path in (first, second):
+        with create_runner("ort", path) as runner:
+            outputs.append(runner.infer(feed))
+    return max(float(np.max(np.abs(a.astype(np.float64) - outputs[1][n]))) for n, a in outputs[0].items())

@@ -56,20 +56,9 @@ class ZooModel(nn.Module):
 
     def example_inputs(self, seed: int = 0, **sizes: int) -> dict[str, torch.Tensor]:
         """Seeded random inputs; ``sizes`` sets dynamic dims (``batch=4, seq=16``)."""
-        dims = {**self.default_sizes, **sizes}
-        generator = torch.Generator().manual_seed(seed)
-        return {spec.name: random_tensor(spec, dims, generator) for spec in self.input_specs()}
+        from ..feeds import random_tensors
 
-
-def random_tensor(spec: TensorSpec, sizes: dict[str, int], generator: torch.Generator) -> torch.Tensor:
-    """A random tensor for ``spec``: normal floats, or ints in ``[low, high)``; masks start with 1."""
-    shape = spec.concrete_shape(sizes)
-    if spec.dtype.startswith("float"):
-        return torch.randn(shape, generator=generator, dtype=getattr(torch, spec.dtype))
-    values = torch.randint(spec.low, spec.high, shape, generator=generator, dtype=getattr(torch, spec.dtype))
-    if spec.name == "attention_mask" and values.dim() == 2:
-        values[:, 0] = 1  # every sequence attends to at least its first token
-    return values
+        return random_tensors(self.input_specs(), {**self.default_sizes, **sizes}, seed)
 
 
 def init_shared_weights(model: nn.Module, seed: int) -> None:

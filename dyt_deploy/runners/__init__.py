@@ -8,7 +8,10 @@ are imported when a runner is made.
 from ..errors import MissingBackendError
 from .base import Runner, RunnerError, Timer
 from .registry import (
+    MODULE,
+    ONNX,
     ORT_KIND_BY_PROVIDER,
+    PLAN,
     RUNNER_KINDS,
     RUNNERS,
     RunnerKind,
@@ -18,6 +21,9 @@ from .registry import (
 )
 
 __all__ = [
+    "MODULE",
+    "ONNX",
+    "PLAN",
     "ORT_KIND_BY_PROVIDER",
     "RUNNERS",
     "RUNNER_KINDS",

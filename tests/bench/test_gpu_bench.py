@@ -70,7 +70,7 @@ def test_unknown_names_are_refused():
     with pytest.raises(ValueError, match="unknown decoder variant"):
         gpu.decoder_bench(TOY_DECODER, seq=8, variants=["dyt/fast"], device="cpu")
     with pytest.raises(ValueError, match="unknown layer provider"):
-        gpu.layer_bench([gpu.LayerCase(4, 8, "fp32")], ["dyt-magic"], rounds=1, device="cpu", min_bytes=1)
+        gpu.gpu_layer_bench([gpu.LayerCase(4, 8, "fp32")], ["dyt-magic"], rounds=1, device="cpu", min_bytes=1)
 
 
 def _layer_row(provider, fraction, case=(4096, 4096, "bf16")):

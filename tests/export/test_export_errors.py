@@ -53,9 +53,9 @@ CASES: dict[str, tuple[dict, list[str], type[Exception], str]] = {
     "bad --input-shape dtype": ({"input_shapes": ["x=1,3:complex"]}, ["--input-shape", "x=1,3:complex"],
                                 DytDeployError, "dtype 'complex'"),
     "existing output without --force": ({"output": "taken.onnx"}, ["-o", "taken.onnx"], DytDeployError, "--force"),
-    "unknown --form": ({"form": "graph"}, ["--form", "graph"], DytDeployError, "unknown --form 'graph'"),
-    "unknown --dtype": ({"dtype": "bf16"}, ["--dtype", "bf16"], DytDeployError, "unknown --dtype 'bf16'"),
-    "no samples": ({"samples": 0}, ["--samples", "0"], DytDeployError, "--samples must be at least 1"),
+    "unknown --form": ({"form": "graph"}, ["--form", "graph"], DytDeployError, "unknown form 'graph'"),
+    "unknown --dtype": ({"dtype": "bf16"}, ["--dtype", "bf16"], DytDeployError, "unknown dtype 'bf16'"),
+    "no samples": ({"samples": 0}, ["--samples", "0"], DytDeployError, "at least 1 sample"),
     "bad --dynamic": (None, ["--dynamic", "height"], DytDeployError, "bad --dynamic"),
 }
 

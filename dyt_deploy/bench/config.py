@@ -1,0 +1,83 @@
+"""``BenchConfig``: every setting of a latency comparison in one validated object.
+
+``dyt-bench``, ``run_benchmark(...)`` (its keywords are a thin wrapper) and the report's
+``settings`` section all read it; its checks live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import OptionError
+from .variants import OPTIMIZERS, VARIANTS
+
+BENCH_RUNNERS = ("ort", "torch", "torch-compile")
+DEFAULT_VARIANTS = ("layernorm", "rmsnorm", "dyt", "dyt-folded")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to benchmark the norm variants of one zoo architecture.
+
+    Attributes:
+        arch: zoo architecture.
+        variants: layernorm, rmsnorm, dyt, dyt-folded, derf; ``baseline`` must be one of them.
+        runners: "ort" (one group per ONNX optimizer), "torch", "torch-compile".
+        batches, seqs: shapes to time (seqs only for token models).
+        threads: intra-op threads for torch and onnxruntime (0: their defaults).
+        warmup: untimed calls per variant and shape; iters: interleaved timed rounds.
+        optimizers: ONNX optimizers for the "ort" runner.
+        baseline: the variant ratios are relative to.
+        layer, profile: add the norm-layer bandwidth table and onnxruntime's per-op profile.
+        workdir: where model.pt and ONNX files go (None: a temporary folder, removed after).
+        overrides: architecture config overrides (``depth=2``).
+    """
+
+    arch: str = "vit_small"
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    runners: tuple[str, ...] = ("ort", "torch")
+    batches: tuple[int, ...] = (1, 8)
+    seqs: tuple[int, ...] = (128,)
+    threads: int = 0
+    warmup: int = 10
+    iters: int = 50
+    optimizers: tuple[str, ...] = ("none", "ort-transformers")
+    baseline: str = "layernorm"
+    layer: bool = True
+    profile: bool = True
+    workdir: Path | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("variants", "runners", "batches", "seqs", "optimizers"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = self.problems()
+        if problems:
+            raise OptionError(problems)
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
+        found = [(name, message) for name, known, values in (
+            ("variants", VARIANTS, self.variants), ("runners", BENCH_RUNNERS, self.runners),
+            ("optimizers", OPTIMIZERS, self.optimizers)) if (message := _unknown(name, values, known))]
+        for name in ("variants", "runners", "batches", "optimizers"):
+            if not getattr(self, name):
+                found.append((name, f"{name} must not be empty"))
+        if self.variants and self.baseline not in self.variants:
+            found.append(("baseline", f"baseline {self.baseline!r} is not among the variants "
+                                      f"{', '.join(self.variants)}"))
+        for name in ("batches", "seqs"):
+            if any(v < 1 for v in getattr(self, name)):
+                found.append((name, f"{name} must be positive, not {list(getattr(self, name))}"))
+        for name, low in (("threads", 0), ("warmup", 0), ("iters", 1)):
+            if getattr(self, name) < low:
+                found.append((name, f"{name} must be at least {low}, not {getattr(self, name)}"))
+        return found
+
+
+def _unknown(what: str, values: tuple[str, ...], known: Any) -> str | None:
+    unknown = [v for v in values if v not in known]
+    singular = what.removesuffix("s")
+    return f"unknown {singular} {', '.join(map(repr, unknown))}; known: {', '.join(known)}" if unknown else None
