@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, DytDeployError
+from .errors import CheckpointError, DytDeployError, first_line
 from .models import create_model, get_arch
-from .repository import current_umask
+from .repository import atomic_write
 
 FORMAT_TAG = "dyt-deploy/model"
 FORMAT_VERSION = 1
@@ -67,27 +66,6 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-class atomic_write:
-    """Context manager giving a temporary path beside ``path``; renamed onto it only on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        self.tmp.chmod(0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) -> nn.Module:
@@ -152,7 +130,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError, ImportError) as err:
         raise CheckpointError(
-            f"{path}: corrupt or truncated checkpoint ({_first_line(err)}); re-save or re-download it"
+            f"{path}: corrupt or truncated checkpoint ({first_line(err)}); re-save or re-download it"
         ) from None
 
 
@@ -163,16 +141,11 @@ def _error_detail(err: BaseException) -> str:
     return (detail or lines or [type(err).__name__])[-1]
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def _load_exported(path: Path) -> nn.Module:
     try:
         return torch.export.load(path).module()
     except Exception as err:  # torch.export raises many types for a bad archive
-        raise CheckpointError(f"{path}: not a readable torch.export program ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable torch.export program ({first_line(err)})") from None
 
 
 def _from_own_format(obj: dict, arch: str | None, path: Path) -> LoadedModel:

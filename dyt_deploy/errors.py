@@ -41,6 +41,13 @@ class OptionError(DytDeployError, ValueError):
         super().__init__("; ".join(f"{field}: {message}" for field, message in self.problems))
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none): for wrapping a
+    library's multi-line error into one of ours."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def unknown_name(what: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard 'unknown X' error that lists the known names."""
     return UnknownNameError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")

@@ -98,6 +98,15 @@ def staged_file(final: Path, force: bool = False) -> Iterator[Path]:
             os.replace(item, final.parent / item.name)
 
 
+@contextmanager
+def atomic_write(final: Path) -> Iterator[Path]:
+    """A temporary path beside the file ``final``, renamed onto it only when the block succeeds
+    (an existing ``final`` is replaced then, and untouched on failure)."""
+    final = Path(final)
+    with staged_file(final, force=True) as stage:
+        yield stage / final.name
+
+
 def _swap_into_place(stage: Path, final: Path) -> None:
     if not final.exists():
         os.replace(stage, final)

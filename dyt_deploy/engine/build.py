@@ -357,10 +357,10 @@ def attach_timing_cache(config: Any, path: Path | None) -> None:
 def save_timing_cache(config: Any, path: Path | None) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staged.write_bytes(bytes(config.get_timing_cache().serialize()))
-    os.replace(staged, path)
+    from ..repository import atomic_write
+
+    with atomic_write(path) as staged:
+        staged.write_bytes(bytes(config.get_timing_cache().serialize()))
 
 
 def build_plan(trt: ModuleType, prepared: PreparedOnnx, onnx_path: Path, profiles: Profiles,

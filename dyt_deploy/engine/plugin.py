@@ -138,7 +138,7 @@ def check_param_shapes(x_shape: Sequence[Dim] | None, params: dict[str, Sequence
     return layouts
 
 
-def dyt_reference(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | None = None,
+def onnx_dyt_reference(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | None = None,
                   beta: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``gamma * tanh(alpha * x) + beta`` with ONNX (numpy) broadcasting, on any device.
 
@@ -163,7 +163,7 @@ def dyt_reference(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | No
 def run_dyt(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None,
             out: torch.Tensor) -> str:
     """The plugin's computation into ``out``: the Triton kernel of :mod:`dyt_deploy.kernels` when it fits,
-    else :func:`dyt_reference`. Returns which ran, ``"triton"`` or ``"reference"``.
+    else :func:`onnx_dyt_reference`. Returns which ran, ``"triton"`` or ``"reference"``.
 
     The kernel fits when gamma and beta are per last dim or one value (not channels-first), the
     storage types are fp32/fp16/bf16 and Triton can run on x's device.
@@ -177,7 +177,7 @@ def run_dyt(x: torch.Tensor, alpha: torch.Tensor, gamma: torch.Tensor | None, be
 
         dyt_forward(x, alpha, gamma, beta, out=out)
         return "triton"
-    dyt_reference(x, alpha, gamma, beta, out=out)
+    onnx_dyt_reference(x, alpha, gamma, beta, out=out)
     return "reference"
 
 

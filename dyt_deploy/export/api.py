@@ -21,7 +21,7 @@ from torch import nn
 
 from ..checkpoint import LoadedModel, load_checkpoint
 from ..dtypes import torch_dtype
-from ..errors import DytDeployError
+from ..errors import DytDeployError, first_line
 from ..feeds import random_feed, random_tensors
 from ..models.base import TensorSpec
 from ..nn.convert import norm_kind_of
@@ -209,7 +209,7 @@ def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: 
             outputs = module(*args)
     except Exception as err:  # the model's own error on inputs it cannot take (a shape, a dtype)
         shapes = ", ".join(f"{s.name}={tuple(a.shape)}" for s, a in zip(specs, args, strict=True))
-        raise ExportError(f"the model failed on example inputs {shapes}: {_first_line(err)}. "
+        raise ExportError(f"the model failed on example inputs {shapes}: {first_line(err)}. "
                           "Check --input-shape") from None
     count = len(sig.flatten_outputs(outputs))
     dynamic_shapes = tuple(spec.dynamic_dims or None for spec in specs)
@@ -222,13 +222,8 @@ def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: 
                 output_names=sig.output_names(model, count), opset_version=opset, verbose=False, optimize=True,
             )
     except Exception as err:  # torch.export raises many types; all mean "could not capture"
-        raise ExportError(f"torch.onnx.export failed: {_first_line(err)}. Check --input-shape and --dynamic") from None
+        raise ExportError(f"torch.onnx.export failed: {first_line(err)}. Check --input-shape and --dynamic") from None
     return program.model
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def save_onnx(model: ir.Model, path: Path) -> None:
@@ -255,7 +250,7 @@ def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], 
                 got = runner.infer(onnx_feed)
             except Exception as err:  # the model (either side) cannot take this verification shape
                 shapes = ", ".join(f"{k}={v.shape}" for k, v in onnx_feed.items())
-                raise ExportError(f"verification sample {index} ({shapes}) failed to run: {_first_line(err)}. "
+                raise ExportError(f"verification sample {index} ({shapes}) failed to run: {first_line(err)}. "
                                   "If the model only takes some sizes, fix them with --dynamic") from None
             report.add_sample(dict(zip(got, expected, strict=False)),
                               {n: np.asarray(g, dtype=np.float32) for n, g in got.items()},

@@ -18,8 +18,8 @@ from dyt_deploy.engine.plugin import (
     bodiless_dyt_nodes,
     check_param_shapes,
     complete_inputs,
-    dyt_reference,
     input_names,
+    onnx_dyt_reference,
     output_dtype,
     output_shape,
     overload_for,
@@ -122,7 +122,7 @@ def test_reference_matches_the_formula(params: dict) -> None:
     expected = expected * gamma if gamma is not None else expected
     expected = expected + beta if beta is not None else expected
     tensors = [None if a is None else torch.from_numpy(a) for a in (gamma, beta)]
-    got = dyt_reference(torch.from_numpy(x), torch.from_numpy(alpha), *tensors)
+    got = onnx_dyt_reference(torch.from_numpy(x), torch.from_numpy(alpha), *tensors)
     assert got.dtype == torch.float32 and got.shape == x.shape
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
@@ -133,7 +133,7 @@ def test_reference_channels_first_and_into_an_output_buffer() -> None:
     gamma = torch.from_numpy(rng.normal(size=(4, 1, 1)).astype(np.float32))
     beta = torch.from_numpy(rng.normal(size=(4, 1, 1)).astype(np.float32))
     out = torch.empty_like(x)
-    result = dyt_reference(x, torch.tensor(0.5), gamma, beta, out=out)
+    result = onnx_dyt_reference(x, torch.tensor(0.5), gamma, beta, out=out)
     assert result is out
     expected = gamma.numpy() * np.tanh(0.5 * x.numpy()) + beta.numpy()
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
@@ -142,7 +142,7 @@ def test_reference_channels_first_and_into_an_output_buffer() -> None:
 def test_reference_keeps_fp16_and_computes_in_fp32() -> None:
     x = torch.linspace(-4, 4, 64).reshape(2, 32).half()
     alpha, gamma, beta = torch.tensor(0.9).half(), torch.full((32,), 1.5).half(), torch.full((32,), 0.25).half()
-    got = dyt_reference(x, alpha, gamma, beta)
+    got = onnx_dyt_reference(x, alpha, gamma, beta)
     assert got.dtype == torch.float16
     expected = 1.5 * np.tanh(0.9 * x.float().numpy()) + 0.25
     np.testing.assert_allclose(got.float().numpy(), expected, atol=2e-3)
@@ -151,8 +151,8 @@ def test_reference_keeps_fp16_and_computes_in_fp32() -> None:
 def test_neutral_inputs_change_nothing() -> None:
     x = torch.randn(3, 8)
     alpha = torch.tensor(0.5)
-    plain = dyt_reference(x, alpha)
-    padded = dyt_reference(x, alpha, torch.ones(1), torch.zeros(1))
+    plain = onnx_dyt_reference(x, alpha)
+    padded = onnx_dyt_reference(x, alpha, torch.ones(1), torch.zeros(1))
     assert torch.equal(plain, padded)
 
 
@@ -172,7 +172,7 @@ def test_plugin_computation_uses_the_triton_kernel_where_it_fits(x_shape, gamma_
     gamma, beta = torch.randn(gamma_shape, generator=g), torch.randn(gamma_shape, generator=g)
     out = torch.full_like(x, float("nan"))
     assert run_dyt(x, alpha, gamma, beta, out) == path
-    expected = dyt_reference(x, alpha, gamma, beta)
+    expected = onnx_dyt_reference(x, alpha, gamma, beta)
     tol = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}.get(dtype, 1e-6)
     torch.testing.assert_close(out, expected, rtol=tol, atol=tol)
 
