@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python -m dyt_deploy.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not docker"
+	$(BIN)/python -m pytest -q -rs -m "not docker"
 
 # builds docker/Dockerfile with podman on a debootstrapped bookworm base and tests the running
 # container (needs root on Debian; a host where podman cannot run skips with the reason)
