@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 
 import onnx_ir as ir
-import torch
 from torch import nn
 
 from ..errors import DytDeployError
-from ..models.base import TensorSpec, ZooModel
+from ..models.base import TensorSpec, ZooModel, flatten_outputs  # noqa: F401 (part of this module's API)
 
 # Dynamic dims a user may name with --dynamic, and the sizes verification tries beyond the export's.
 KNOWN_DYNAMIC = ("batch", "seq")
@@ -104,19 +103,6 @@ def output_names(model: nn.Module, count: int | None = None) -> list[str]:
     if isinstance(model, ZooModel):
         return [spec.name for spec in model.output_specs()]
     return ["output"] if count in (None, 1) else [f"output_{i}" for i in range(count)]
-
-
-def flatten_outputs(result: object) -> list[torch.Tensor]:
-    """A forward result (tensor, tuple/list, dict, or an object with ``to_tuple``) as a tensor list."""
-    if isinstance(result, torch.Tensor):
-        return [result]
-    if isinstance(result, dict):
-        return [v for v in result.values() if isinstance(v, torch.Tensor)]
-    if hasattr(result, "to_tuple"):
-        result = result.to_tuple()
-    if isinstance(result, list | tuple):
-        return [t for item in result for t in flatten_outputs(item)]
-    raise DytDeployError(f"model returned {type(result).__name__}; expected tensors")
 
 
 def graph_signature(model: ir.Model) -> tuple[list[dict], list[dict]]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import DytDeployError
 from ..nn.convert import norm_kind_of
 
 
@@ -83,3 +84,16 @@ def init_shared_weights(model: nn.Module, seed: int) -> None:
             std = param[0].numel() ** -0.5
             # a normal clipped at 2 std (trunc_normal_ is ~10x slower on CPU for the same purpose)
             param.normal_(0.0, std, generator=generator).clamp_(-2 * std, 2 * std)
+
+
+def flatten_outputs(result: object) -> list[torch.Tensor]:
+    """A forward result (tensor, tuple/list, dict, or an object with ``to_tuple``) as a tensor list."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, dict):
+        return [v for v in result.values() if isinstance(v, torch.Tensor)]
+    if hasattr(result, "to_tuple"):
+        result = result.to_tuple()
+    if isinstance(result, list | tuple):
+        return [t for item in result for t in flatten_outputs(item)]
+    raise DytDeployError(f"model returned {type(result).__name__}; expected tensors")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..export.signature import flatten_outputs
+from ..models.base import flatten_outputs
 from .base import MissingBackendError, Runner, RunnerError, Timer
 
 

@@ -1,0 +1,77 @@
+"""The package's layering, as the README's architecture section states it: each unit of dyt_deploy
+imports only the units listed for it here, and only the command-line layer reaches the service."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dyt_deploy"
+
+# unit -> the other dyt_deploy units it may import (lazy imports included)
+ALLOWED = {
+    "errors": set(),
+    "dtypes": {"errors"},
+    "parity": set(),
+    "nn": {"errors"},
+    "triton_config": {"dtypes", "errors"},
+    "repository": {"errors", "triton_config"},
+    "models": {"errors", "nn", "feeds"},
+    "feeds": {"dtypes", "models"},
+    "checkpoint": {"errors", "models", "repository"},
+    "kernels": {"errors", "nn"},
+    "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
+    "runners": {"engine", "errors", "kernels", "models", "repository"},
+    "export": {"checkpoint", "dtypes", "errors", "feeds", "models", "nn", "parity", "repository", "runners"},
+    "cli_common": {"errors"},
+}
+TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
+ALLOWED_SERVICE = {"cli", "demo"}
+
+
+def unit_of(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+
+
+def imported_units(path: Path) -> set[str]:
+    """dyt_deploy units (and "service") that ``path`` imports, absolute or relative, at any depth."""
+    package = list(path.relative_to(PACKAGE).parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            module = base + (node.module.split(".") if node.module else [])
+            found.add(module[0] if module else node.names[0].name)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            head, _, rest = node.module.partition(".")
+            if head == "dyt_deploy" and rest:
+                found.add(rest.split(".")[0])
+            elif head == "service":
+                found.add("service")
+        elif isinstance(node, ast.Import):
+            found |= {"service" for alias in node.names if alias.name.split(".")[0] == "service"}
+    return found
+
+
+def test_every_unit_is_listed() -> None:
+    units = {unit_of(p) for p in PACKAGE.rglob("*.py")} - {"__init__", "__main__"}
+    assert units <= set(ALLOWED) | TOP, sorted(units - set(ALLOWED) - TOP)
+
+
+def test_units_import_only_what_the_architecture_allows() -> None:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        unit = unit_of(path)
+        imported = imported_units(path) - {unit, "__init__"}
+        if unit in TOP:
+            bad = {"service"} & imported if unit not in ALLOWED_SERVICE else set()
+        else:
+            bad = imported - ALLOWED.get(unit, set())
+        problems += [f"{path.relative_to(PACKAGE)} imports {name}" for name in sorted(bad)]
+    assert not problems, problems
+
+
+def test_the_checker_sees_relative_and_absolute_imports(tmp_path: Path) -> None:
+    source = PACKAGE / "runners" / "registry.py"
+    assert {"errors", "repository"} <= imported_units(source)
