@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .. import kernels
+from ..dtypes import PRECISIONS, torch_dtype
 from ..models import create_model
 from ..nn import create_norm
 from .stats import interleaved_schedule, median_ratio
@@ -44,7 +45,7 @@ from .stats import interleaved_schedule, median_ratio
 LAYER_PROVIDERS = ("copy", "layernorm", "rmsnorm", "rmsnorm-compiled", "rmsnorm-hf", "dyt-eager", "dyt-compiled",
                    "dyt-triton", "dyt-add-triton")
 DECODER_VARIANTS = ("rmsnorm/eager", "dyt/eager", "dyt/triton", "rmsnorm/compiled", "dyt/compiled")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = tuple(PRECISIONS)  # the storage types the suite times
 # The paper's latency setting is one 4096-token sequence; the width follows LLaMA's 2048-4096.
 DEFAULT_DECODER = {"dim": 2048, "depth": 8, "heads": 16, "ffn_dim": 5632, "vocab_size": 32000}
 GOAL_COPY_FRACTION = 0.85  # the DyT kernel at >= 85% of copy bandwidth (4096 x 4096 bf16)
@@ -179,7 +180,7 @@ def gpu_layer_bench(cases: list[LayerCase], providers: list[str] | None = None, 
         for index, case in enumerate(cases):
             if progress:
                 progress(f"layer {case.label}", index, len(cases))
-            dtype = DTYPES[case.dtype]
+            dtype = torch_dtype(case.dtype)
             nbytes = case.tokens * case.width * torch.finfo(dtype).bits // 8
             count = max(2, math.ceil(floor / nbytes))
             g = torch.Generator(device=device).manual_seed(index)
@@ -251,7 +252,7 @@ def decoder_bench(config: dict | None = None, batch: int = 1, seq: int = 4096, d
             if progress:
                 progress(f"decoder {v}: build, compile, warm up", i, len(variants))
             norm, mode = v.split("/")
-            models[v] = _decoder(norm, mode, config, DTYPES[dtype], device)
+            models[v] = _decoder(norm, mode, config, torch_dtype(dtype), device)
             for _ in range(warmup):
                 models[v](ids)
         clock.sync()
