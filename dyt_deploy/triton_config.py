@@ -124,7 +124,35 @@ def read_config(folder: Path) -> Any | None:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """The config as JSON, in the shape Triton's ``GET /v2/models/{m}/config`` returns it (field
-    names as in the .proto, enums by name)."""
+    names as in the .proto, enums by name, 64-bit integers as numbers as Triton prints them, not
+    the strings of protobuf's JSON mapping)."""
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return _int64_as_numbers(config, json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def _int64_as_numbers(message: Any, as_dict: dict[str, Any]) -> dict[str, Any]:
+    """``as_dict`` (``message`` in JSON form) with its int64/uint64 fields as ints, in nested messages too."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    wide = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in as_dict:
+            continue
+        value, entry = getattr(message, field.name), field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            if entry.fields_by_name["value"].message_type is not None:
+                for key, item in value.items():
+                    _int64_as_numbers(item, as_dict[field.name][str(key)])
+        elif entry is not None:
+            items = zip(value, as_dict[field.name], strict=True) if _repeated(field) else [(value, as_dict[field.name])]
+            for item, item_dict in items:
+                _int64_as_numbers(item, item_dict)
+        elif field.cpp_type in wide:
+            as_dict[field.name] = [int(v) for v in value] if _repeated(field) else int(value)
+    return as_dict
+
+
+def _repeated(field: Any) -> bool:
+    """Whether a field is repeated (``is_repeated`` in protobuf 5.29+, ``label`` before)."""
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
