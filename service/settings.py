@@ -1,16 +1,32 @@
-"""Service settings: one dataclass, JSON-serialisable so ``dyt-serve --workers N`` can hand it to
-every worker process through an environment variable."""
+"""Service settings: one pydantic-settings object, validated in one place.
+
+Every field can come from the environment as ``DYT_<FIELD>`` (``DYT_THREADS=1``,
+``DYT_BATCHING='{"*": {"max_batch_size": 8, "max_queue_delay_us": 500}}'``); the API key is
+``$DYT_SERVE_API_KEY``. Keywords given in Python (and dyt-serve's flags) win over the environment.
+``dyt-serve --workers N`` hands the same object to every worker process as JSON
+(``$DYT_SERVE_SETTINGS``, see :meth:`Settings.to_json`).
+
+Invalid values raise :class:`~dyt_deploy.errors.OptionError` naming each field, all at once.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from dyt_deploy.errors import DytDeployError
+from pydantic import Field, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from dyt_deploy.errors import OptionError
 
 SETTINGS_ENV = "DYT_SERVE_SETTINGS"
+API_KEY_ENV = "DYT_SERVE_API_KEY"
+ENV_PREFIX = "DYT_"
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -18,22 +34,25 @@ class BatchingConfig:
     """Dynamic batching of one model, as Triton's ``dynamic_batching``: requests arriving within
     ``max_queue_delay_us`` of the first one are run together, up to ``max_batch_size`` items."""
 
-    max_batch_size: int = 8
-    max_queue_delay_us: int = 1000
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0:
-            raise DytDeployError("dynamic batching needs max_batch_size >= 1 and max_queue_delay_us >= 0")
+    max_batch_size: PositiveInt = 8
+    max_queue_delay_us: NonNegativeInt = 1000
 
 
-@dataclass
-class Settings:
+def option_error(err: ValidationError) -> OptionError:
+    """Every problem of a pydantic ValidationError as ``(field, message)`` pairs."""
+    problems = [(".".join(str(part) for part in e["loc"]) or "settings", f"{e['msg']}, got {e['input']!r}")
+                for e in err.errors()]
+    return OptionError(problems)
+
+
+class Settings(BaseSettings):
     """How the service runs. Defaults suit one machine serving a handful of models.
 
     Attributes:
         repository: the model repository folder (Triton layout, one folder per model).
         provider: onnxruntime provider for .onnx models: "cpu", "cuda" or "tensorrt".
         threads: onnxruntime intra-op threads per model (0: onnxruntime's default, one per core).
+        workers: server processes (dyt-serve --workers), each loading every model.
         warmup_runs: inferences run on each model at load, before it is reported ready.
         max_body_bytes: request body limit (413 above it); 64 MiB is Triton's default.
         max_in_flight: requests handled at once (503 with Retry-After above it); health and
@@ -41,29 +60,43 @@ class Settings:
         request_timeout_s: a request still unanswered after this gets 408 (body not yet received)
             or 504 (processing).
         api_key: when set, inference and comparison routes need ``Authorization: Bearer KEY`` or
-            ``X-API-Key: KEY``.
+            ``X-API-Key: KEY`` (environment: ``$DYT_SERVE_API_KEY``).
         batching: dynamic batching per model name; key "*" applies to every batchable model.
             A model whose config.pbtxt has ``dynamic_batching`` gets it too.
         allow_nonfinite: accept NaN/Inf in floating-point inputs.
         stats_window: served requests per model kept for the live percentiles.
         compare_max_rounds: bound on the rounds of one controlled comparison.
         compare_max_elements: bound on the elements of one input of a controlled comparison.
+        retry_after_s: the Retry-After of a 503 over the in-flight bound.
     """
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, validate_default=True,
+                                      extra="forbid")
+
     repository: str = "."
-    provider: str = "cpu"
-    threads: int = 0
-    warmup_runs: int = 2
-    max_body_bytes: int = 64 << 20
-    max_in_flight: int = 64
-    request_timeout_s: float = 60.0
-    api_key: str | None = None
-    batching: dict[str, BatchingConfig] = field(default_factory=dict)
+    provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    threads: NonNegativeInt = 0
+    workers: PositiveInt = 1
+    warmup_runs: NonNegativeInt = 2
+    max_body_bytes: PositiveInt = 64 << 20
+    max_in_flight: PositiveInt = 64
+    request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    api_key: str | None = Field(None, validation_alias=API_KEY_ENV)
+    batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     allow_nonfinite: bool = False
-    stats_window: int = 2048
-    compare_max_rounds: int = 1000
-    compare_max_elements: int = 1 << 24
-    retry_after_s: int = 1
+    stats_window: PositiveInt = 2048
+    compare_max_rounds: PositiveInt = 1000
+    compare_max_elements: PositiveInt = 1 << 24
+    retry_after_s: NonNegativeInt = 1
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as err:
+            raise option_error(err) from None
+        except SettingsError as err:  # an environment variable that is not valid JSON, for a dict field
+            field = re.search(r'field "(\w+)"', str(err))
+            raise OptionError([(field.group(1) if field else "settings", f"{err.__cause__ or err}")]) from None
 
     @property
     def repository_path(self) -> Path:
@@ -74,10 +107,13 @@ class Settings:
         return self.batching.get(model, self.batching.get("*"))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        """Every field as JSON (what worker processes read back with :meth:`from_json`)."""
+        return self.model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> Settings:
-        data: dict[str, Any] = json.loads(text)
-        data["batching"] = {k: BatchingConfig(**v) for k, v in data.get("batching", {}).items()}
-        return cls(**data)
+        """Settings from :meth:`to_json`'s text, validated like any other."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as err:
+            raise option_error(err) from None
