@@ -2,12 +2,13 @@
 
 Models are discovered when the app is made (a missing repository fails at once), then loaded and
 warmed in the lifespan, off the event loop; a model that fails to load is reported and the others
-serve. Middleware (outermost first): in-flight bound, request timeout, body limit.
+serve. The app's shared state is one :class:`~service.state.ServiceState` (``app.state.service``),
+which routes reach through the ``StateDep`` dependency. Middleware (outermost first): in-flight
+bound, request timeout, body limit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -26,13 +27,12 @@ import dyt_deploy
 from dyt_deploy.errors import DytDeployError
 
 from .errors import ServiceError
-from .metrics import ServiceMetrics
 from .middleware import BodyLimit, InFlightLimit, RequestTimeout
-from .models import ModelRegistry
 from .routes_extra import router as extra_router
 from .routes_v2 import router as v2_router
 from .schemas import add_infer_request_body, validation_errors_are_400
 from .settings import SETTINGS_ENV, Settings
+from .state import ServiceState
 
 log = logging.getLogger("dyt_deploy.service")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("dyt_deploy.service")
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm every model in a worker thread, start the batchers; close them at shutdown."""
-    registry: ModelRegistry = app.state.registry
+    registry = app.state.service.registry
     await anyio.to_thread.run_sync(registry.load_all)
     registry.start()
     ready = sum(m.ready for m in registry.models.values())
@@ -52,24 +52,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(repository: str | Path | None = None, settings: Settings | None = None) -> FastAPI:
-    """The service over ``repository`` (overrides ``settings.repository``)."""
+    """The service over ``repository`` (overrides ``settings.repository``); ``settings`` default to
+    ``Settings()``, which reads ``DYT_*`` environment variables."""
     settings = settings or Settings()
     if repository is not None:
-        settings.repository = str(repository)
+        settings = settings.model_copy(update={"repository": str(repository)})
+    state = ServiceState.create(settings)
     app = FastAPI(title="dyt-deploy inference service", version=dyt_deploy.__version__, lifespan=lifespan,
                   description="Open Inference Protocol v2 (KServe / Triton) with the binary tensor and "
                               "statistics extensions, plus DyT-vs-LayerNorm latency comparison.")
-    metrics = ServiceMetrics()
-    app.state.settings, app.state.metrics = settings, metrics
-    app.state.registry = ModelRegistry(settings)
-    app.state.compare_lock, app.state.comparisons, app.state.comparison_running = asyncio.Lock(), {}, None
+    app.state.service = state
     app.include_router(v2_router)
     app.include_router(extra_router)
     add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=metrics)
+    app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=state.metrics)
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
-                       metrics=metrics)
+                       metrics=state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import Unauthorized
+from .state import StateDep
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <the server's --api-key>")
 
 
-def require_api_key(request: Request, header_key: str | None = Depends(_api_key_header),
+def require_api_key(state: StateDep, header_key: str | None = Depends(_api_key_header),
                     bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     """Pass when the server has no key, or the request carries it (X-API-Key or Bearer); else 401."""
-    expected: str | None = request.app.state.settings.api_key
+    expected = state.settings.api_key
     if expected is None:
         return
     given = header_key or (bearer.credentials if bearer is not None else None)

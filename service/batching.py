@@ -38,7 +38,7 @@ def batch_key(feed: dict[str, np.ndarray]) -> tuple:
 class DynamicBatcher:
     """Collects requests on the event loop and runs each batch with ``run_batch`` on ``executor``.
 
-    ``run_batch(feeds) -> Execution`` is the model's blocking call (see ``ServedModel.run_batch``).
+    ``run_batch(feeds) -> Execution`` is the model's blocking call (see ``ModelWorker.run_batch``).
     """
 
     def __init__(self, run_batch: Callable[[list[dict[str, np.ndarray]]], Any], executor: Executor,

@@ -17,7 +17,8 @@ from typing import Any
 from dyt_deploy.bench.stats import interleaved_schedule, median_ratio, summarize
 
 from .errors import BadRequest, NotFound, Unavailable
-from .models import ModelRegistry, ServedModel, synthetic_feed
+from .registry import ModelRegistry
+from .served_model import ServedModel
 
 BASELINE_NORMS = ("layernorm", "rmsnorm")
 LIVE_RESAMPLES = 200
@@ -102,7 +103,7 @@ def check_dims(models: list[ServedModel], dims: dict[str, int], max_elements: in
 async def run_comparison(models: list[ServedModel], dims: dict[str, int], rounds: int, warmup: int,
                          seed: int = 0) -> dict[str, Any]:
     """Time every model ``rounds`` times in an interleaved schedule after ``warmup`` calls each."""
-    feeds = {m.name: synthetic_feed(m.signature.inputs, dims, seed) for m in models}
+    feeds = {m.name: m.example_feed(dims, seed) for m in models}
     by_name = {m.name: m for m in models}
     for model in models:
         for _ in range(warmup):

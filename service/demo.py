@@ -22,7 +22,8 @@ from dyt_deploy.errors import DytDeployError
 
 from .app import create_app
 from .background import serve_in_thread
-from .protocol import DATATYPES, datatype_of_array
+from .protocol import datatype_of_array, numpy_dtype_of
+from .served_model import example_feed
 from .settings import Settings
 
 
@@ -37,14 +38,10 @@ def _tritonclient() -> Any:
 
 def demo_inputs(metadata: dict[str, Any], batch: int, seed: int) -> dict[str, np.ndarray]:
     """Inputs for a model from its metadata: -1 dims become ``batch`` (first) or 8 (others)."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for tensor in metadata["inputs"]:
-        shape = [d if d >= 0 else (batch if i == 0 else 8) for i, d in enumerate(tensor["shape"])]
-        dtype = DATATYPES[tensor["datatype"]]
-        feed[tensor["name"]] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                                else np.ones(shape, dtype) if dtype.kind == "b" else np.zeros(shape, dtype))
-    return feed
+    inputs = [{"name": t["name"], "dtype": numpy_dtype_of(t["datatype"]).name,
+               "shape": [d if d >= 0 else ("batch" if i == 0 else "other") for i, d in enumerate(t["shape"])]}
+              for t in metadata["inputs"]]
+    return example_feed(inputs, {"batch": batch, "other": 8}, seed)
 
 
 def query_model(client: Any, httpclient: Any, name: str, requests: int) -> bool:

@@ -9,8 +9,14 @@ Pure functions over bytes and numpy arrays, so every rule can be unit-tested wit
   Outputs are returned binary when the request asks (``outputs[].parameters.binary_data`` or the
   request-level ``parameters.binary_data_output``).
 
+The request's JSON is validated by the pydantic model :class:`~service.schemas.InferenceRequest`
+(the same one the OpenAPI document shows); what is left by hand here is the binary extension's
+slicing, JSON data against its datatype, and the check against the model's signature (names,
+ranks, dims, datatypes, batch size). Datatypes map to numpy and BYTES tensors are (de)serialised
+as ``tritonclient.utils`` does it.
+
 Every malformed request raises :class:`~service.errors.BadRequest` with a message that names the
-tensor and what is wrong with it.
+tensor or field and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -19,54 +25,39 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
+from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor, triton_to_np_dtype
+
+from dyt_deploy.dtypes import oip_datatype
 
 from .errors import BadRequest
+from .schemas import DATATYPES, REQUEST_ERROR, InferenceRequest, RequestInput, RequestOutput
 
-try:  # tritonclient pulls ml_dtypes in; BF16 is served only when it is there
-    from ml_dtypes import bfloat16 as _BFLOAT16
-except ImportError:  # pragma: no cover - depends on the environment
-    _BFLOAT16 = None
-
-# OIP datatype -> numpy dtype (little-endian). BYTES is variable-length and handled apart.
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-}
-if _BFLOAT16 is not None:
-    DATATYPES["BF16"] = np.dtype(_BFLOAT16)
 BYTES = "BYTES"
-KNOWN_DATATYPES = (*DATATYPES, BYTES)
 FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 INT_DATATYPES = frozenset(name for name in DATATYPES if name.startswith(("INT", "UINT")))
-
-# manifest dtype strings (numpy names) -> OIP datatype
-_MANIFEST_DTYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "bfloat16": "BF16", "bool": "BOOL",
-                    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "uint8": "UINT8",
-                    "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "string": BYTES, "bytes": BYTES}
 HEADER_LENGTH = "inference-header-content-length"
 
 
-def datatype_from_manifest(dtype: str) -> str:
-    """The OIP datatype of a dyt.json dtype string ("float32" -> "FP32")."""
-    try:
-        return _MANIFEST_DTYPES[dtype]
-    except KeyError:
-        raise BadRequest(f"dtype {dtype!r} has no Open Inference Protocol datatype") from None
+def numpy_dtype_of(datatype: str) -> np.dtype:
+    """The (little-endian) numpy dtype of an OIP datatype, as tritonclient maps it; BYTES is ``object``,
+    BF16 ``ml_dtypes.bfloat16``."""
+    numpy_type = triton_to_np_dtype(datatype)
+    if numpy_type is None:
+        raise BadRequest(f"unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}")
+    return np.dtype(numpy_type).newbyteorder("<")
 
 
-def numpy_dtype(datatype: str) -> np.dtype:
-    """The numpy dtype of an OIP datatype; BYTES is ``object``."""
-    if datatype == BYTES:
-        return np.dtype(object)
-    try:
-        return DATATYPES[datatype]
-    except KeyError:
-        raise BadRequest(f"unknown datatype {datatype!r}; known: {', '.join(KNOWN_DATATYPES)}") from None
+def datatype_of_array(array: np.ndarray) -> str:
+    """The OIP datatype of a numpy array, as tritonclient maps it (object arrays are BYTES)."""
+    datatype = np_to_triton_dtype(array.dtype)
+    if datatype is None:
+        raise BadRequest(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
+    return datatype
 
 
 # --------------------------------------------------------------------------------------------
@@ -74,16 +65,16 @@ def numpy_dtype(datatype: str) -> np.dtype:
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One input or output of a model: ``shape`` holds ints and names of dynamic dims ("batch")."""
+class TensorSignature:
+    """One input or output of a served model: ``shape`` holds ints and names of dynamic dims ("batch")."""
 
     name: str
     datatype: str
     shape: tuple[int | str, ...]
 
     @classmethod
-    def from_manifest(cls, entry: dict[str, Any]) -> TensorSpec:
-        return cls(entry["name"], datatype_from_manifest(entry["dtype"]), tuple(entry["shape"]))
+    def from_manifest(cls, entry: dict[str, Any]) -> TensorSignature:
+        return cls(entry["name"], oip_datatype(entry["dtype"]), tuple(entry["shape"]))
 
     def metadata(self) -> dict[str, Any]:
         """The tensor as model metadata shows it: dynamic dims are -1."""
@@ -95,14 +86,14 @@ class TensorSpec:
 class Signature:
     """A model's inputs and outputs; ``max_batch_size`` 0 means dim 0 is not a batch dim."""
 
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
+    inputs: tuple[TensorSignature, ...]
+    outputs: tuple[TensorSignature, ...]
     max_batch_size: int = 0
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any], max_batch_size: int = 0) -> Signature:
-        inputs = tuple(TensorSpec.from_manifest(t) for t in manifest["inputs"])
-        outputs = tuple(TensorSpec.from_manifest(t) for t in manifest["outputs"])
+        inputs = tuple(TensorSignature.from_manifest(t) for t in manifest["inputs"])
+        outputs = tuple(TensorSignature.from_manifest(t) for t in manifest["outputs"])
         batched = all(t.shape and t.shape[0] == "batch" for t in inputs + outputs)
         return cls(inputs, outputs, max_batch_size if batched else 0)
 
@@ -110,10 +101,10 @@ class Signature:
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
-    def input(self, name: str) -> TensorSpec | None:
+    def input(self, name: str) -> TensorSignature | None:
         return next((t for t in self.inputs if t.name == name), None)
 
-    def output(self, name: str) -> TensorSpec | None:
+    def output(self, name: str) -> TensorSignature | None:
         return next((t for t in self.outputs if t.name == name), None)
 
 
@@ -131,21 +122,20 @@ class RequestedOutput:
 
 
 @dataclass
-class InferRequest:
-    """A decoded, validated inference request."""
+class DecodedRequest:
+    """An inference request decoded into arrays and checked against the model's signature."""
 
     inputs: dict[str, np.ndarray]
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
     id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
+    timeout_us: int | None = None
 
     @property
     def timeout_s(self) -> float | None:
         """The request's ``timeout`` parameter (microseconds, as Triton reads it) in seconds; None when
         absent or 0 (no limit of its own; the server's --timeout still applies)."""
-        micros = self.parameters.get("timeout")
-        return micros / 1e6 if micros else None
+        return self.timeout_us / 1e6 if self.timeout_us else None
 
     @property
     def batch_size(self) -> int:
@@ -183,107 +173,133 @@ def parse_json_header(header: bytes) -> dict[str, Any]:
     return value
 
 
+def parse_request(header: bytes) -> InferenceRequest:
+    """The request's JSON, validated by :class:`~service.schemas.InferenceRequest`."""
+    raw = parse_json_header(header)
+    try:
+        return InferenceRequest.model_validate(raw)
+    except ValidationError as err:
+        raise bad_request(err, raw) from None
+
+
 def decode_request(body: bytes, header_length: str | None, signature: Signature,
-                   allow_nonfinite: bool = False) -> InferRequest:
+                   allow_nonfinite: bool = False) -> DecodedRequest:
     """Decode and validate an inference request body against ``signature``.
 
     ``header_length`` is the Inference-Header-Content-Length header (None: the body is all JSON).
     ``allow_nonfinite``: accept NaN/Inf in floating-point inputs (refused by default).
     """
     header, binary = split_body(body, header_length)
-    request = parse_json_header(header)
-    parameters = _parameters(request.get("parameters"), "request")
-    timeout = parameters.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
-        raise BadRequest(f"request parameter 'timeout' must be a non-negative integer number of microseconds "
-                         f"(0: no limit), got {timeout!r}")
-    raw_inputs = request.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest("request needs a non-empty 'inputs' list")
-    inputs, consumed = decode_inputs(raw_inputs, binary)
-    if consumed != len(binary):
-        raise BadRequest(f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {consumed}")
+    request = parse_request(header)
+    inputs = decode_inputs(request.inputs, binary)
     check_inputs(inputs, signature, allow_nonfinite)
-    return InferRequest(
-        inputs=inputs, outputs=decode_requested_outputs(request.get("outputs"), signature),
-        binary_output=_flag(parameters, "binary_data_output", "request"), id=_request_id(request.get("id")),
-        parameters=parameters,
+    parameters = request.parameters
+    return DecodedRequest(
+        inputs=inputs, outputs=requested_outputs(request.outputs, signature),
+        binary_output=parameters is not None and parameters.binary_data_output, id=request.id,
+        timeout_us=parameters.timeout if parameters is not None else None,
     )
 
 
-def _request_id(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise BadRequest(f"request 'id' must be a string, got {type(value).__name__}")
+# --------------------------------------------------------------------------------------------
+# Validation errors as one 400 in the protocol's words
+
+_INPUT, _OUTPUT = ("inputs", "*"), ("outputs", "*")
+# field (list indices as "*") -> the message for any problem with it or inside it
+_FIELD_MESSAGES: dict[tuple[str, ...], str] = {
+    ("id",): "request 'id' must be a string, got {kind}",
+    ("parameters",): "request 'parameters' must be an object",
+    ("parameters", "binary_data_output"): "request parameter 'binary_data_output' must be true or false",
+    ("parameters", "timeout"): "request parameter 'timeout' must be a non-negative integer number of microseconds "
+                               "(0: no limit), got {value!r}",
+    ("inputs",): "request needs a non-empty 'inputs' list",
+    _INPUT: "inputs[{index}] must be an object",
+    (*_INPUT, "name"): "inputs[{index}] needs a string 'name'",
+    (*_INPUT, "datatype"): "{tensor}: unknown datatype {value!r}; known: " + ", ".join(DATATYPES),
+    (*_INPUT, "shape"): "{tensor} needs a 'shape' list of non-negative integers, got {value!r}",
+    (*_INPUT, "parameters"): "{tensor} 'parameters' must be an object",
+    (*_INPUT, "parameters", "binary_data_size"): "{tensor}: binary_data_size must be a non-negative integer",
+    ("outputs",): "request 'outputs' must be a list",
+    _OUTPUT: "outputs[{index}] must be an object with a string 'name'",
+    (*_OUTPUT, "name"): "outputs[{index}] must be an object with a string 'name'",
+    (*_OUTPUT, "parameters"): "{tensor} 'parameters' must be an object",
+    (*_OUTPUT, "parameters", "binary_data"): "{tensor}: binary_data must be true or false",
+    (*_OUTPUT, "parameters", "classification"): "{tensor}: classification must be a positive integer (the number "
+                                                "of classes to return), got {value!r}",
+}
 
 
-def _parameters(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"{where} 'parameters' must be an object")
-    return value
+def bad_request(err: ValidationError, raw: dict[str, Any]) -> BadRequest:
+    """One BadRequest for every problem pydantic found in ``raw``, each naming its field."""
+    messages = dict.fromkeys(_message(error, raw) for error in err.errors())
+    return BadRequest("; ".join(messages))
 
 
-def _flag(parameters: dict[str, Any], key: str, where: str) -> bool:
-    value = parameters.get(key, False)
-    if not isinstance(value, bool):
-        raise BadRequest(f"{where} parameter {key!r} must be true or false")
-    return value
+def _message(error: Any, raw: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == REQUEST_ERROR:  # the schema's own checks word their messages fully
+        return error["msg"]
+    field = tuple("*" if isinstance(part, int) else part for part in loc)
+    while field and field not in _FIELD_MESSAGES:
+        field, loc = field[:-1], loc[:-1]
+    template = _FIELD_MESSAGES.get(field, "request {path}: {msg}")
+    value = _lookup(raw, loc)
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    return template.format(value=value, kind=type(value).__name__, index=index, tensor=_tensor(raw, loc),
+                           path=".".join(str(p) for p in error["loc"]), msg=error["msg"])
 
 
-def decode_inputs(raw_inputs: list[Any], binary: memoryview) -> tuple[dict[str, np.ndarray], int]:
-    """Decode every input tensor; returns them by name and the count of binary bytes consumed."""
-    inputs: dict[str, np.ndarray] = {}
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    """The raw JSON value at ``loc`` (None where it is missing)."""
+    for part in loc:
+        if isinstance(raw, dict) and isinstance(part, str) or isinstance(raw, list) and isinstance(part, int):
+            try:
+                raw = raw[part]
+            except (KeyError, IndexError):
+                return None
+        else:
+            return None
+    return raw
+
+
+def _tensor(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """How a message names the tensor at ``loc``: "input 'x'", or "inputs[0]" when it has no name."""
+    if len(loc) < 2 or not isinstance(loc[1], int):
+        return "request"
+    name = _lookup(raw, loc[:2] + ("name",))
+    kind = "input" if loc[0] == "inputs" else "output"
+    return f"{kind} {name!r}" if isinstance(name, str) else f"{loc[0]}[{loc[1]}]"
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors
+
+
+def decode_inputs(inputs: list[RequestInput], binary: memoryview) -> dict[str, np.ndarray]:
+    """Every input tensor by name, from JSON ``data`` or from its slice of ``binary`` (in order);
+    the binary bytes must be consumed exactly."""
+    arrays: dict[str, np.ndarray] = {}
     offset = 0
-    for index, raw in enumerate(raw_inputs):
-        if not isinstance(raw, dict):
-            raise BadRequest(f"inputs[{index}] must be an object")
-        name = raw.get("name")
-        if not isinstance(name, str):
-            raise BadRequest(f"inputs[{index}] needs a string 'name'")
-        if name in inputs:
-            raise BadRequest(f"input {name!r} is given twice")
-        inputs[name], offset = decode_tensor(raw, binary, offset)
-    return inputs, offset
-
-
-def decode_tensor(raw: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
-    """One input tensor, from JSON ``data`` or from ``binary[offset:]``; returns it and the new offset."""
-    name = raw["name"]
-    datatype = raw.get("datatype")
-    if not isinstance(datatype, str):
-        raise BadRequest(f"input {name!r} needs a string 'datatype'")
-    numpy_dtype(datatype)  # raises on an unknown datatype
-    shape = _shape(raw.get("shape"), name)
-    parameters = _parameters(raw.get("parameters"), f"input {name!r}")
-    if "binary_data_size" in parameters:
-        if "data" in raw:
-            raise BadRequest(f"input {name!r} has both 'data' and binary_data_size")
-        size = parameters["binary_data_size"]
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+    for tensor in inputs:
+        shape, size = tuple(tensor.shape), tensor.binary_data_size
+        if size is None:
+            arrays[tensor.name] = decode_json_data(tensor.data, tensor.datatype, shape, tensor.name)
+            continue
         if offset + size > len(binary):
-            raise BadRequest(f"input {name!r}: binary_data_size {size} runs past the end of the body "
+            raise BadRequest(f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body "
                              f"({len(binary) - offset} binary bytes left)")
-        return decode_binary(binary[offset:offset + size], datatype, shape, name), offset + size
-    if "data" not in raw:
-        raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
-    return decode_json_data(raw["data"], datatype, shape, name), offset
-
-
-def _shape(value: Any, name: str) -> tuple[int, ...]:
-    ok = isinstance(value, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value)
-    if not ok:
-        raise BadRequest(f"input {name!r} needs a 'shape' list of non-negative integers, got {value!r}")
-    return tuple(value)
+        arrays[tensor.name] = decode_binary(binary[offset:offset + size], tensor.datatype, shape, tensor.name)
+        offset += size
+    if offset != len(binary):
+        raise BadRequest(f"binary data is {len(binary)} bytes but the inputs' binary_data_size add up to {offset}")
+    return arrays
 
 
 def decode_binary(raw: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     """A tensor from its raw little-endian bytes; the byte count must match the shape exactly."""
     if datatype == BYTES:
         return _decode_bytes_elements(raw, shape, name)
-    dtype = DATATYPES[datatype]
+    dtype = numpy_dtype_of(datatype)
     expected = math.prod(shape) * dtype.itemsize
     if len(raw) != expected:
         raise BadRequest(f"input {name!r}: {len(raw)} binary bytes, but shape {list(shape)} of {datatype} "
@@ -295,20 +311,14 @@ def decode_binary(raw: memoryview, datatype: str, shape: tuple[int, ...], name: 
 
 def _decode_bytes_elements(raw: memoryview, shape: tuple[int, ...], name: str) -> np.ndarray:
     """BYTES: each element is a 4-byte little-endian length then that many bytes."""
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise BadRequest(f"input {name!r}: truncated BYTES length prefix")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        if offset + 4 + length > len(raw):
-            raise BadRequest(f"input {name!r}: BYTES element runs past its binary data")
-        items.append(bytes(raw[offset + 4:offset + 4 + length]))
-        offset += 4 + length
+    try:
+        items = deserialize_bytes_tensor(raw)
+    except struct.error:
+        raise BadRequest(f"input {name!r}: a BYTES element (or its 4-byte length) runs past its binary data") from None
     if len(items) != math.prod(shape):
         raise BadRequest(f"input {name!r}: {len(items)} BYTES elements, but shape {list(shape)} needs "
                          f"{math.prod(shape)}")
-    return np.array(items, dtype=object).reshape(shape)
+    return items.reshape(shape)
 
 
 def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -325,7 +335,7 @@ def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str
     if datatype == BYTES:
         return _json_bytes(values, shape, name)
     _check_json_kind(values, datatype, name)
-    return values.astype(DATATYPES[datatype]).reshape(shape)
+    return values.astype(numpy_dtype_of(datatype)).reshape(shape)
 
 
 def _json_bytes(values: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -345,7 +355,7 @@ def _check_json_kind(values: np.ndarray, datatype: str, name: str) -> None:
             kind, "values that are not numbers")
         raise BadRequest(f"input {name!r}: {datatype} data holds {what}")
     if datatype in INT_DATATYPES:
-        info = np.iinfo(DATATYPES[datatype])
+        info = np.iinfo(numpy_dtype_of(datatype))
         if values.min() < info.min or values.max() > info.max:
             raise BadRequest(f"input {name!r}: a value is outside the range of {datatype}")
 
@@ -367,7 +377,7 @@ def check_inputs(inputs: dict[str, np.ndarray], signature: Signature, allow_nonf
         raise BadRequest("; ".join(problems) + f" (the model takes: {expected})")
 
 
-def _tensor_problems(array: np.ndarray, spec: TensorSpec, named_dims: dict[str, int],
+def _tensor_problems(array: np.ndarray, spec: TensorSignature, named_dims: dict[str, int],
                      allow_nonfinite: bool) -> list[str]:
     if datatype_of_array(array) != spec.datatype:
         return [f"input {spec.name!r} is {datatype_of_array(array)}, the model takes {spec.datatype}"]
@@ -386,61 +396,34 @@ def _tensor_problems(array: np.ndarray, spec: TensorSpec, named_dims: dict[str, 
     return problems
 
 
-def datatype_of_array(array: np.ndarray) -> str:
-    """The OIP datatype of a numpy array (object arrays are BYTES)."""
-    if array.dtype == object:
-        return BYTES
-    for name, dtype in DATATYPES.items():
-        if array.dtype == dtype:
-            return name
-    raise BadRequest(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
-
-
-def decode_requested_outputs(value: Any, signature: Signature) -> list[RequestedOutput] | None:
-    """The request's ``outputs`` list (None when absent: return every output)."""
-    if value is None:
+def requested_outputs(outputs: list[RequestOutput] | None, signature: Signature) -> list[RequestedOutput] | None:
+    """The request's ``outputs`` checked against the model (None when absent: return every output)."""
+    if outputs is None:
         return None
-    if not isinstance(value, list):
-        raise BadRequest("request 'outputs' must be a list")
-    requested: list[RequestedOutput] = []
-    for index, raw in enumerate(value):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise BadRequest(f"outputs[{index}] must be an object with a string 'name'")
-        requested.append(_requested_output(raw, signature))
-    names = [r.name for r in requested]
-    if len(set(names)) != len(names):
-        raise BadRequest("an output is requested twice")
-    return requested
+    return [_requested_output(output, signature) for output in outputs]
 
 
-def _requested_output(raw: dict[str, Any], signature: Signature) -> RequestedOutput:
-    name = raw["name"]
-    if signature.output(name) is None:
+def _requested_output(output: RequestOutput, signature: Signature) -> RequestedOutput:
+    name, parameters = output.name, output.parameters
+    spec = signature.output(name)
+    if spec is None:
         known = ", ".join(t.name for t in signature.outputs)
         raise BadRequest(f"unknown output {name!r}; the model has: {known}")
-    parameters = _parameters(raw.get("parameters"), f"output {name!r}")
-    binary = parameters.get("binary_data")
-    if binary is not None and not isinstance(binary, bool):
-        raise BadRequest(f"output {name!r}: binary_data must be true or false")
-    classes = parameters.get("classification")
+    classes = parameters.classification if parameters is not None else None
     if classes is not None:
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-            raise BadRequest(f"output {name!r}: classification must be a positive integer (the number of classes "
-                             f"to return), got {classes!r}")
-        spec = signature.output(name)
         if spec.datatype == BYTES:
             raise BadRequest(f"output {name!r} is BYTES; classification needs a numeric output")
         width = spec.shape[-1] if spec.shape else None
         if isinstance(width, int) and width >= 0 and classes > width:
             raise BadRequest(f"output {name!r} has {width} classes; classification asked for {classes}")
-    return RequestedOutput(name, binary, classes)
+    return RequestedOutput(name, parameters.binary_data if parameters is not None else None, classes)
 
 
 # --------------------------------------------------------------------------------------------
 # Responses
 
 
-def encode_response(model_name: str, model_version: str | None, request: InferRequest,
+def encode_response(model_name: str, model_version: str | None, request: DecodedRequest,
                     outputs: dict[str, np.ndarray], signature: Signature) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers (``Inference-Header-Content-Length`` and the
     content type when any output is binary)."""
@@ -487,12 +470,12 @@ def classify(name: str, array: np.ndarray, count: int) -> np.ndarray:
     return text
 
 
-def encode_output(name: str, array: np.ndarray, spec: TensorSpec | None,
+def encode_output(name: str, array: np.ndarray, spec: TensorSignature | None,
                   binary: bool) -> tuple[dict[str, Any], bytes | None]:
     """One output's JSON entry, and its bytes when it is sent binary."""
     datatype = spec.datatype if spec is not None else datatype_of_array(array)
     if datatype != BYTES:
-        array = np.asarray(array).astype(DATATYPES[datatype], copy=False)
+        array = np.asarray(array).astype(numpy_dtype_of(datatype), copy=False)
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     if binary:
         blob = tensor_bytes(array, datatype)
@@ -505,8 +488,8 @@ def encode_output(name: str, array: np.ndarray, spec: TensorSpec | None,
 def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
     """Raw little-endian bytes of a tensor (BYTES: 4-byte length prefixes)."""
     if datatype == BYTES:
-        return b"".join(struct.pack("<I", len(v)) + v for v in (_as_bytes(x) for x in array.flat))
-    return np.ascontiguousarray(array, DATATYPES[datatype]).tobytes()
+        return serialize_byte_tensor(np.asarray(array, dtype=object)).item() if array.size else b""
+    return np.ascontiguousarray(array, numpy_dtype_of(datatype)).tobytes()
 
 
 def json_values(array: np.ndarray, datatype: str) -> list[Any]:
@@ -547,7 +530,7 @@ def decode_binary_response(body: bytes, header_length: str | None) -> dict[str, 
     for out in response["outputs"]:
         size = (out.get("parameters") or {}).get("binary_data_size")
         if size is None:
-            arrays[out["name"]] = np.asarray(out["data"], DATATYPES[out["datatype"]]).reshape(out["shape"])
+            arrays[out["name"]] = np.asarray(out["data"], numpy_dtype_of(out["datatype"])).reshape(out["shape"])
             continue
         arrays[out["name"]] = decode_binary(binary[offset:offset + size], out["datatype"], tuple(out["shape"]),
                                             out["name"])

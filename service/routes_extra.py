@@ -6,13 +6,14 @@ from importlib import resources
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import HTMLResponse
 
 from . import compare
 from .auth import require_api_key
 from .errors import BadRequest, Conflict, NotFound
 from .schemas import ERROR_RESPONSES, CompareRequest
+from .state import StateDep
 
 router = APIRouter()
 
@@ -24,50 +25,49 @@ async def dashboard() -> HTMLResponse:
 
 
 @router.get("/api/live", tags=["comparison"])
-async def live(request: Request) -> dict[str, Any]:
+async def live(state: StateDep) -> dict[str, Any]:
     """Per family: served-traffic percentiles (compute and end-to-end, ms) per variant, and each
     variant's ratio of medians to the baseline (LayerNorm, else RMSNorm) with a bootstrap interval;
     ``comparison_running`` names the family of a controlled comparison in progress (else null)."""
-    report = await anyio.to_thread.run_sync(compare.live_report, request.app.state.registry)
-    report["comparison_running"] = request.app.state.comparison_running
+    report = await anyio.to_thread.run_sync(compare.live_report, state.registry)
+    report["comparison_running"] = state.comparisons.running
     return report
 
 
 @router.post("/api/compare", tags=["comparison"], responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[400]})
-async def run_compare(body: CompareRequest, request: Request, _: None = Depends(require_api_key)) -> dict[str, Any]:
+async def run_compare(body: CompareRequest, state: StateDep, _: None = Depends(require_api_key)) -> dict[str, Any]:
     """Controlled comparison: the family's ready variants timed on the same synthetic inputs,
     interleaved and rotated round by round (dyt-bench's method). One runs at a time (409 when busy);
     each timed call waits its turn on the model's worker like a request."""
-    settings, state = request.app.state.settings, request.app.state
+    settings, comparisons = state.settings, state.comparisons
     if body.rounds > settings.compare_max_rounds:
         raise BadRequest(f"rounds {body.rounds} is over the limit of {settings.compare_max_rounds}")
     models = compare.comparison_models(state.registry, body.family)
     compare.check_dims(models, body.dims, settings.compare_max_elements)
-    if state.compare_lock.locked():
+    if comparisons.lock.locked():
         raise Conflict("a comparison is already running; retry when it ends")
-    async with state.compare_lock:
-        state.comparison_running = body.family
+    async with comparisons.lock:
+        comparisons.running = body.family
         try:
             report = await compare.run_comparison(models, body.dims, body.rounds, body.warmup)
         finally:
-            state.comparison_running = None
-    state.comparisons[body.family] = report
+            comparisons.running = None
+    comparisons.reports[body.family] = report
     return report
 
 
 @router.get("/api/compare/{family}", tags=["comparison"], responses=ERROR_RESPONSES)
-async def last_compare(family: str, request: Request) -> dict[str, Any]:
+async def last_compare(family: str, state: StateDep) -> dict[str, Any]:
     """The last controlled comparison of ``family`` (404 if none has run)."""
-    report = request.app.state.comparisons.get(family)
+    report = state.comparisons.reports.get(family)
     if report is None:
         raise NotFound(f"no comparison of family {family!r} has run yet; POST /api/compare")
     return report
 
 
 @router.get("/metrics", tags=["metrics"], response_class=Response)
-async def metrics(request: Request) -> Response:
+async def metrics(state: StateDep) -> Response:
     """Prometheus metrics: request, queue and compute-time histograms by model, family and variant."""
-    service_metrics = request.app.state.metrics
-    for model in request.app.state.registry.models.values():
-        service_metrics.model_ready.labels(model.name, model.family, model.variant).set(1.0 if model.ready else 0.0)
-    return Response(service_metrics.render(), media_type=service_metrics.content_type)
+    for model in state.registry.models.values():
+        state.metrics.model_ready.labels(*model.labels).set(1.0 if model.ready else 0.0)
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -21,8 +17,6 @@ import dyt_deploy
 
 from . import protocol
 from .auth import require_api_key
-from .errors import BadRequest, PayloadTooLarge, ServiceError, Unavailable
-from .models import ModelRegistry, ServedModel
 from .schemas import (
     ERROR_RESPONSES,
     InferenceResponse,
@@ -32,16 +26,11 @@ from .schemas import (
     ReadyBody,
     ServerMetadata,
 )
-from .stats import RequestTiming
+from .state import StateDep
 
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository_index"]
-INLINE_BYTES = 1 << 16  # bodies and outputs below this are coded on the event loop, larger ones in a thread
 
 router = APIRouter()
-
-
-def registry_of(request: Request) -> ModelRegistry:
-    return request.app.state.registry
 
 
 def without_version(endpoint: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,39 +68,36 @@ async def server_live() -> dict[str, bool]:
 
 
 @router.get("/v2/health/ready", response_model=ReadyBody, tags=["health"], responses={503: {"model": ReadyBody}})
-async def server_ready(request: Request) -> JSONResponse:
+async def server_ready(state: StateDep) -> JSONResponse:
     """Ready: every model of the repository is loaded and warmed (503 otherwise, with the reasons)."""
-    registry = registry_of(request)
-    if registry.ready:
+    if state.registry.ready:
         return JSONResponse({"ready": True})
-    waiting = "; ".join(f"{m.name}: {m.reason or m.state}" for m in registry.models.values() if not m.ready)
-    return JSONResponse({"ready": False, "error": f"models not ready: {waiting}"}, status_code=503)
+    return JSONResponse({"ready": False, "error": f"models not ready: {state.registry.not_ready()}"}, status_code=503)
 
 
 @router.get("/v2/models/stats", tags=["statistics"])
-async def all_model_stats(request: Request) -> dict[str, Any]:
+async def all_model_stats(state: StateDep) -> dict[str, Any]:
     """Statistics of every model (Triton's statistics extension)."""
-    return {"model_stats": [m.stats.as_triton(m.name, m.version) for m in registry_of(request).models.values()]}
+    return {"model_stats": [m.stats.as_triton(m.name, m.version) for m in state.registry.models.values()]}
 
 
 @router.post("/v2/repository/index", tags=["repository"])
-async def repository_index(request: Request) -> list[dict[str, Any]]:
+async def repository_index(request: Request, state: StateDep) -> list[dict[str, Any]]:
     """Every model folder with its state (READY, UNAVAILABLE) and, when it failed, the reason.
     Body (optional): ``{"ready": true}`` to list only ready models."""
     body = await request.body()
     only_ready = bool(protocol.parse_json_header(body).get("ready", False)) if body.strip() else False
-    models = registry_of(request).models.values()
-    return [m.index_entry() for m in models if m.ready or not only_ready]
+    return [m.index_entry() for m in state.registry.models.values() if m.ready or not only_ready]
 
 
-async def model_metadata(model_name: str, request: Request, model_version: str | None = None) -> dict[str, Any]:
+async def model_metadata(model_name: str, state: StateDep, model_version: str | None = None) -> dict[str, Any]:
     """Model metadata: inputs and outputs with datatypes and shapes (-1 = dynamic)."""
-    return registry_of(request).get(model_name, model_version).metadata()
+    return state.registry.get(model_name, model_version).metadata()
 
 
-async def model_ready(model_name: str, request: Request, model_version: str | None = None) -> JSONResponse:
+async def model_ready(model_name: str, state: StateDep, model_version: str | None = None) -> JSONResponse:
     """200 when the model is ready; 503 with the reason otherwise."""
-    model = registry_of(request).get(model_name, model_version)
+    model = state.registry.get(model_name, model_version)
     if model.ready:
         return JSONResponse({"name": model.name, "ready": True})
     return JSONResponse({"name": model.name, "ready": False, "state": model.state, "reason": model.reason,
@@ -119,93 +105,23 @@ async def model_ready(model_name: str, request: Request, model_version: str | No
                         status_code=503)
 
 
-async def model_config(model_name: str, request: Request, model_version: str | None = None) -> dict[str, Any]:
+async def model_config(model_name: str, state: StateDep, model_version: str | None = None) -> dict[str, Any]:
     """The model's configuration in Triton's JSON form (max_batch_size, inputs, dynamic_batching)."""
-    return registry_of(request).get(model_name, model_version).triton_config()
+    return state.registry.get(model_name, model_version).triton_config()
 
 
-async def model_stats(model_name: str, request: Request, model_version: str | None = None) -> dict[str, Any]:
+async def model_stats(model_name: str, state: StateDep, model_version: str | None = None) -> dict[str, Any]:
     """One model's statistics: counts and cumulative queue/compute times (Triton's schema)."""
-    model = registry_of(request).get(model_name, model_version)
+    model = state.registry.get(model_name, model_version)
     return {"model_stats": [model.stats.as_triton(model.name, model.version)]}
 
 
-async def model_infer(model_name: str, request: Request, model_version: str | None = None,
+async def model_infer(model_name: str, request: Request, state: StateDep, model_version: str | None = None,
                       _: None = Depends(require_api_key)) -> Response:
     """Inference: JSON tensors, or Triton's binary tensor extension (Inference-Header-Content-Length)."""
-    model = registry_of(request).get(model_name, model_version)
-    if not model.ready:
-        raise Unavailable(f"model {model.name!r} is not ready: {model.reason or model.state}")
-    body = await read_body(request)
-    started = time.perf_counter()
-    try:
-        content, headers, timing, items = await run_inference(model, body, request.headers)
-    except Exception:
-        record_failure(request, model, time.perf_counter() - started)
-        raise
-    timing = RequestTiming(timing.queue_s, timing.input_s, timing.infer_s, timing.output_s,
-                           time.perf_counter() - started)
-    model.stats.record_success(timing, items)
-    request.app.state.metrics.observe_success((model.name, model.family, model.variant), timing)
-    return Response(content, headers=headers)
-
-
-def record_failure(request: Request, model: ServedModel, seconds: float) -> None:
-    model.stats.record_failure(seconds)
-    request.app.state.metrics.observe_failure((model.name, model.family, model.variant))
-
-
-async def run_inference(model: ServedModel, body: bytes, headers: Any) -> tuple[bytes, dict[str, str],
-                                                                                  RequestTiming, int]:
-    """Decode, run and encode one request; returns the body, headers, stage times and batch items."""
-    settings = model.settings
-    signature = model.signature
-    assert signature is not None
-
-    def decode() -> protocol.InferRequest:
-        return protocol.decode_request(body, headers.get(protocol.HEADER_LENGTH), signature,
-                                       settings.allow_nonfinite)
-
-    decoded, input_s = await maybe_in_thread(decode, len(body) > INLINE_BYTES)
-    try:
-        outputs, queue_s, infer_s = await model.infer(decoded.inputs, decoded.timeout_s)
-    except ServiceError:
-        raise
-    except Exception as err:  # the backend refused inputs that passed the signature checks
-        raise BadRequest(f"model {model.name!r} could not run these inputs: {type(err).__name__}: {err}") from err
-    size = sum(a.nbytes for a in outputs.values() if isinstance(a, np.ndarray))
-    (content, extra), output_s = await maybe_in_thread(
-        lambda: protocol.encode_response(model.name, model.version, decoded, outputs, signature),
-        size > INLINE_BYTES)
-    items = decoded.batch_size if signature.batched else 1
-    return content, extra, RequestTiming(queue_s, input_s, infer_s, output_s, 0.0), items
-
-
-async def maybe_in_thread(work: Callable[[], Any], in_thread: bool) -> tuple[Any, float]:
-    """Run ``work`` (in a worker thread when large) and time it."""
-    started = time.perf_counter()
-    result = await anyio.to_thread.run_sync(work) if in_thread else work()
-    return result, time.perf_counter() - started
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, inflated when sent with Content-Encoding gzip or deflate (bounded by the
-    body limit after inflation, so a small compressed bomb is refused too)."""
-    body = await request.body()
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
-    limit = request.app.state.settings.max_body_bytes
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise BadRequest(f"body is not valid {encoding} data: {err}") from None
-    if len(inflated) > limit:
-        raise PayloadTooLarge(f"inflated request body is over the limit of {limit} bytes")
-    return inflated
+    model = state.registry.get(model_name, model_version)
+    model.require_ready()
+    return await model.handle(await request.body(), request.headers)
 
 
 model_route("", model_metadata, response_model=ModelMetadata, tags=["models"])

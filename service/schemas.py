@@ -1,17 +1,25 @@
-"""Pydantic models that describe the routes in the OpenAPI document, and the body of the one route
-that FastAPI parses itself (the controlled comparison).
+"""Pydantic models of the service's JSON: the inference request (validated with them, and shown in
+the OpenAPI document), the responses the document describes, and the controlled comparison's body.
 
 The inference route reads its raw body (the binary extension appends tensor bytes to the JSON),
-so its request schema is added to the document by :func:`add_infer_request_body`.
+so :mod:`service.protocol` validates the JSON part with :class:`InferenceRequest` itself, and
+:func:`add_infer_request_body` adds the schema to the document.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
 Parameters = dict[str, Any]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                   "FP16", "FP32", "FP64", "BF16", "BYTES"]
+DATATYPES: tuple[str, ...] = Datatype.__args__  # type: ignore[attr-defined]
+REQUEST_ERROR = "bad_request"
 
 
 class ErrorBody(BaseModel):
@@ -52,24 +60,88 @@ class ModelMetadata(BaseModel):
     parameters: Parameters = Field(default_factory=dict, description="family and norm variant")
 
 
-class RequestInput(BaseModel):
+class StrictModel(BaseModel):
+    """Strict JSON types (no "3" for 3, no 1 for true); unknown keys are ignored."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class RequestParameters(StrictModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_output: bool = Field(False, description="return every output as raw bytes (binary extension)")
+    timeout: NonNegativeInt | None = Field(None, description="microseconds this request may wait for its answer "
+                                                             "(504 past it); 0 or absent: no limit of its own")
+
+
+class InputParameters(StrictModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data_size: NonNegativeInt | None = Field(None, description="the tensor's bytes follow the JSON "
+                                                                      "(binary extension), this many")
+
+
+class OutputParameters(StrictModel):
+    model_config = ConfigDict(extra="allow")
+
+    binary_data: bool | None = Field(None, description="return this output as raw bytes (default: the "
+                                                       "request's binary_data_output)")
+    classification: PositiveInt | None = Field(None, description="return the top k classes as BYTES "
+                                                                 "\"value:index\" strings")
+
+
+class RequestInput(StrictModel):
     name: str
-    shape: list[int]
-    datatype: str
-    parameters: Parameters | None = Field(None, description="binary_data_size: the tensor's bytes follow the JSON")
-    data: list[Any] | None = Field(None, description="row-major elements, flat or nested")
+    shape: list[NonNegativeInt]
+    datatype: Datatype
+    parameters: InputParameters | None = None
+    data: Annotated[Any, WithJsonSchema({"type": "array", "items": {}})] = Field(
+        None, description="row-major elements, flat or nested (absent when sent as binary)")
+
+    @model_validator(mode="after")
+    def data_or_binary(self) -> RequestInput:
+        """Exactly one of ``data`` and ``parameters.binary_data_size``."""
+        binary = self.parameters is not None and self.parameters.binary_data_size is not None
+        if binary and "data" in self.model_fields_set:
+            raise request_error(f"input {self.name!r} has both 'data' and binary_data_size")
+        if not binary and "data" not in self.model_fields_set:
+            raise request_error(f"input {self.name!r} has neither 'data' nor parameters.binary_data_size")
+        return self
+
+    @property
+    def binary_data_size(self) -> int | None:
+        return self.parameters.binary_data_size if self.parameters is not None else None
 
 
-class RequestOutput(BaseModel):
+class RequestOutput(StrictModel):
     name: str
-    parameters: Parameters | None = Field(None, description="binary_data: return this output as raw bytes")
+    parameters: OutputParameters | None = None
 
 
-class InferenceRequest(BaseModel):
+class InferenceRequest(StrictModel):
+    """An inference request's JSON (the header of a binary-extension body)."""
+
     id: str | None = None
-    parameters: Parameters | None = Field(None, description="binary_data_output: all outputs as raw bytes")
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = None
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = Field(None, description="absent: every output")
+
+    @model_validator(mode="after")
+    def unique_names(self) -> InferenceRequest:
+        names: set[str] = set()
+        for tensor in self.inputs:
+            if tensor.name in names:
+                raise request_error(f"input {tensor.name!r} is given twice")
+            names.add(tensor.name)
+        outputs = [o.name for o in self.outputs or []]
+        if len(set(outputs)) != len(outputs):
+            raise request_error("an output is requested twice")
+        return self
+
+
+def request_error(message: str) -> PydanticCustomError:
+    """A validation error whose message is complete as it is (see service.protocol.bad_request)."""
+    return PydanticCustomError(REQUEST_ERROR, "{message}", {"message": message})
 
 
 class ResponseOutput(BaseModel):

@@ -51,6 +51,7 @@ CASES: dict[str, tuple[bytes, dict[str, str], int, str]] = {
     "wrong datatype": (with_field(datatype="FP64"), {}, 400, "'pixel_values' is FP64, the model takes FP32"),
     "unknown datatype": (with_field(datatype="FLOAT32"), {}, 400, "unknown datatype 'FLOAT32'"),
     "wrong rank": (with_field(shape=[3, 32, 32], data=[0.0] * 3072), {}, 400, "the model takes rank 4"),
+    "too many dims": (with_field(shape=[1, 1, 3, 32, 32], data=[0.0] * 3072), {}, 400, "the model takes rank 4"),
     "wrong static dim": (with_field(shape=[1, 3, 32, 16], data=[0.0] * 1536), {}, 400, "dim 3 is 16"),
     "data too short": (with_field(data=[0.0] * 100), {}, 400, "'data' has 100 elements, but shape"),
     "huge shape small data": (with_field(shape=[10**9, 3, 32, 32], data=[0.0]), {}, 400, "'data' has 1 elements"),

@@ -10,12 +10,12 @@ import pytest
 
 from service import protocol
 from service.errors import BadRequest
-from service.protocol import Signature, TensorSpec
+from service.protocol import Signature, TensorSignature
 
 SIGNATURE = Signature(
-    inputs=(TensorSpec("ids", "INT64", ("batch", "seq")), TensorSpec("mask", "BOOL", ("batch", "seq")),
-            TensorSpec("scale", "FP32", ("batch", 2))),
-    outputs=(TensorSpec("out", "FP32", ("batch", "seq", 4)), TensorSpec("half", "FP16", ("batch",))),
+    inputs=(TensorSignature("ids", "INT64", ("batch", "seq")), TensorSignature("mask", "BOOL", ("batch", "seq")),
+            TensorSignature("scale", "FP32", ("batch", 2))),
+    outputs=(TensorSignature("out", "FP32", ("batch", "seq", 4)), TensorSignature("half", "FP16", ("batch",))),
     max_batch_size=4,
 )
 
@@ -32,7 +32,7 @@ def json_body(inputs: dict[str, np.ndarray], **extra: object) -> bytes:
     return json.dumps({"inputs": tensors, **extra}).encode()
 
 
-def decode(body: bytes, header: str | None = None, allow_nonfinite: bool = False) -> protocol.InferRequest:
+def decode(body: bytes, header: str | None = None, allow_nonfinite: bool = False) -> protocol.DecodedRequest:
     return protocol.decode_request(body, header, SIGNATURE, allow_nonfinite)
 
 
@@ -42,19 +42,20 @@ def decode(body: bytes, header: str | None = None, allow_nonfinite: bool = False
     ("FP32", np.float32), ("FP64", np.float64),
 ])
 def test_datatype_table_matches_the_spec(datatype: str, dtype: type) -> None:
-    assert protocol.numpy_dtype(datatype) == np.dtype(dtype)
+    assert protocol.numpy_dtype_of(datatype) == np.dtype(dtype)
     assert protocol.datatype_of_array(np.zeros(1, dtype)) == datatype
 
 
 def test_unknown_datatype_lists_the_known_ones() -> None:
     with pytest.raises(BadRequest, match="unknown datatype 'FLOAT'.*FP32"):
-        protocol.numpy_dtype("FLOAT")
+        protocol.numpy_dtype_of("FLOAT")
 
 
-def test_manifest_dtypes_map_to_protocol_datatypes() -> None:
-    assert protocol.datatype_from_manifest("float32") == "FP32"
-    assert protocol.datatype_from_manifest("int64") == "INT64"
-    assert protocol.datatype_from_manifest("bool") == "BOOL"
+@pytest.mark.parametrize(("dtype", "datatype"), [("float32", "FP32"), ("float16", "FP16"), ("bfloat16", "BF16"),
+                                                 ("int64", "INT64"), ("bool", "BOOL")])
+def test_manifest_dtypes_map_to_protocol_datatypes(dtype: str, datatype: str) -> None:
+    entry = {"name": "x", "dtype": dtype, "shape": ["batch", 4]}
+    assert TensorSignature.from_manifest(entry) == TensorSignature("x", datatype, ("batch", 4))
 
 
 def test_json_request_decodes_nested_data_to_the_declared_dtypes() -> None:
@@ -130,6 +131,7 @@ def mutate(tensor_name: str, **changes: object) -> bytes:
     (mutate("ids", datatype="INT32"), "'ids' is INT32, the model takes INT64"),
     (mutate("ids", datatype="STRING"), "unknown datatype 'STRING'"),
     (mutate("ids", shape=[6]), "the model takes rank 2"),
+    (mutate("ids", shape=[2, 3, 1]), r"'ids' has shape \[2, 3, 1\], the model takes rank 2"),
     (mutate("ids", shape=[2, -3]), "non-negative integers"),
     (mutate("ids", shape=[3, 2]), r"'mask' dim 0 \(batch\) is 2, another input has batch=3"),
     (mutate("scale", shape=[1, 4]), "'scale' dim 1 is 4, the model takes 2"),
@@ -245,7 +247,7 @@ def outputs() -> dict[str, np.ndarray]:
 
 
 def test_json_response_has_every_output_and_echoes_the_id() -> None:
-    request = protocol.InferRequest(inputs=feed(), id="abc")
+    request = protocol.DecodedRequest(inputs=feed(), id="abc")
     body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
     assert headers == {"content-type": "application/json"}
     response = json.loads(body)
@@ -256,7 +258,7 @@ def test_json_response_has_every_output_and_echoes_the_id() -> None:
 
 
 def test_binary_response_sets_the_header_and_sizes() -> None:
-    request = protocol.InferRequest(inputs=feed(), outputs=[protocol.RequestedOutput("half", True),
+    request = protocol.DecodedRequest(inputs=feed(), outputs=[protocol.RequestedOutput("half", True),
                                                             protocol.RequestedOutput("out", False)])
     body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
     length = int(headers["inference-header-content-length"])
@@ -268,7 +270,7 @@ def test_binary_response_sets_the_header_and_sizes() -> None:
 
 
 def test_binary_data_output_applies_unless_an_output_overrides_it() -> None:
-    request = protocol.InferRequest(inputs=feed(), binary_output=True,
+    request = protocol.DecodedRequest(inputs=feed(), binary_output=True,
                                     outputs=[protocol.RequestedOutput("out"), protocol.RequestedOutput("half", False)])
     body, headers = protocol.encode_response("m", None, request, outputs(), SIGNATURE)
     header = json.loads(body[:int(headers["inference-header-content-length"])])
@@ -288,7 +290,7 @@ def test_bytes_tensors_use_length_prefixes() -> None:
 
 @pytest.mark.parametrize("binary", [False, True])
 def test_classified_output_is_sent_as_bytes(binary: bool) -> None:
-    request = protocol.InferRequest(inputs=feed(), outputs=[protocol.RequestedOutput("out", binary, classes=2)])
+    request = protocol.DecodedRequest(inputs=feed(), outputs=[protocol.RequestedOutput("out", binary, classes=2)])
     body, headers = protocol.encode_response("m", "1", request, outputs(), SIGNATURE)
     if binary:
         length = int(headers["inference-header-content-length"])
@@ -306,3 +308,54 @@ def test_classified_output_is_sent_as_bytes(binary: bool) -> None:
 def test_classification_beyond_a_fixed_class_count_is_refused_at_decode() -> None:
     with pytest.raises(BadRequest, match="output 'out' has 4 classes; classification asked for 5"):
         decode(json_body(feed(), outputs=[{"name": "out", "parameters": {"classification": 5}}]))
+
+
+def test_fp16_inputs_decode_as_float16_from_json_and_binary() -> None:
+    signature = Signature(inputs=(TensorSignature("x", "FP16", ("batch", 3)),),
+                          outputs=(TensorSignature("y", "FP16", ("batch",)),), max_batch_size=4)
+    x = np.array([[0.5, -1.25, 3.0], [65504.0, 0.0, -2.0]], np.float16)
+    from_json = protocol.decode_request(json_body({"x": x}), None, signature).inputs["x"]
+    body, headers = protocol.encode_binary_request({"x": x})
+    from_binary = protocol.decode_request(body, headers[protocol.HEADER_LENGTH], signature).inputs["x"]
+    for decoded in (from_json, from_binary):
+        assert decoded.dtype == np.float16
+        np.testing.assert_array_equal(decoded, x)
+    with pytest.raises(BadRequest, match="'x': 24 binary bytes, but shape \\[2, 3\\] of FP16 needs 12"):
+        raw = json.dumps({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP16",
+                                      "parameters": {"binary_data_size": 24}}]}).encode()
+        protocol.decode_request(raw + x.astype(np.float32).tobytes(), str(len(raw)), signature)
+
+
+@pytest.mark.parametrize(("request_json", "message"), [
+    ({"inputs": [{"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [0] * 6}], "parameters":
+      {"binary_data_output": "yes"}}, "request parameter 'binary_data_output' must be true or false"),
+    ({"inputs": [{"shape": [2], "datatype": "INT64", "data": [1, 2]}]}, r"inputs\[0\] needs a string 'name'"),
+    ({"inputs": [{"name": "ids", "shape": "2x3", "datatype": "INT64", "data": [0] * 6}]},
+     "input 'ids' needs a 'shape' list of non-negative integers, got '2x3'"),
+    ({"inputs": [{"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [0] * 6,
+                  "parameters": {"binary_data_size": -1}}]}, "input 'ids': binary_data_size must be a non-negative"),
+    ({"inputs": [{"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [0] * 6}], "outputs": {"name": "out"}},
+     "request 'outputs' must be a list"),
+    ({"inputs": [{"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [0] * 6}], "outputs": [{"name": 3}]},
+     r"outputs\[0\] must be an object with a string 'name'"),
+    ({"inputs": [{"name": "ids", "shape": [2, 3], "datatype": "INT64", "data": [0] * 6}],
+      "outputs": [{"name": "out", "parameters": {"binary_data": 1}}]},
+     "output 'out': binary_data must be true or false"),
+])
+def test_schema_errors_name_the_field_without_a_pydantic_dump(request_json: dict, message: str) -> None:
+    with pytest.raises(BadRequest, match=message) as refused:
+        decode(json.dumps(request_json).encode())
+    text = str(refused.value)
+    assert "pydantic" not in text and "validation error" not in text and "\n" not in text
+
+
+def test_every_schema_problem_is_reported_at_once() -> None:
+    body = {"id": 7, "inputs": [{"name": "ids", "shape": [-1], "datatype": "FLOAT", "data": [1]}],
+            "parameters": {"timeout": -5}}
+    with pytest.raises(BadRequest) as refused:
+        decode(json.dumps(body).encode())
+    text = str(refused.value)
+    for problem in ("request 'id' must be a string, got int", "input 'ids': unknown datatype 'FLOAT'; known: BOOL",
+                    "input 'ids' needs a 'shape' list of non-negative integers, got [-1]",
+                    "request parameter 'timeout' must be a non-negative integer number of microseconds"):
+        assert problem in text

@@ -1,0 +1,52 @@
+"""What the service takes from a model's config.pbtxt, and the ``/config`` answer it gives.
+
+Both go through Triton's own ``ModelConfig`` protobuf (:mod:`dyt_deploy.triton_config`), so a
+nested block such as ``dynamic_batching { default_queue_policy { ... } max_queue_delay_microseconds:
+5000 }`` reads back as Triton reads it, and ``/config`` has the shape Triton's has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dyt_deploy.triton_config import build_config, config_to_dict, read_config
+
+from .settings import BatchingConfig
+
+DEFAULT_PLATFORM = "onnxruntime_onnx"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The parts of config.pbtxt the service serves by: ``batching`` is the file's
+    ``dynamic_batching`` (None without it, or for a model that does not batch)."""
+
+    platform: str = DEFAULT_PLATFORM
+    max_batch_size: int = 0
+    batching: BatchingConfig | None = None
+
+
+def read_serving_config(folder: Path) -> ServingConfig:
+    """Platform, max_batch_size and dynamic_batching of ``folder/config.pbtxt``, as Triton reads them
+    (absent fields are Triton's defaults; no file: an onnxruntime model that does not batch)."""
+    config = read_config(folder)
+    if config is None:
+        return ServingConfig()
+    batching = None
+    if config.HasField("dynamic_batching") and config.max_batch_size > 0:
+        batching = BatchingConfig(config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds)
+    return ServingConfig(config.platform or DEFAULT_PLATFORM, config.max_batch_size, batching)
+
+
+def config_answer(name: str, manifest: dict[str, Any], platform: str, max_batch_size: int,
+                  batching: BatchingConfig | None, gpu: bool) -> dict[str, Any]:
+    """The model configuration as Triton's ``GET /v2/models/{m}/config`` returns it (what perf_analyzer
+    reads): the IO signature of ``manifest`` (dyt.json), the batching in force, one instance."""
+    config = build_config(name, manifest["inputs"], manifest["outputs"], platform=platform,
+                          max_batch_size=max_batch_size, instance_kind="KIND_GPU" if gpu else "KIND_CPU",
+                          max_queue_delay_us=batching.max_queue_delay_us if batching is not None else None)
+    if batching is not None:
+        config.dynamic_batching.preferred_batch_size.append(batching.max_batch_size)
+    return config_to_dict(config)

@@ -1,0 +1,71 @@
+"""Every model of the repository, by name: discovery, loading, readiness, lookup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dyt_deploy.errors import DytDeployError
+from dyt_deploy.repository import MANIFEST_NAME, list_model_folders
+
+from .errors import NotFound
+from .metrics import ServiceMetrics
+from .served_model import ServedModel
+from .settings import Settings
+
+
+def model_folders(repository: Path) -> list[Path]:
+    """Model folders: those with a dyt.json, and those with only a config.pbtxt (reported as
+    unavailable rather than silently skipped)."""
+    if not repository.is_dir():
+        raise DytDeployError(f"model repository {repository} is not a folder")
+    folders = set(list_model_folders(repository))
+    folders |= {p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")
+                and (p / "config.pbtxt").is_file() and not (p / MANIFEST_NAME).is_file()}
+    return sorted(folders)
+
+
+class ModelRegistry:
+    """Every model of the repository, by name (discovered at once; loaded by :meth:`load_all`)."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.models = {f.name: ServedModel(f, settings, metrics) for f in model_folders(settings.repository_path)}
+
+    def load_all(self) -> None:
+        """Load and warm every model, one after the other (blocking; run it off the event loop)."""
+        for model in self.models.values():
+            model.load()
+
+    def start(self) -> None:
+        for model in self.models.values():
+            model.start_batcher()
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.close()
+
+    @property
+    def ready(self) -> bool:
+        """Strict readiness (Triton's default): every model of the repository is ready."""
+        return all(m.ready for m in self.models.values())
+
+    def not_ready(self) -> str:
+        """Each model that is not ready, with its reason ("" when all are)."""
+        return "; ".join(f"{m.name}: {m.reason or m.state}" for m in self.models.values() if not m.ready)
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model called ``name`` (404 for an unknown name or a version it does not serve)."""
+        model = self.models.get(name)
+        if model is None:
+            raise NotFound(f"unknown model {name!r}; known: {', '.join(self.models) or '(none)'}")
+        if version is not None and model.version is not None and version != model.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; served: {model.version}")
+        return model
+
+    def families(self) -> dict[str, list[ServedModel]]:
+        """Models grouped by family, in name order."""
+        grouped: dict[str, list[ServedModel]] = {}
+        for model in self.models.values():
+            if model.manifest:
+                grouped.setdefault(model.family, []).append(model)
+        return grouped

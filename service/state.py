@@ -1,0 +1,48 @@
+"""The service's shared state, one typed object per app, reached by routes through a FastAPI
+dependency (``state: StateDep``), as FastAPI's project template does with its session."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from .metrics import ServiceMetrics
+from .registry import ModelRegistry
+from .settings import Settings
+
+
+@dataclass
+class Comparisons:
+    """Controlled comparisons: one runs at a time (``lock``); ``running`` names its family; the last
+    report of each family is kept."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    running: str | None = None
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceState:
+    """What every route may need: the settings, the models, the metrics, the comparisons."""
+
+    settings: Settings
+    registry: ModelRegistry
+    metrics: ServiceMetrics
+    comparisons: Comparisons = field(default_factory=Comparisons)
+
+    @classmethod
+    def create(cls, settings: Settings) -> ServiceState:
+        """The state of a new app: the repository's models discovered (not loaded yet)."""
+        metrics = ServiceMetrics()
+        return cls(settings, ModelRegistry(settings, metrics), metrics)
+
+
+def get_state(request: Request) -> ServiceState:
+    """The app's state (set by :func:`service.app.create_app`)."""
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
