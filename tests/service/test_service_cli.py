@@ -13,15 +13,24 @@ import httpx
 import pytest
 from service_testlib import images, json_request
 
-from service.cli import build_parser, main, settings_from_args
+from service import cli
+from service.cli import main
 from service.settings import BatchingConfig, Settings
 
 
-def test_defaults_and_settings(repository: Path) -> None:
-    args = build_parser().parse_args(["--repository", str(repository), "--dynamic-batching", "all",
-                                      "--max-queue-delay-us", "500", "--api-key", "k", "--max-body-mb", "1"])
-    assert (args.host, args.port, args.workers) == ("127.0.0.1", 8000, 1)
-    settings = settings_from_args(args)
+def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, str, int]:
+    """dyt-serve's settings, host and port from ``argv`` (uvicorn is not started)."""
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(cli, "serve", lambda settings, host, port, log_level: seen.update(
+        settings=settings, host=host, port=port))
+    assert main(argv) == 0
+    return seen["settings"], seen["host"], seen["port"]
+
+
+def test_defaults_and_settings(repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, host, port = run_cli(["--repository", str(repository), "--dynamic-batching", "all",
+                                    "--max-queue-delay-us", "500", "--api-key", "k", "--max-body-mb", "1"], monkeypatch)
+    assert (host, port, settings.workers) == ("127.0.0.1", 8000, 1)
     assert settings.batching == {"*": BatchingConfig(8, 500)} and settings.api_key == "k"
     assert settings.max_body_bytes == 1 << 20 and settings.repository == str(repository.resolve())
     assert Settings.from_json(settings.to_json()) == settings
@@ -30,7 +39,7 @@ def test_defaults_and_settings(repository: Path) -> None:
 def test_missing_repository_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--repository", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dyt-serve: error: --repository") and "Traceback" not in err
+    assert err.startswith("error: --repository") and "Traceback" not in err
 
 
 def free_port() -> int:
