@@ -117,7 +117,7 @@ def main() -> None:
     from dyt_deploy.checkpoint import save_checkpoint
     from dyt_deploy.export import export_onnx
     from dyt_deploy.models import create_model
-    from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+    from dyt_deploy.runners import runner_for_folder
 
     name = f"{args.arch}-{args.norm}"
     array = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -132,7 +132,8 @@ def main() -> None:
             try:
                 if not batching:
                     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
-                    with OnnxRuntimeRunner(repo / name / "1" / "model.onnx", spin=False) as runner:
+                    # the runner dyt-serve makes for the folder, in this process
+                    with runner_for_folder(repo / name, spin=False) as runner:
                         for _ in range(5):
                             runner.infer({"pixel_values": array})
                             served_call(client, name, array)
