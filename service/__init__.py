@@ -1,7 +1,7 @@
 """The dyt-deploy inference service (Open Inference Protocol v2 over FastAPI).
 
 ``create_app(repository, settings)`` (service.app) serves a model repository; ``dyt-serve``
-(service.cli:main) runs it with uvicorn. Routes:
+(service.cli:main, also ``dyt serve``) runs it with uvicorn. Routes:
 
 * OIP v2: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
   ``/v2/models/{m}[/versions/{v}]``, ``.../ready``, ``.../config``, ``.../stats``,
@@ -11,7 +11,11 @@
   ``GET /api/compare/{family}``.
 * ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
 
-Modules: protocol (codec, pure), models (repository -> runners, readiness, workers), batching,
-stats, compare, metrics, middleware (body limit, in-flight bound, timeouts), auth, schemas
-(OpenAPI), routes_v2 / routes_extra, background (uvicorn in a thread), demo, cli.
+Modules: schemas (pydantic: the inference request it validates, the OpenAPI models), protocol
+(codec and signature checks, pure), settings (pydantic-settings, DYT_*), served_model (one model:
+loading, metadata, the request path ``handle``), worker (its runner on its own thread),
+registry (the repository's models), model_config (config.pbtxt via Triton's ModelConfig), state
+(the app's shared state, ``StateDep``), batching, stats, compare, metrics, middleware (body limit,
+in-flight bound, timeouts), auth, routes_v2 / routes_extra, background (uvicorn in a thread), demo,
+cli (Typer: ``dyt-serve`` / ``dyt serve``).
 """
