@@ -20,10 +20,10 @@ from .dtypes import cast_floats
 from .errors import DytDeployError
 from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
 from .feeds import random_feed
-from .models.base import TensorSpec
 from .parity import ParityReport, default_tolerances
 from .repository import MANIFEST_NAME, read_manifest
 from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
+from .specs import TensorSpec
 
 
 @dataclass

@@ -1,52 +1,55 @@
 """Seeded random inputs for a model's signature: the one place example feeds are made.
 
-Export verification, ``dyt-check``, ``dyt-bench``, ONNX form conversion and the service's warm-up
-all draw their inputs here, so the same seed and sizes give the same tensors everywhere.
+Export verification, ``dyt-check``, ``dyt-bench``, ONNX form conversion, the zoo's
+``example_inputs`` and the service's warm-up and comparisons all draw their inputs here, so the
+same seed and sizes give the same arrays everywhere. numpy only: the service imports this without
+torch; :func:`random_tensors` hands the same values over as torch tensors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
-from .dtypes import torch_dtype
-from .models.base import TensorSpec
+from .dtypes import numpy_dtype
+from .specs import TensorSpec
 
 
-def random_tensor(spec: TensorSpec, sizes: Mapping[str, int], generator: torch.Generator,
-                  default_dim: int | None = None) -> torch.Tensor:
-    """A random tensor for ``spec``: standard normal floats, or integers in ``[low, high)``
+def random_array(spec: TensorSpec, sizes: Mapping[str, int], rng: np.random.Generator,
+                 default_dim: int | None = None) -> np.ndarray:
+    """A random array for ``spec``: standard normal floats, or integers in ``[low, high)``
     (attention masks start with 1, so every sequence attends to something). Named dims take
-    ``sizes[name]``, or ``default_dim`` when given and the name is missing."""
+    ``sizes[name]``, or ``default_dim`` when it is given and the name is missing."""
     shape = tuple(d if isinstance(d, int) else sizes.get(d, default_dim) if default_dim else sizes[d]
                   for d in spec.shape)
-    dtype = torch_dtype(spec.dtype)
-    if dtype.is_floating_point:
-        return torch.randn(shape, generator=generator, dtype=dtype)
-    values = torch.randint(spec.low, spec.high, shape, generator=generator, dtype=dtype)
-    if spec.name == "attention_mask" and values.dim() == 2:
+    dtype = numpy_dtype(spec.dtype)
+    if dtype.kind == "f" or spec.dtype in ("bfloat16", "bf16"):
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    values = rng.integers(spec.low, spec.high, shape).astype(dtype)
+    if spec.name == "attention_mask" and values.ndim == 2:
         values[:, 0] = 1
     return values
 
 
-def random_tensors(specs: Sequence[TensorSpec], sizes: Mapping[str, int], seed: int,
-                   default_dim: int | None = None) -> dict[str, torch.Tensor]:
-    """One seeded tensor per spec, drawn in order from one generator seeded with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    return {spec.name: random_tensor(spec, sizes, generator, default_dim) for spec in specs}
-
-
 def random_feed(specs: Sequence[TensorSpec], sizes: Mapping[str, int], seed: int,
                 default_dim: int | None = None) -> dict[str, np.ndarray]:
-    """:func:`random_tensors` as numpy arrays (bfloat16 through ml_dtypes)."""
-    return {name: _to_numpy(t) for name, t in random_tensors(specs, sizes, seed, default_dim).items()}
+    """One seeded array per spec, drawn in order from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return {spec.name: random_array(spec, sizes, rng, default_dim) for spec in specs}
 
 
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype == torch.bfloat16:
-        from ml_dtypes import bfloat16
+def random_tensors(specs: Sequence[TensorSpec], sizes: Mapping[str, int], seed: int,
+                   default_dim: int | None = None) -> dict[str, Any]:
+    """:func:`random_feed` as torch tensors (the same values)."""
+    import torch
 
-        return tensor.float().numpy().astype(bfloat16)
-    return tensor.numpy()
+    feed = random_feed(specs, sizes, seed, default_dim)
+    return {name: _to_torch(torch, array) for name, array in feed.items()}
+
+
+def _to_torch(torch: Any, array: np.ndarray) -> Any:
+    if array.dtype.kind not in "biuf":  # bfloat16 (ml_dtypes) has no torch.from_numpy path
+        return torch.from_numpy(array.astype(np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(array)

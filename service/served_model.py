@@ -18,8 +18,10 @@ import anyio
 import numpy as np
 from starlette.responses import Response
 
+from dyt_deploy.feeds import random_feed
 from dyt_deploy.repository import latest_version, read_manifest
 from dyt_deploy.runners import runner_for_folder
+from dyt_deploy.specs import TensorSpec
 
 from . import protocol
 from .batching import DynamicBatcher
@@ -39,12 +41,9 @@ T = TypeVar("T")
 
 
 def example_feed(tensors: Sequence[dict[str, Any]], dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random inputs (:func:`dyt_deploy.feeds.random_feed`, the project's one maker) for
+    """Seeded random inputs (:func:`dyt_deploy.feeds.random_feed`, the project's one maker, numpy only) for
     tensors given as dyt.json entries (``{"name", "dtype", "shape"}``): named dims from ``dims``,
     else 1. For warm-up and controlled comparisons."""
-    from dyt_deploy.feeds import random_feed  # imports torch: only once a model is warmed or compared
-    from dyt_deploy.models.base import TensorSpec
-
     specs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in tensors]
     return random_feed(specs, dims, seed, default_dim=1)
 

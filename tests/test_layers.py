@@ -13,16 +13,17 @@ ALLOWED = {
     "errors": set(),
     "dtypes": {"errors"},
     "parity": set(),
+    "specs": set(),
     "nn": {"errors"},
     "triton_config": {"dtypes", "errors"},
     "repository": {"errors", "triton_config"},
-    "models": {"errors", "nn", "feeds"},
-    "feeds": {"dtypes", "models"},
+    "models": {"errors", "nn", "feeds", "specs"},
+    "feeds": {"dtypes", "specs"},
     "checkpoint": {"errors", "models", "repository"},
     "kernels": {"errors", "nn"},
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
     "runners": {"engine", "errors", "kernels", "models", "repository"},
-    "export": {"checkpoint", "dtypes", "errors", "feeds", "models", "nn", "parity", "repository", "runners"},
+    "export": {"checkpoint", "dtypes", "errors", "feeds", "models", "nn", "parity", "repository", "runners", "specs"},
     "cli_common": {"errors"},
 }
 TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
@@ -70,6 +71,18 @@ def test_units_import_only_what_the_architecture_allows() -> None:
             bad = imported - ALLOWED.get(unit, set())
         problems += [f"{path.relative_to(PACKAGE)} imports {name}" for name in sorted(bad)]
     assert not problems, problems
+
+
+def test_the_service_path_to_feeds_needs_no_torch() -> None:
+    """The service makes warm-up feeds with ``feeds``; that must not pull torch into its processes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dyt_deploy.feeds import random_feed; from dyt_deploy.specs import TensorSpec; "
+            "random_feed([TensorSpec('x', ('batch', 3))], {'batch': 2}, 0); "
+            "import dyt_deploy.runners, dyt_deploy.triton_config, dyt_deploy.repository; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_the_checker_sees_relative_and_absolute_imports(tmp_path: Path) -> None:

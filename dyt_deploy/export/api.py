@@ -23,10 +23,10 @@ from ..checkpoint import LoadedModel, load_checkpoint
 from ..dtypes import torch_dtype
 from ..errors import DytDeployError, first_line
 from ..feeds import random_feed, random_tensors
-from ..models.base import TensorSpec
 from ..nn.convert import norm_kind_of
 from ..parity import ParityReport, default_tolerances
 from ..repository import config_pbtxt, refuse_existing, sha256_file, staged_file, staged_folder, write_manifest
+from ..specs import TensorSpec
 from . import signature as sig
 from .config import DEFAULT_OPSET, ExportConfig
 from .fold import FoldReport, fold_dyt_affine
