@@ -242,6 +242,8 @@ def bench(
                                    "onnxscript [default: none,ort-transformers]."),
     baseline: str = typer.Option("layernorm", help="The variant ratios are relative to."),
     layer: bool = typer.Option(True, "--layer/--no-layer", help="Also time the norm layer alone (GB/s)."),
+    layer_tokens: str = typer.Option("256,1024,4096", help="Token counts of the norm-layer table (at the model's "
+                                     "width and 1024)."),
     profile: bool = typer.Option(True, "--profile/--no-profile", help="Also profile onnxruntime per op type."),
     output: Path = typer.Option(Path("reports/bench"), "-o", "--output", help="Report folder."),
     config: list[str] = typer.Option(None, "--set", help="Architecture config override KEY=VALUE, e.g. "
@@ -269,7 +271,7 @@ def bench(
     from .bench.config import BenchConfig
 
     given = {"variants": _names(variants), "runners": _names(runners), "batches": _ints(batch), "seqs": _ints(seq),
-             "optimizers": _names(optimizers)}
+             "optimizers": _names(optimizers), "layer_tokens": _ints(layer_tokens)}
     bench_config = BenchConfig(arch=model, threads=threads, warmup=warmup, iters=iters, baseline=baseline,
                                layer=layer, profile=profile, overrides=_overrides(config),
                                **{k: v for k, v in given.items() if v is not None})

@@ -168,7 +168,8 @@ def _layer_section(config: BenchConfig) -> dict:
     from .layer import copy_bandwidth_gbps, cpu_layer_bench
 
     width = create_model(config.arch, init_weights=False, **config.overrides).config.get("dim", 384)
-    return {"copy_gbps": copy_bandwidth_gbps(), "rows": cpu_layer_bench([256, 1024, 4096], sorted({width, 1024}))}
+    rows = cpu_layer_bench(list(config.layer_tokens), sorted({width, 1024}))
+    return {"copy_gbps": copy_bandwidth_gbps(), "rows": rows}
 
 
 def _profile_section(onnx_files: dict[str, Path], config: BenchConfig, feed) -> dict:

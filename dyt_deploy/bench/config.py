@@ -31,6 +31,7 @@ class BenchConfig:
         optimizers: ONNX optimizers for the "ort" runner.
         baseline: the variant ratios are relative to.
         layer, profile: add the norm-layer bandwidth table and onnxruntime's per-op profile.
+        layer_tokens: token counts of the norm-layer table (widths: the model's and 1024).
         workdir: where model.pt and ONNX files go (None: a temporary folder, removed after).
         overrides: architecture config overrides (``depth=2``).
     """
@@ -46,12 +47,13 @@ class BenchConfig:
     optimizers: tuple[str, ...] = ("none", "ort-transformers")
     baseline: str = "layernorm"
     layer: bool = True
+    layer_tokens: tuple[int, ...] = (256, 1024, 4096)
     profile: bool = True
     workdir: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("variants", "runners", "batches", "seqs", "optimizers"):
+        for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = self.problems()
         if problems:
@@ -68,7 +70,7 @@ class BenchConfig:
         if self.variants and self.baseline not in self.variants:
             found.append(("baseline", f"baseline {self.baseline!r} is not among the variants "
                                       f"{', '.join(self.variants)}"))
-        for name in ("batches", "seqs"):
+        for name in ("batches", "seqs", "layer_tokens"):
             if any(v < 1 for v in getattr(self, name)):
                 found.append((name, f"{name} must be positive, not {list(getattr(self, name))}"))
         for name, low in (("threads", 0), ("warmup", 0), ("iters", 1)):

@@ -32,7 +32,7 @@ def copy_bandwidth_gbps(megabytes: int = 256, repeats: int = 10) -> float:
 
 
 def cpu_layer_bench(tokens: list[int], widths: list[int], kinds: tuple[str, ...] = LAYER_KINDS, repeats: int = 30,
-                dtype: torch.dtype = torch.float32) -> list[dict]:
+                    dtype: torch.dtype = torch.float32) -> list[dict]:
     """Median forward time of each norm kind per (tokens, width), interleaved across kinds.
 
     ``gbps`` counts one read of x and one write of y (parameters are negligible).

@@ -16,7 +16,7 @@ def test_short_real_run_writes_valid_reports(tmp_path):
     result = CliRunner().invoke(bench_app, [
         "--model", "vit_tiny", "--set", "depth=1", "--set", "img_size=32", "--variants", "layernorm,dyt,dyt-folded",
         "--runners", "ort,torch", "--batch", "1,2", "--warmup", "1", "--iters", "3", "--threads", "1",
-        "--optimizers", "none,ort-transformers", "-o", str(out)])
+        "--optimizers", "none,ort-transformers", "--layer-tokens", "64", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     jsonschema.validate(report, REPORT_SCHEMA)
@@ -28,6 +28,7 @@ def test_short_real_run_writes_valid_reports(tmp_path):
     assert not report["settings"]["fusions"].get("dyt/ort-transformers", {}).get("SkipLayerNormalization")
     assert 0 < report["profile"]["dyt/none"]["norm_share"] < 1
     assert report["layer"]["copy_gbps"] > 0
+    assert {(row["tokens"], row["width"]) for row in report["layer"]["rows"]} == {(64, 192), (64, 1024)}
     assert (out / "report.html").read_text().count("<svg") >= 3
     assert "ratio to layernorm" in result.output
 
