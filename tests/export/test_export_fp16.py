@@ -8,9 +8,9 @@ import onnx_ir as ir
 import pytest
 import torch
 
-from dyt_deploy.parity import DEFAULT_TOLERANCES
 from dyt_deploy.export import export_onnx
 from dyt_deploy.export.api import Fp32Norm, prepare_for_dtype
+from dyt_deploy.parity import DEFAULT_TOLERANCES
 
 FLOAT, FLOAT16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
 # the op whose input is the norm's first computation on the activations
