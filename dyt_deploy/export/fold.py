@@ -153,7 +153,9 @@ def _insert_add(graph: ir.Graph, node: ir.Node, shift: np.ndarray, dtype: np.dty
     """Put ``Add(shift)`` after ``node`` and move every reader of its output (graph outputs too) onto it."""
     out = node.outputs[0]
     readers = [(use.node, use.idx) for use in out.uses()]
-    add = ir.node("Add", [out, _initializer(graph, f"{out.name}.dyt_beta", shift, dtype)], name=f"{node.name}_beta")
+    beta = _initializer(graph, f"{out.name}.dyt_beta", shift, dtype)
+    # node names are optional in ONNX: an unnamed node's Add gets a unique name from the graph, not "_beta"
+    add = ir.node("Add", [out, beta], name=f"{node.name}_beta" if node.name else None)
     graph.insert_after(node, add)
     new = add.outputs[0]
     new.shape, new.type = out.shape, out.type
