@@ -365,3 +365,12 @@ def test_three_folds_into_one_name_count_up() -> None:
     assert report.folded == 3
     assert {"W.dyt_folded", "W.dyt_folded.1", "W.dyt_folded.2"} <= {i.name for i in folded.graph.initializer}
     assert_same_outputs(model, folded, x_feed())
+
+
+def test_the_inserted_beta_add_is_named_after_its_linear_layer() -> None:
+    nodes, weights = dyt()
+    nodes.append(helper.make_node("MatMul", ["d", "W"], ["y"], name="blocks.0.fc1"))
+    model = build(nodes, ["y"], {**weights, "W": W})
+    _, folded = fold(model)
+    add = folded.graph.node[-1]
+    assert (add.op_type, add.name) == ("Add", "blocks.0.fc1_beta")
