@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker lint bench bench-export bench-service bench-gpu gpu-check clean
+.PHONY: demo test test-docker mutation lint bench bench-export bench-service bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,19 @@ test: $(STAMP)
 # container (needs root on Debian; a host where podman cannot run skips with the reason)
 test-docker: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m docker tests/docker
+
+# mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml; not part of `make test`):
+# each mutant runs only the selected tests that reach its function, fastest first. Later runs reuse the
+# results of unchanged mutants; MUTANTS='dyt_deploy.parity.*' reruns one module; rm -rf mutants/ starts afresh.
+# Prints killed/survived per module (survivors judged equivalent: docs/mutation.md).
+# mutmut forks a worker per mutant; one OpenMP/MKL thread keeps torch fork-safe (pools do not survive a fork).
+mutation: $(VENV)/.installed-mutation
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) $(MUTANTS)
+	$(BIN)/python scripts/mutation_score.py --survivors
+
+$(VENV)/.installed-mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,mutation]" "$(TORCH)"
+	touch $@
 
 # the standard latency comparison: vit_small, onnxruntime CPU and torch, batch 1 and 8
 bench: $(STAMP)
@@ -51,4 +64,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache mutants
