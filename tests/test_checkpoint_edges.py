@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dyt_deploy import checkpoint as ckpt
-from dyt_deploy.checkpoint import infer_norm, load_checkpoint, load_model
-from dyt_deploy.errors import CheckpointError
+from dyt_deploy.checkpoint import FORMAT_TAG, infer_norm, load_checkpoint, load_model, save_checkpoint
+from dyt_deploy.errors import CheckpointError, DytDeployError
 from dyt_deploy.models import create_model, list_models
 
 SMALL = {"depth": 1, "img_size": 32}
@@ -144,9 +144,149 @@ def test_error_detail_picks_the_informative_line(message: str, detail: str) -> N
     assert ckpt._error_detail(pickle.UnpicklingError(message)) == detail
 
 
-def test_a_bad_pickle_opcode_with_trust_names_the_unpickling_error(tmp_path: Path) -> None:
+def test_a_truncated_pickle_with_trust_names_the_unpickling_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.pt"
     path.write_bytes(b"\x80\x02X")  # a pickle protocol header, then a truncated opcode
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, trust_pickle=True)
-    assert str(info.value).startswith(f"{path}: corrupt")
+    assert str(info.value) == f"{path}: corrupt or not a PyTorch checkpoint (pickle data was truncated)"
+
+
+def failing_load(error: BaseException):
+    def load(*args: object, **kwargs: object) -> None:
+        raise error
+
+    return load
+
+
+def test_a_refused_global_explains_the_risk_and_the_way_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "whole.pt"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(torch, "load", failing_load(pickle.UnpicklingError(
+        "Weights only load failed.\nWeightsUnpickler error: Unsupported global: GLOBAL my.Model")))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path}: holds pickled Python objects beyond tensors (e.g. a whole nn.Module). Loading it would run code "
+        "from the file, so it is refused. If you made or trust this file, allow it with --trust-pickle "
+        "(Python: trust_pickle=True); better, re-save the model's state_dict.")
+    with pytest.raises(CheckpointError) as info:  # trusted, the same error means a broken file
+        load_checkpoint(path, trust_pickle=True)
+    assert str(info.value) == (f"{path}: corrupt or not a PyTorch checkpoint "
+                               "(WeightsUnpickler error: Unsupported global: GLOBAL my.Model)")
+
+
+def test_other_unpickling_errors_are_corrupt_files_even_untrusted(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(torch, "load", failing_load(pickle.UnpicklingError("advice\nUnpicklingError: bad key")))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == f"{path}: corrupt or not a PyTorch checkpoint (UnpicklingError: bad key)"
+
+
+def test_a_truncated_archive_names_the_first_line_of_the_cause(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "cut.pt"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(torch, "load", failing_load(RuntimeError("PytorchStreamReader failed\nat frame 3")))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: corrupt or truncated checkpoint (PytorchStreamReader failed); "
+                               "re-save or re-download it")
+
+
+def test_tensors_are_mapped_to_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint saved from a GPU must load on a CPU-only host (no GPU here to save one, so a spy)."""
+    torch.save(vit_state(), tmp_path / "sd.pt")
+    seen = []
+    real_load = torch.load
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    load_checkpoint(tmp_path / "sd.pt", arch="vit_tiny", **SMALL)
+    assert seen[0]["map_location"] == "cpu"
+    assert seen[0]["weights_only"] is True
+
+
+# -- save_checkpoint -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attrs", [{"config": {"norm": "dyt"}}, {"arch": "vit_tiny"}, {"arch": "", "config": {}}],
+                         ids=["no-arch", "no-config", "empty-arch"])
+def test_save_needs_both_arch_and_config(tmp_path: Path, attrs: dict) -> None:
+    model = torch.nn.Linear(2, 2)
+    for name, value in attrs.items():
+        setattr(model, name, value)
+    with pytest.raises(DytDeployError) as info:
+        save_checkpoint(model, tmp_path / "model.pt")
+    assert str(info.value) == "save_checkpoint takes zoo models (from create_model or load_model)"
+    assert not (tmp_path / "model.pt").exists()
+
+
+# -- own format ------------------------------------------------------------------------------------
+
+def own_payload(**changes: object) -> dict:
+    model = create_model("vit_tiny", norm="dyt", **SMALL)
+    payload = {"format": FORMAT_TAG, "format_version": 1, "arch": "vit_tiny", "config": dict(model.config),
+               "norm": "dyt", "state_dict": model.state_dict()}
+    payload.update(changes)
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def test_own_format_without_a_version_is_version_0_and_loads(tmp_path: Path) -> None:
+    payload = own_payload()
+    del payload["format_version"]
+    torch.save(payload, tmp_path / "model.pt")
+    assert load_checkpoint(tmp_path / "model.pt").arch == "vit_tiny"
+
+
+def test_own_format_errors_start_with_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    state = own_payload()["state_dict"]
+    del state["head.weight"]
+    for payload in (own_payload(arch="resnet"), own_payload(state_dict=state)):
+        torch.save(payload, path)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        assert str(info.value).startswith(f"{path}: ")
+
+
+def test_own_format_without_an_arch_says_so(tmp_path: Path) -> None:
+    payload = own_payload()
+    del payload["arch"]
+    torch.save(payload, tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="unknown architecture ''; known: "):
+        load_checkpoint(tmp_path / "model.pt")
+
+
+# -- other formats record what they know --------------------------------------------------------------
+
+def test_export_program_records_its_path_and_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"x")
+    module = torch.nn.Linear(2, 2).train()
+
+    class Program:
+        def module(self) -> torch.nn.Module:
+            return module
+
+    monkeypatch.setattr(torch.export, "load", lambda _path: Program())
+    loaded = load_checkpoint(path)
+    assert (loaded.model, loaded.source_format, loaded.path) == (module, "torch.export", path)
+    assert (loaded.arch, loaded.config, loaded.norm) == (None, {}, None)
+
+
+def test_pickled_foreign_module_records_what_it_can(tmp_path: Path) -> None:
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    module.config = [("norm", "dyt")]  # a config object that is not a dict (as transformers' are not)
+    torch.save(module, tmp_path / "whole.pt")
+    loaded = load_checkpoint(tmp_path / "whole.pt", trust_pickle=True)
+    assert loaded.source_format == "pickled-module"
+    assert (loaded.arch, loaded.config, loaded.norm, loaded.path) == (None, {}, None, tmp_path / "whole.pt")
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))  # no config, no arch attribute at all
+    torch.save(plain, tmp_path / "plain.pt")
+    assert load_checkpoint(tmp_path / "plain.pt", trust_pickle=True).config == {}

@@ -374,3 +374,12 @@ def test_the_inserted_beta_add_is_named_after_its_linear_layer() -> None:
     _, folded = fold(model)
     add = folded.graph.node[-1]
     assert (add.op_type, add.name) == ("Add", "blocks.0.fc1_beta")
+
+
+def test_a_tanh_that_is_no_dyt_does_not_stop_the_search() -> None:
+    nodes, weights = dyt()
+    bare = helper.make_node("Tanh", ["x"], ["plain"])  # before the DyT in graph order
+    model = build([bare, *nodes, helper.make_node("MatMul", ["d", "W"], ["y"])], ["plain", "y"], {**weights, "W": W})
+    report, folded = fold(model)
+    assert (report.folded, report.skipped) == (1, 0)
+    assert_same_outputs(model, folded, x_feed())
