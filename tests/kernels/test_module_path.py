@@ -15,6 +15,14 @@ from dyt_deploy.models import create_model  # noqa: E402
 from dyt_deploy.nn import DynamicTanh  # noqa: E402
 
 FAMILIES = ["vit_tiny", "llama_tiny", "bert_tiny"]
+# two blocks show every fusion site (within a block, across blocks, before the final norm); under
+# Triton's interpreter the full-size models only cost time
+SMALL = {"depth": 2}
+
+
+def small_model(name: str, norm: str = "dyt") -> torch.nn.Module:
+    extra = {"img_size": 64} if name.startswith("vit") else {}
+    return create_model(name, norm, seed=0, **SMALL, **extra)
 
 
 @pytest.fixture
@@ -103,7 +111,7 @@ def test_from_module_shares_parameters_and_state_dict():
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
-    model = create_model(name, "dyt", seed=0).eval().to(DEVICE)
+    model = small_model(name, "dyt").eval().to(DEVICE)
     dyt_sites = sum(type(m) is DynamicTanh for m in model.modules())
     keys = {k: v.data_ptr() for k, v in model.state_dict().items()}
     feeds = {k: v.to(DEVICE) for k, v in model.example_inputs(batch=2, seq=8).items()}
@@ -118,7 +126,7 @@ def test_use_kernels_swaps_every_dyt_and_keeps_outputs(name):
 
 
 def test_use_kernels_leaves_other_norms_and_takes_a_bare_module():
-    ln_model = create_model("vit_tiny", "layernorm", seed=0)
+    ln_model = small_model("vit_tiny", "layernorm")
     assert K.use_kernels(ln_model)[1] == 0
     assert "forward" not in vars(ln_model), "nothing swapped, nothing traced: the model's own forward runs"
     bare, count = K.use_kernels(DynamicTanh(8))
@@ -127,7 +135,7 @@ def test_use_kernels_leaves_other_norms_and_takes_a_bare_module():
 
 def fused_zoo_model(name: str) -> tuple[nn.Module, K.FusionReport]:
     """A zoo model with kernel norms, fused by the pass itself (to read its report)."""
-    model = create_model(name, "dyt", seed=0).eval()
+    model = small_model(name, "dyt").eval()
     model, _ = K.use_kernels(model, fuse=False)
     return model, K.fuse_residual_adds(model)
 
@@ -135,7 +143,7 @@ def fused_zoo_model(name: str) -> tuple[nn.Module, K.FusionReport]:
 @pytest.mark.parametrize("name", FAMILIES)
 def test_fused_zoo_models_equal_the_plain_ones_bit_for_bit_without_a_kernel_device(name, no_interpreter):
     """With kernel modules but no kernel device, the rewritten forward runs the same eager ops."""
-    plain = create_model(name, "dyt", seed=0).eval()
+    plain = small_model(name, "dyt").eval()
     model, report = fused_zoo_model(name)
     feeds = plain.example_inputs(batch=2, seq=12)
     with torch.no_grad():
@@ -153,7 +161,7 @@ def test_prenorm_fusion_sites_cross_blocks_and_end_in_the_sum_only_form():
 
 
 def test_fused_residual_decoder_with_kernels_matches(launches):
-    model = create_model("llama_tiny", "dyt", seed=0).eval().to(DEVICE)
+    model = small_model("llama_tiny", "dyt").eval().to(DEVICE)
     ids = torch.randint(0, model.config["vocab_size"], (2, 12), device=DEVICE)
     with torch.no_grad():
         plain = model(ids)
@@ -185,7 +193,7 @@ def test_kernel_module_is_an_nn_module_drop_in():
 
 
 def test_vit_with_kernels_takes_the_fused_path_and_matches(launches):
-    model = create_model("vit_tiny", "dyt", seed=0).eval().to(DEVICE)
+    model = small_model("vit_tiny", "dyt").eval().to(DEVICE)
     pixels = model.example_inputs(batch=2)["pixel_values"].to(DEVICE)
     with torch.no_grad():
         plain = model(pixels)
@@ -196,7 +204,7 @@ def test_vit_with_kernels_takes_the_fused_path_and_matches(launches):
 
 
 def test_bert_with_kernels_runs_each_post_norm_as_one_pass(launches):
-    model = create_model("bert_tiny", "dyt", seed=0).eval().to(DEVICE)
+    model = small_model("bert_tiny", "dyt").eval().to(DEVICE)
     feeds = {k: v.to(DEVICE) for k, v in model.example_inputs(batch=2, seq=8).items()}
     with torch.no_grad():
         plain = model(*feeds.values())
