@@ -423,3 +423,68 @@ def test_decode_binary_response_reads_json_and_consecutive_binary_outputs() -> N
     decoded = protocol.decode_binary_response(body, None)
     assert decoded["logits"].dtype == np.float32 and decoded["logits"].shape == (1, 3)
     assert decoded["tag"].tolist() == ["xy"]  # JSON BYTES come back as text
+
+
+# -- edges found by the second mutation run --------------------------------------------------------
+
+def test_classify_counts_classes_in_the_last_dim_not_dim_1() -> None:
+    top = protocol.classify("p", np.array([[[0.1, 0.7, 0.2]]]), 2)  # shape (1, 1, 3): 3 classes
+    assert top.tolist() == [[[b"0.700000:1", b"0.200000:2"]]]
+
+
+def test_a_dynamic_class_count_is_checked_when_encoding_and_names_the_output() -> None:
+    request = DecodedRequest({"u": np.zeros(2, np.uint8)}, outputs=[RequestedOutput("y", None, 5)])
+    with pytest.raises(BadRequest) as info:
+        protocol.encode_response("m", None, request, {"y": np.zeros((2, 3), np.float32)}, SMALL)
+    assert str(info.value) == "output 'y' has 3 classes; classification asked for 5"
+
+
+def test_classification_of_a_scalar_output_is_left_to_encoding_and_zero_classes_are_too_few() -> None:
+    signature = Signature(SMALL.inputs, (TensorSignature("s", "FP32", ()), TensorSignature("e", "FP32", (2, 0))))
+    request = decode(request_json(*small_inputs(), outputs=[{"name": "s", "parameters": {"classification": 1}}]),
+                     signature)
+    assert request.outputs == [RequestedOutput("s", None, 1)]
+    assert refused(request_json(*small_inputs(), outputs=[{"name": "e", "parameters": {"classification": 1}}]),
+                   signature) == "output 'e' has 0 classes; classification asked for 1"
+
+
+def test_json_output_values_keep_their_python_types_and_the_signature_precision() -> None:
+    ints = protocol.json_values(np.array([3, 4], np.int64), "INT64")
+    assert ints == [3, 4] and all(type(v) is int for v in ints)
+    assert protocol.json_values(np.array([0.1]), "FP64") == [0.1]  # not rounded through float32
+    bf16 = protocol.json_values(np.array([1.5], dtype=protocol.numpy_dtype_of("BF16")), "BF16")
+    assert bf16 == [1.5] and type(bf16[0]) is float
+    entry, _ = protocol.encode_output("y", np.array([0.1]), TensorSignature("y", "FP32", (1,)), binary=False)
+    assert entry["data"] == [float(np.float32(0.1))]  # cast to the model's FP32 before it is written
+    entry, _ = protocol.encode_output("b", np.array([b"x"], dtype=object), TensorSignature("b", "BYTES", (1,)),
+                                      binary=False)
+    assert entry["data"] == ["x"]
+
+
+def test_string_arrays_serialize_as_bytes() -> None:
+    assert protocol.tensor_bytes(np.array(["ab", "c"]), "BYTES") == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+
+
+def test_binary_response_headers() -> None:
+    request = DecodedRequest({"u": np.zeros(2, np.uint8)}, binary_output=True)
+    body, headers = protocol.encode_response("m", None, request, {"y": np.ones((2, 3), np.float32)}, SMALL)
+    length = int(headers["inference-header-content-length"])
+    assert headers == {"content-type": "application/octet-stream", "inference-header-content-length": str(length)}
+    assert len(body) == length + 24
+
+
+def test_decode_binary_response_walks_every_binary_output_in_order() -> None:
+    outputs = [TensorSignature(n, "FP32", (2,)) for n in ("a", "b", "c")]
+    signature = Signature(SMALL.inputs, tuple(outputs))
+    values = {n: np.array([i, i + 0.5], np.float32) for i, n in enumerate("abc")}
+    body, headers = protocol.encode_response("m", None, DecodedRequest({}, binary_output=True), values, signature)
+    decoded = protocol.decode_binary_response(body, headers["inference-header-content-length"])
+    for name, value in values.items():
+        np.testing.assert_array_equal(decoded[name], value)
+
+
+def test_decode_binary_response_names_a_badly_sized_output() -> None:
+    header = json.dumps({"outputs": [{"name": "logits", "datatype": "FP32", "shape": [2],
+                                      "parameters": {"binary_data_size": 4}}]}).encode()
+    with pytest.raises(BadRequest, match="'logits': 4 binary bytes, but shape \\[2\\] of FP32 needs 8"):
+        protocol.decode_binary_response(header + b"\x00" * 4, str(len(header)))
