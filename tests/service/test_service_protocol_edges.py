@@ -488,3 +488,41 @@ def test_decode_binary_response_names_a_badly_sized_output() -> None:
                                       "parameters": {"binary_data_size": 4}}]}).encode()
     with pytest.raises(BadRequest, match="'logits': 4 binary bytes, but shape \\[2\\] of FP32 needs 8"):
         protocol.decode_binary_response(header + b"\x00" * 4, str(len(header)))
+
+
+# -- edges found by the third mutation run ---------------------------------------------------------
+
+def test_unknown_datatypes_either_way_are_named() -> None:
+    with pytest.raises(BadRequest) as info:
+        protocol.numpy_dtype_of("FP8")
+    assert str(info.value) == ("unknown datatype 'FP8'; known: BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, "
+                               "INT32, INT64, FP16, FP32, FP64, BF16, BYTES")
+    with pytest.raises(BadRequest) as info:
+        protocol.datatype_of_array(np.zeros(2, np.complex64))
+    assert str(info.value) == "numpy dtype complex64 has no Open Inference Protocol datatype"
+
+
+def test_nonfinite_inputs_are_refused_by_default() -> None:
+    body = request_json(*small_inputs(x=(float("nan"), 1.0)))
+    body = body.replace(b"NaN", b"1e999")  # JSON has no NaN; 1e999 reads as inf
+    with pytest.raises(BadRequest, match="input 'x' holds NaN or Inf"):
+        protocol.decode_request(body, None, SMALL)
+    inputs = {"u": np.zeros(2, np.uint8), "x": np.array([np.inf, 0], np.float32)}
+    with pytest.raises(BadRequest, match="input 'x' holds NaN or Inf"):
+        protocol.check_inputs(inputs, SMALL)
+
+
+def test_a_binary_size_past_the_end_says_how_many_bytes_are_left() -> None:
+    header = request_json({"name": "u", "datatype": "UINT8", "shape": [2], "parameters": {"binary_data_size": 2}},
+                          {"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}})
+    body = header + b"\x01\x02" + b"\x00" * 5  # 7 binary bytes: 2 for u, 5 of the 8 x needs
+    with pytest.raises(BadRequest) as info:
+        decode(body, header=str(len(header)))
+    assert str(info.value) == "input 'x': binary_data_size 8 runs past the end of the body (5 binary bytes left)"
+
+
+def test_bool_data_with_integers_past_int64_is_refused_as_integers() -> None:
+    """numpy reads [2**63, 2**63 + 1] as uint64 (kind "u"): still integers, not "values that are not numbers"."""
+    signature = Signature((TensorSignature("m", "BOOL", (2,)),), SMALL.outputs)
+    assert refused(request_json(tensor("m", "BOOL", [2], [2**63, 2**63 + 1])), signature) == (
+        "input 'm': BOOL data holds integers")
