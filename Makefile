@@ -30,7 +30,7 @@ test-docker: $(STAMP)
 # mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml; not part of `make test`):
 # each mutant runs only the selected tests that reach its function, fastest first. Later runs reuse the
 # results of unchanged mutants; MUTANTS='dyt_deploy.parity.*' reruns one module; rm -rf mutants/ starts afresh.
-# Prints killed/survived per module and lists the survivors (scripts/mutation_score.py --survivors).
+# Prints killed/survived per module and lists the survivors (those judged equivalent, with why: docs/mutation.md).
 # mutmut forks a worker per mutant; one OpenMP/MKL thread keeps torch fork-safe (pools do not survive a fork).
 mutation: $(VENV)/.installed-mutation
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run $(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) $(MUTANTS)
