@@ -270,11 +270,10 @@ def bench(
 
     from .bench.config import BenchConfig
 
-    given = {"variants": _names(variants), "runners": _names(runners), "batches": _ints(batch), "seqs": _ints(seq),
-             "optimizers": _names(optimizers), "layer_tokens": _ints(layer_tokens)}
-    bench_config = BenchConfig(arch=model, threads=threads, warmup=warmup, iters=iters, baseline=baseline,
-                               layer=layer, profile=profile, overrides=_overrides(config),
-                               **{k: v for k, v in given.items() if v is not None})
+    bench_config = BenchConfig.from_options(
+        arch=model, variants=_names(variants), runners=_names(runners), batches=_ints(batch), seqs=_ints(seq),
+        optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
+        baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config))
 
     from .bench.api import benchmark
     from .bench.report import RESULT_COLUMNS, results_table, write_reports

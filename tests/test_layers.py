@@ -85,6 +85,6 @@ def test_the_service_path_to_feeds_needs_no_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-def test_the_checker_sees_relative_and_absolute_imports(tmp_path: Path) -> None:
+def test_the_checker_sees_relative_and_absolute_imports() -> None:
     source = PACKAGE / "runners" / "registry.py"
     assert {"errors", "repository"} <= imported_units(source)

@@ -65,10 +65,10 @@ def run_benchmark(
     The keywords are :class:`BenchConfig`'s fields (see there what each means); None takes the
     config's default. This is :func:`benchmark` with the config built from them.
     """
-    given = {"variants": variants, "runners": runners, "batches": batches, "seqs": seqs, "optimizers": optimizers}
-    config = BenchConfig(arch=arch, threads=threads, warmup=warmup, iters=iters, baseline=baseline, layer=layer,
-                         profile=profile, workdir=workdir, overrides=overrides,
-                         **{k: v for k, v in given.items() if v is not None})
+    config = BenchConfig.from_options(arch=arch, variants=variants, runners=runners, batches=batches, seqs=seqs,
+                                      optimizers=optimizers, threads=threads, warmup=warmup, iters=iters,
+                                      baseline=baseline, layer=layer, profile=profile, workdir=workdir,
+                                      overrides=overrides)
     return benchmark(config, progress)
 
 

@@ -59,6 +59,12 @@ class BenchConfig:
         if problems:
             raise OptionError(problems)
 
+    @classmethod
+    def from_options(cls, **options: Any) -> BenchConfig:
+        """A config from keyword options where None means "the default" (as the CLI and
+        ``run_benchmark`` pass them)."""
+        return cls(**{name: value for name, value in options.items() if value is not None})
+
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
         found = [(name, message) for name, known, values in (
