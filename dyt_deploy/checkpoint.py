@@ -219,6 +219,7 @@ def _build(arch: str | None, config: dict, path: Path) -> nn.Module:
 
 
 def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+    state = model.upgrade_state_dict(state) if hasattr(model, "upgrade_state_dict") else state
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

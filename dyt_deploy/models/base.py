@@ -41,6 +41,13 @@ class ZooModel(nn.Module):
 
         return random_tensors(self.input_specs(), {**self.default_sizes, **sizes}, seed)
 
+    def upgrade_state_dict(self, state: dict) -> dict:
+        """``state`` with keys of older dyt-deploy layouts renamed to this model's; the default renames nothing.
+
+        Loaders call this before comparing keys, so checkpoints written before a rename still load.
+        """
+        return state
+
 
 def init_shared_weights(model: nn.Module, seed: int) -> None:
     """Initialise every parameter outside norm layers from ``seed`` and its name alone.
