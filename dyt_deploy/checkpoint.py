@@ -92,6 +92,10 @@ def load_checkpoint(
         config: architecture config overrides for checkpoints without a recorded config.
     """
     path = Path(path)
+    if path.is_dir():  # a Hugging Face folder (save_pretrained); transformers is imported there, lazily
+        from .hf import load_folder
+
+        return load_folder(path, arch=arch)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; pass the path of a model.pt (or .pt2)")
     if path.suffix == ".pt2":

@@ -19,7 +19,8 @@ ALLOWED = {
     "repository": {"errors", "triton_config"},
     "models": {"errors", "nn", "feeds", "specs"},
     "feeds": {"dtypes", "specs"},
-    "checkpoint": {"errors", "models", "repository"},
+    "checkpoint": {"errors", "hf", "models", "repository"},
+    "hf": {"checkpoint", "errors", "models", "nn", "specs"},  # Hugging Face folders; checkpoint dispatches to it
     "kernels": {"errors", "nn"},
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
     "runners": {"engine", "errors", "kernels", "models", "repository"},
