@@ -42,7 +42,7 @@ class CheckTarget:
 def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False) -> CheckTarget:
     """A model.pt, or a model folder holding dyt.json (see the module docstring)."""
     source = Path(source)
-    if source.is_dir():
+    if source.is_dir() and not (source / "config.json").is_file():  # config.json: a Hugging Face folder, a model
         return _folder_target(source, trust_pickle)
     loaded = load_checkpoint(source, arch=arch, trust_pickle=trust_pickle)
     specs = input_specs(loaded.model, None, None)
@@ -54,7 +54,7 @@ def _folder_target(folder: Path, trust_pickle: bool) -> CheckTarget:
         raise DytDeployError(f"{folder}: not a model folder (no {MANIFEST_NAME}); pass REPO/NAME or a model.pt")
     manifest = read_manifest(folder)
     source = (manifest.get("source") or {}).get("path")
-    if not source or not Path(source).is_file():
+    if not source or not Path(source).exists():  # a model.pt, or a Hugging Face folder
         raise DytDeployError(f"{folder}: the reference model.pt named in {MANIFEST_NAME} ({source}) is not here; "
                              "run dyt-check on the model.pt instead, or export again from where it is")
     loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle)
