@@ -1,9 +1,20 @@
 """Fold DyT's gamma and beta into the linear layers that consume it (FlashNorm-style).
 
 ``W @ (gamma * t + beta) + c = (W * gamma) @ t + (W @ beta + c)`` with ``t = tanh(alpha * x)``:
-when every consumer of a DyT is a MatMul/Gemm with constant weights, the gamma Mul and beta
+when every consumer of a DyT is a linear layer with constant weights, the gamma Mul and beta
 Add disappear and only ``tanh(alpha * x)`` stays. Works on the ``pattern`` form; new weights are
 new initializers (the exporter shares equal initializers between layers, so none is edited).
+
+Linear layers that fold:
+
+- channels-last DyT (gamma of shape ``(C,)``): a MatMul or Gemm reading it directly;
+- channels-first DyT (gamma ``(C, 1, 1)`` over dim 1 of NCHW, as ConvNeXt's ``LayerNorm2d`` sites):
+  a Conv with one group and no padding (a zero-padded border would not see beta), or a MatMul/Gemm
+  behind a flatten of dims 1.. (Flatten(axis=1), or a Reshape to rank 2 that keeps the batch dim),
+  where feature ``f`` of the flattened row comes from channel ``f // (H*W)``.
+
+Any other reader (a residual Add, a padded or depthwise conv, a slice) leaves the site as it is,
+counted in ``FoldReport.skipped``.
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ class _Site:
     tanh: ir.Node
     gamma_mul: ir.Node
     beta_add: ir.Node | None
-    gamma: np.ndarray
+    gamma: np.ndarray  # (C,), whatever the layout
     beta: np.ndarray | None
+    channels_first: bool = False
 
     @property
     def output(self) -> ir.Value:
@@ -42,11 +54,12 @@ def fold_dyt_affine(model: ir.Model) -> FoldReport:
     report = FoldReport()
     for site in _find_sites(model.graph):
         consumers = list(site.output.uses())
-        if not consumers or site.output.is_graph_output() or not all(_foldable(u.node, u.idx) for u in consumers):
+        targets = [_target(site, use.node, use.idx) for use in consumers]
+        if not consumers or site.output.is_graph_output() or None in targets:
             report.skipped += 1
             continue
-        for use in consumers:
-            _fold_into(model.graph, use.node, site)
+        for target in targets:
+            _fold(model.graph, site, target)
             report.linear_layers += 1
         dead = [n for n in (site.beta_add, site.gamma_mul) if n is not None]
         model.graph.remove(dead, safe=True)
@@ -86,18 +99,52 @@ def _other_const(node: ir.Node, value: ir.Value) -> np.ndarray | None:
 def _site_after(tanh: ir.Node) -> _Site | None:
     gamma_mul = _only_use(tanh.outputs[0], "Mul")
     gamma = None if gamma_mul is None else _other_const(gamma_mul, tanh.outputs[0])
-    if gamma is None or gamma.ndim != 1:
+    # (C, 1, ..., 1) against x of one more dim: per channel of dim 1 (NCHW); other shapes are not DyT's
+    channels_first = (gamma is not None and gamma.ndim > 1 and all(d == 1 for d in gamma.shape[1:])
+                      and _rank(tanh) == gamma.ndim + 1)
+    if gamma is None or not (gamma.ndim == 1 or channels_first):
         return None
     beta_add = _only_use(gamma_mul.outputs[0], "Add")
     beta = None if beta_add is None else _other_const(beta_add, gamma_mul.outputs[0])
     if beta is None or beta.shape != gamma.shape:
         beta_add, beta = None, None
-    return _Site(tanh, gamma_mul, beta_add, gamma, beta)
+    return _Site(tanh, gamma_mul, beta_add, gamma.reshape(-1), None if beta is None else beta.reshape(-1),
+                 channels_first)
 
 
-def _foldable(node: ir.Node, input_index: int) -> bool:
+def _rank(tanh: ir.Node) -> int | None:
+    """The rank of the DyT's input x, from whichever of x, alpha*x or tanh(alpha*x) has a known shape."""
+    scale = tanh.inputs[0].producer()
+    candidates = [tanh.outputs[0], tanh.inputs[0], *(scale.inputs if scale is not None else [])]
+    ranks = [len(v.shape) for v in candidates if v is not None and v.shape is not None and not _is_scalar_const(v)]
+    return ranks[0] if ranks else None
+
+
+@dataclass
+class _Target:
+    """Where a site folds: ``layer`` (MatMul, Gemm or Conv), read directly or through ``flatten``."""
+
+    layer: ir.Node
+    flatten: ir.Node | None = None
+
+
+def _target(site: _Site, node: ir.Node, input_index: int) -> _Target | None:
+    """The layer one reader of ``site`` lets it fold into, or None when that reader does not allow it."""
     if input_index != 0:
-        return False
+        return None
+    if not site.channels_first:
+        return _Target(node) if _linear_foldable(node) else None
+    if node.op_type == "Conv":
+        return _Target(node) if _conv_foldable(node, len(site.gamma)) else None
+    if _flattens_from_axis_1(node):
+        layer = _only_use(node.outputs[0], "MatMul") or _only_use(node.outputs[0], "Gemm")
+        reads_as_input = layer is not None and next(iter(node.outputs[0].uses())).idx == 0
+        if reads_as_input and _linear_foldable(layer) and _in_features(layer) % len(site.gamma) == 0:
+            return _Target(layer, flatten=node)
+    return None
+
+
+def _linear_foldable(node: ir.Node) -> bool:
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     if not _is_const(weight) or len(weight.const_value.shape) != 2:
         return False
@@ -107,20 +154,82 @@ def _foldable(node: ir.Node, input_index: int) -> bool:
     return node.op_type == "Gemm" and attrs.get_int("transA", 0) == 0
 
 
-def _fold_into(graph: ir.Graph, node: ir.Node, site: _Site) -> None:
-    """Rewire ``node`` to read tanh(alpha*x) with gamma folded into its weight and beta into a bias."""
+def _conv_foldable(node: ir.Node, channels: int) -> bool:
+    """A Conv with constant weights over ``channels`` inputs, one group, no padding."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    if not _is_const(weight) or weight.const_value.shape[1] != channels:
+        return False
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    attrs = node.attributes
+    pads = attrs.get_ints("pads", None) or ()
+    auto_pad = attrs.get_string("auto_pad", "NOTSET")
+    return (attrs.get_int("group", 1) == 1 and not any(pads) and auto_pad in ("NOTSET", "VALID")
+            and (bias is None or _is_const(bias)))
+
+
+def _flattens_from_axis_1(node: ir.Node) -> bool:
+    """Flatten(axis=1), or a Reshape to rank 2 whose first dim is the input's first dim (shapes inferred)."""
+    if node.op_type == "Flatten":
+        return node.attributes.get_int("axis", 1) == 1
+    if node.op_type != "Reshape":
+        return False
+    source, result = node.inputs[0].shape, node.outputs[0].shape
+    return source is not None and result is not None and len(result) == 2 and len(source) >= 2 \
+        and result[0] == source[0]
+
+
+def _in_features(node: ir.Node) -> int:
+    weight = node.inputs[1].const_value.shape
+    transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0) == 1
+    return int(weight[1] if transposed else weight[0])
+
+
+def _fold(graph: ir.Graph, site: _Site, target: _Target) -> None:
+    if target.layer.op_type == "Conv":
+        _fold_into_conv(graph, target.layer, site)
+        return
+    repeat = _in_features(target.layer) // len(site.gamma)  # H*W per channel behind a flatten, else 1
+    gamma = np.repeat(site.gamma, repeat)
+    beta = None if site.beta is None else np.repeat(site.beta, repeat)
+    reader = target.flatten or target.layer
+    reader.replace_input_with(0, site.tanh.outputs[0])
+    _fold_into_linear(graph, target.layer, gamma, beta)
+
+
+def _fold_into_linear(graph: ir.Graph, node: ir.Node, gamma: np.ndarray, beta: np.ndarray | None) -> None:
+    """Scale ``node``'s weight rows by ``gamma`` and add ``beta``'s image to its bias."""
     weight_value = node.inputs[1]
     weight = weight_value.const_value.numpy().astype(np.float64)
     transposed = node.op_type == "Gemm" and node.attributes.get_int("transB", 0) == 1
     w_in_out = weight.T if transposed else weight  # (in, out)
-    folded = w_in_out * site.gamma.astype(np.float64)[:, None]
+    folded = w_in_out * gamma.astype(np.float64)[:, None]
     dtype = weight_value.const_value.numpy().dtype
     new_weight = _initializer(graph, f"{weight_value.name}.dyt_folded", (folded.T if transposed else folded), dtype)
     node.replace_input_with(1, new_weight)
-    node.replace_input_with(0, site.tanh.outputs[0])
-    if site.beta is not None:
-        shift = site.beta.astype(np.float64) @ w_in_out  # (out,)
+    if beta is not None:
+        shift = beta.astype(np.float64) @ w_in_out  # (out,)
         _add_bias(graph, node, shift, dtype)
+
+
+def _fold_into_conv(graph: ir.Graph, node: ir.Node, site: _Site) -> None:
+    """``conv(W, g*t + b) = conv(W*g, t) + sum(W*b)``: exact without padding (every tap reads a real pixel)."""
+    weight_value = node.inputs[1]
+    weight = weight_value.const_value.numpy().astype(np.float64)  # (out, in, k...)
+    per_input = (1, -1) + (1,) * (weight.ndim - 2)
+    dtype = weight_value.const_value.numpy().dtype
+    folded = weight * site.gamma.astype(np.float64).reshape(per_input)
+    node.replace_input_with(1, _initializer(graph, f"{weight_value.name}.dyt_folded", folded, dtype))
+    node.replace_input_with(0, site.tanh.outputs[0])
+    if site.beta is None:
+        return
+    shift = (weight * site.beta.astype(np.float64).reshape(per_input)).sum(axis=tuple(range(1, weight.ndim)))
+    bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+    if bias_value is None:
+        node.resize_inputs(3)
+        node.replace_input_with(2, _initializer(graph, f"{node.name or weight_value.name}.dyt_beta", shift, dtype))
+        return
+    bias = bias_value.const_value.numpy().astype(np.float64) + shift
+    node.replace_input_with(2, _initializer(graph, f"{bias_value.name}.dyt_folded", bias, dtype))
 
 
 def _add_bias(graph: ir.Graph, node: ir.Node, shift: np.ndarray, dtype: np.dtype) -> None:

@@ -76,8 +76,18 @@ def _tanh_only_ok(context, x, alpha, **_) -> bool:
 
 
 def _only_linear_readers(value: ir.Value) -> bool:
+    """Every reader is what a folded DyT leaves: a MatMul/Gemm/Conv, or a flatten into MatMul/Gemm."""
     uses = list(value.uses())
-    return bool(uses) and all(use.node.op_type in _LINEAR_OPS and use.idx == 0 for use in uses)
+    return bool(uses) and all(use.idx == 0 and _linear_reader(use.node) for use in uses)
+
+
+def _linear_reader(node: ir.Node) -> bool:
+    if node.op_type in _LINEAR_OPS or node.op_type == "Conv":
+        return True
+    if node.op_type not in ("Flatten", "Reshape") or node.outputs[0].is_graph_output():
+        return False
+    uses = list(node.outputs[0].uses())
+    return bool(uses) and all(use.idx == 0 and use.node.op_type in _LINEAR_OPS for use in uses)
 
 
 def _to_node(op, x, alpha, gamma=None, beta=None):
