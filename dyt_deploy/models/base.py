@@ -41,6 +41,13 @@ class ZooModel(nn.Module):
 
         return random_tensors(self.input_specs(), {**self.default_sizes, **sizes}, seed)
 
+    def init_constants(self) -> dict[str, float]:
+        """Parameters that :func:`init_shared_weights` fills with a constant instead of a seeded draw.
+
+        Name -> value; the default is none (ConvNeXt's layer scales start at ``ls_init``).
+        """
+        return {}
+
     def upgrade_state_dict(self, state: dict) -> dict:
         """``state`` with keys of older dyt-deploy layouts renamed to this model's; the default renames nothing.
 
@@ -56,13 +63,18 @@ def init_shared_weights(model: nn.Module, seed: int) -> None:
     architecture that differ only in their norm get identical weights everywhere else.
     Matrices, kernels and embeddings: normal clipped at 2 std, std 1/sqrt(fan_in) (fan_in = the
     product of all but the first dim), so activations keep a useful scale through untrained
-    models of either norm; vectors: zeros.
+    models of either norm; the model's ``init_constants()`` (layer scales): their value; other
+    vectors (biases): zeros.
     """
     skip = {f"{mod_name}.{p}" if mod_name else p for mod_name, m in model.named_modules()
             if norm_kind_of(m) is not None for p, _ in m.named_parameters(recurse=False)}
+    constants = model.init_constants() if isinstance(model, ZooModel) else {}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in skip:
+                continue
+            if name in constants:
+                param.fill_(constants[name])
                 continue
             if param.dim() < 2:
                 param.zero_()

@@ -8,6 +8,7 @@ from typing import Any
 from ..errors import DytDeployError, unknown_name
 from .base import ZooModel, init_shared_weights
 from .bert import BertEncoder
+from .convnext import ConvNeXt
 from .llama import LlamaDecoder
 from .vit import VisionTransformer
 
@@ -74,11 +75,40 @@ def create_model(name: str, norm: str | None = None, seed: int = 0, init_weights
     return model.eval()
 
 
+def timm_names() -> list[str]:
+    """The timm model names :func:`arch_for_timm_name` maps to zoo architectures, sorted."""
+    return sorted(_TIMM_NAMES)
+
+
+def arch_for_timm_name(name: str) -> tuple[str, dict[str, Any]] | None:
+    """The zoo architecture and config overrides for timm model ``name``; None for names the zoo lacks.
+
+    ``name`` is what the official DyT training code records as ``args.model`` (e.g.
+    ``vit_base_patch16_224``, ``convnext_tiny``); a pretrained tag (``.augreg_in21k``) is ignored.
+    The caller adds what the checkpoint itself tells (``num_classes``, ``global_pool``).
+    """
+    found = _TIMM_NAMES.get(name.partition(".")[0])
+    return None if found is None else (found[0], dict(found[1]))
+
+
 # ViT sizes from the ViT/DeiT papers: (width, depth, heads).
 register_arch("vit_tiny", VisionTransformer, dim=192, depth=12, heads=3)
 register_arch("vit_small", VisionTransformer, dim=384, depth=12, heads=6)
 register_arch("vit_base", VisionTransformer, dim=768, depth=12, heads=12)
+register_arch("vit_large", VisionTransformer, dim=1024, depth=24, heads=16)
+# ConvNeXt sizes from the ConvNeXt paper. Layer scales start at 1.0, not timm's 1e-6: with random
+# weights, 1e-6 leaves every block's contribution below any parity tolerance.
+register_arch("convnext_tiny", ConvNeXt, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), ls_init=1.0)
+register_arch("convnext_small", ConvNeXt, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), ls_init=1.0)
+register_arch("convnext_base", ConvNeXt, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), ls_init=1.0)
+register_arch("convnext_large", ConvNeXt, depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536), ls_init=1.0)
 register_arch("llama_tiny", LlamaDecoder, vocab_size=1024, dim=256, depth=4, heads=4, ffn_dim=688)
 register_arch("llama_small", LlamaDecoder, vocab_size=8192, dim=512, depth=8, heads=8, ffn_dim=1376)
 register_arch("bert_tiny", BertEncoder, vocab_size=1024, dim=128, depth=2, heads=2, ffn_dim=512)
 register_arch("bert_small", BertEncoder, vocab_size=8192, dim=512, depth=4, heads=8, ffn_dim=2048)
+
+_SIZES = ("tiny", "small", "base", "large")
+_TIMM_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
+    **{f"vit_{size}_patch16_224": (f"vit_{size}", {"img_size": 224, "patch_size": 16}) for size in _SIZES},
+    **{f"convnext_{size}": (f"convnext_{size}", {}) for size in _SIZES},
+}

@@ -82,9 +82,11 @@ def site_role(name: str) -> str | None:
 def norm_kind_of(module: nn.Module) -> str | None:
     """"layernorm", "rmsnorm", "dyt" or "derf" for a convertible norm layer, else None.
 
-    RMSNorm-like layers of other libraries (``transformers``' ``LlamaRMSNorm``, ...) are
-    recognised by duck typing: a leaf module whose class name contains "RMSNorm" and that holds a
-    1-D ``weight``. (Layers that scale by ``1 + weight``, like Gemma's, are not special-cased.)
+    Channels-first layers count as their kind (:class:`LayerNorm2d` is "layernorm"; see
+    :func:`is_channels_first`). RMSNorm-like layers of other libraries (``transformers``'
+    ``LlamaRMSNorm``, ...) are recognised by duck typing: a leaf module whose class name contains
+    "RMSNorm" and that holds a 1-D ``weight``. (Layers that scale by ``1 + weight``, like Gemma's,
+    are not special-cased.)
     """
     if isinstance(module, DynamicTanh):
         return "dyt"
@@ -101,6 +103,20 @@ def norm_kind_of(module: nn.Module) -> str | None:
     return None
 
 
+def is_channels_first(module: nn.Module) -> bool:
+    """Whether norm layer ``module`` normalizes dim 1 of ``(N, C, H, W)`` tensors rather than the last dim.
+
+    Read from a ``channels_last`` attribute (dyt-deploy's layers, the official DynamicTanh), a
+    ``data_format`` of "channels_first" (``transformers``' ConvNeXt), or a class name ending in
+    "2d" (timm's ``LayerNorm2d``/``RmsNorm2d``). Anything else is channels-last.
+    """
+    if hasattr(module, "channels_last"):
+        return not module.channels_last
+    if getattr(module, "data_format", None) == "channels_first":
+        return True
+    return type(module).__name__.lower().endswith("2d")
+
+
 def convert_norms(
     model: nn.Module,
     to: str = "dyt",
@@ -113,7 +129,9 @@ def convert_norms(
     Converted: ``nn.LayerNorm`` (1-D), ``nn.RMSNorm``, RMSNorm-like layers of other libraries,
     ``DynamicTanh`` and ``Derf``. The affine weight becomes gamma (``weight``) and the bias beta
     (``bias``); a source without a bias (RMSNorm) gives a DyT without ``bias``, as in the paper's
-    LLaMA. Device and dtype are kept. Layers already of kind ``to`` are left alone.
+    LLaMA. Device and dtype are kept. Layers already of kind ``to`` are left alone. Channels-first
+    layers (:func:`is_channels_first`) stay channels-first: a ``channels_last=False`` DyT becomes a
+    :class:`~dyt_deploy.nn.LayerNorm2d` and back.
 
     This changes what the model computes (see the module docstring); it is not an equivalent
     rewrite.
@@ -144,7 +162,7 @@ def convert_norms(
             continue
         if id(module) not in replaced:
             alpha = _alpha_for(name, module, to, alpha_init, site_alpha)
-            replaced[id(module)] = _rebuild(name, module, kind, to, alpha, eps)
+            replaced[id(module)] = _rebuild(module, kind, to, alpha, eps)
             report.sites.append(_site(name, module, replaced[id(module)], alpha))
         _set_submodule(model, name, replaced[id(module)])
     return report
@@ -174,21 +192,15 @@ def _width(module: nn.Module) -> int:
     return int(module.weight.shape[-1])
 
 
-def _rebuild(name: str, old: nn.Module, kind: str, to: str, alpha: float | None, eps: float | None) -> nn.Module:
+def _rebuild(old: nn.Module, kind: str, to: str, alpha: float | None, eps: float | None) -> nn.Module:
     weight, bias = getattr(old, "weight", None), getattr(old, "bias", None)
     if not isinstance(bias, torch.Tensor):
         bias = None
-    channels_last = getattr(old, "channels_last", True)
-    if not channels_last and to in ("layernorm", "rmsnorm"):
-        raise ConversionError(
-            f"{name}: a channels-first {type(old).__name__} has no LayerNorm/RMSNorm counterpart in torch; "
-            "convert it to 'dyt' or 'derf' instead"
-        )
     # A LayerNorm without affine parameters becomes a DyT with default gamma and beta.
     has_bias = bias is not None or (kind == "layernorm" and weight is None)
-    kwargs: dict = {"bias": has_bias}
+    kwargs: dict = {"bias": has_bias, "channels_last": not is_channels_first(old)}
     if alpha is not None:
-        kwargs.update(alpha_init=alpha, channels_last=channels_last)
+        kwargs["alpha_init"] = alpha
     old_eps = eps if eps is not None else getattr(old, "eps", None) or getattr(old, "variance_epsilon", None)
     if old_eps is not None and to in ("layernorm", "rmsnorm"):
         kwargs["eps"] = float(old_eps)

@@ -2,7 +2,8 @@
 
 Each kind registers a small factory; an unknown kind raises an error that lists the known ones.
 Models build every norm through here, so one argument switches an architecture between
-LayerNorm, RMSNorm, DyT and its relatives.
+LayerNorm, RMSNorm, DyT and its relatives, channels-last (``(..., C)``) or channels-first
+(``(N, C, H, W)``, as in ConvNeXt's stem, downsampling layers and head).
 """
 
 from __future__ import annotations
@@ -10,12 +11,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import unknown_name
 from .dyt import Derf, DynamicTanh
 
 NormFactory = Callable[..., nn.Module]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over dim 1 of channels-first tensors (``(N, C, H, W)``, any rank >= 2).
+
+    Moves the channels last, normalizes them, moves them back: the same function and parameter
+    names (``weight``, ``bias``) as timm's ``LayerNorm2d``. ``normalized_shape`` is ``(C,)``.
+    """
+
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class RMSNorm2d(nn.RMSNorm):
+    """RMSNorm over dim 1 of channels-first tensors (``(N, C, H, W)``, any rank >= 2); ``weight`` only."""
+
+    channels_last = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
 _NORMS: dict[str, NormFactory] = {}
 
 
@@ -40,6 +66,8 @@ def create_norm(kind: str, dim: int, **kwargs: Any) -> nn.Module:
     Known kinds: layernorm, rmsnorm, batchnorm, instancenorm, dyt, derf, identity. Keyword
     arguments go to the layer (``eps``, ``bias``, ``alpha_init``, ``channels_last``, ...);
     ones a kind does not use are ignored so callers can pass one set for all kinds.
+    ``channels_last=False`` (default True) gives channels-first layers for layernorm
+    (:class:`LayerNorm2d`), rmsnorm (:class:`RMSNorm2d`), dyt and derf.
     """
     factory = _NORMS.get(kind.lower())
     if factory is None:
@@ -48,13 +76,13 @@ def create_norm(kind: str, dim: int, **kwargs: Any) -> nn.Module:
 
 
 @register_norm("layernorm")
-def _layernorm(dim: int, eps: float = 1e-5, bias: bool = True, **_: Any) -> nn.Module:
-    return nn.LayerNorm(dim, eps=eps, bias=bias)
+def _layernorm(dim: int, eps: float = 1e-5, bias: bool = True, channels_last: bool = True, **_: Any) -> nn.Module:
+    return (nn.LayerNorm if channels_last else LayerNorm2d)(dim, eps=eps, bias=bias)
 
 
 @register_norm("rmsnorm")
-def _rmsnorm(dim: int, eps: float = 1e-6, **_: Any) -> nn.Module:
-    return nn.RMSNorm(dim, eps=eps)
+def _rmsnorm(dim: int, eps: float = 1e-6, channels_last: bool = True, **_: Any) -> nn.Module:
+    return (nn.RMSNorm if channels_last else RMSNorm2d)(dim, eps=eps)
 
 
 @register_norm("batchnorm")

@@ -10,16 +10,23 @@ from torch import nn
 
 from dyt_deploy.errors import DytDeployError, UnknownNameError
 from dyt_deploy.models import ZOO_NORMS, create_model, get_arch, list_models
-from dyt_deploy.nn import Derf, DynamicTanh
-from dyt_deploy.nn.convert import norm_kind_of
+from dyt_deploy.nn import Derf, DynamicTanh, LayerNorm2d, RMSNorm2d
+from dyt_deploy.nn.convert import is_channels_first, norm_kind_of
 
 ARCHS = list_models()
-NORM_TYPES = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm, "dyt": DynamicTanh, "derf": Derf}
+ONE_PER_FAMILY = ["vit_tiny", "llama_tiny", "bert_tiny", "convnext_tiny"]
+# norm kind -> (channels-last class, channels-first class)
+NORM_TYPES = {"layernorm": (nn.LayerNorm, LayerNorm2d), "rmsnorm": (nn.RMSNorm, RMSNorm2d),
+              "dyt": (DynamicTanh, DynamicTanh), "derf": (Derf, Derf)}
 
 
 def small(arch: str) -> dict:
+    """Overrides that make an architecture one block deep (per stage) with small inputs (ConvNeXt: 1/8 the width)."""
+    family = get_arch(arch).family
+    if family == "convnext":
+        return {"depths": (1, 1, 1, 1), "dims": tuple(d // 8 for d in get_arch(arch).config["dims"]), "img_size": 32}
     overrides = {"depth": 1}
-    if get_arch(arch).family == "vit":
+    if family == "vit":
         overrides["img_size"] = 32
     return overrides
 
@@ -41,10 +48,12 @@ def norm_param_names(model: nn.Module) -> set[str]:
             for p, _ in m.named_parameters(recurse=False)}
 
 
-def test_zoo_lists_the_three_families() -> None:
+def test_zoo_lists_the_four_families() -> None:
     assert ARCHS == sorted(ARCHS)
-    assert {"vit_tiny", "vit_small", "vit_base", "llama_tiny", "llama_small", "bert_tiny", "bert_small"} <= set(ARCHS)
-    assert {get_arch(name).family for name in ARCHS} >= {"vit", "llama", "bert"}
+    assert {"vit_tiny", "vit_small", "vit_base", "vit_large", "llama_tiny", "llama_small", "bert_tiny", "bert_small",
+            "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"} <= set(ARCHS)
+    assert {get_arch(name).family for name in ARCHS} >= {"vit", "llama", "bert", "convnext"}
+    assert [get_arch(name).family for name in ONE_PER_FAMILY] == ["vit", "llama", "bert", "convnext"]
     assert ZOO_NORMS == ("layernorm", "rmsnorm", "dyt", "derf")
 
 
@@ -54,11 +63,11 @@ def test_every_arch_builds_and_runs_in_every_norm(arch: str, norm: str) -> None:
     model = build(arch, norm)
     assert model.arch == arch
     assert model.config["norm"] == norm
-    assert model.config["depth"] == 1
+    assert all(model.config[key] == value for key, value in small(arch).items())
     assert not model.training
     kinds = {norm_kind_of(m) for m in model.modules()} - {None}
     assert kinds == {norm}
-    assert all(type(m) is NORM_TYPES[norm] for m in model.modules() if norm_kind_of(m) is not None)
+    assert all(type(m) is NORM_TYPES[norm][is_channels_first(m)] for m in model.modules() if norm_kind_of(m))
 
     inputs = model.example_inputs()
     assert [spec.name for spec in model.input_specs()] == list(inputs)
@@ -89,7 +98,7 @@ def test_same_seed_same_weights_outside_norms(arch: str) -> None:
     assert not torch.allclose(outputs[0], outputs[2])  # layernorm vs dyt
 
 
-@pytest.mark.parametrize("arch", ["vit_tiny", "llama_tiny", "bert_tiny"])  # one per family, to stay fast
+@pytest.mark.parametrize("arch", ONE_PER_FAMILY)  # one per family, to stay fast
 def test_different_seed_different_weights(arch: str) -> None:
     first, second = build(arch, "dyt", seed=0), build(arch, "dyt", seed=1)
     second_params = dict(second.named_parameters())
@@ -122,14 +131,15 @@ def test_each_parameter_has_its_own_draw() -> None:
     assert torch.equal(bert.classifier.bias, torch.zeros_like(bert.classifier.bias))
 
 
-def test_norm_layers_keep_their_init() -> None:
-    dyt = build("vit_tiny", "dyt")
+@pytest.mark.parametrize("arch", ["vit_tiny", "convnext_tiny"])
+def test_norm_layers_keep_their_init(arch: str) -> None:
+    dyt = build(arch, "dyt")
     for m in dyt.modules():
         if isinstance(m, DynamicTanh):
             assert m.alpha.item() == pytest.approx(0.5)
             assert torch.equal(m.weight, torch.ones_like(m.weight))
             assert torch.equal(m.bias, torch.zeros_like(m.bias))
-    ln = build("vit_tiny", "layernorm")
+    ln = build(arch, "layernorm")
     assert all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in ln.modules() if isinstance(m, nn.LayerNorm))
 
 
@@ -146,6 +156,7 @@ def test_default_norms() -> None:
     assert create_model("vit_tiny", depth=1, img_size=32).config["norm"] == "layernorm"
     assert create_model("llama_tiny", depth=1).config["norm"] == "rmsnorm"
     assert create_model("bert_tiny", depth=1).config["norm"] == "layernorm"
+    assert create_model("convnext_tiny", **small("convnext_tiny")).config["norm"] == "layernorm"
 
 
 def test_unknown_arch_lists_the_zoo() -> None:
@@ -170,12 +181,12 @@ def test_bad_override_is_a_user_error() -> None:
     assert "vit_tiny" in str(info.value)
 
 
-@pytest.mark.parametrize("arch", ["vit_tiny", "llama_tiny", "bert_tiny"])
+@pytest.mark.parametrize("arch", ONE_PER_FAMILY)
 def test_example_inputs_dynamic_dims(arch: str) -> None:
     model = build(arch, "layernorm")
     inputs = model.example_inputs(batch=3, seq=7)
     family = get_arch(arch).family
-    if family == "vit":
+    if family in ("vit", "convnext"):
         assert {k: tuple(v.shape) for k, v in inputs.items()} == {"pixel_values": (3, 3, 32, 32)}
         assert inputs["pixel_values"].dtype == torch.float32
     elif family == "llama":

@@ -8,7 +8,8 @@ from torch import nn
 
 from dyt_deploy.errors import ConversionError, DytDeployError, UnknownNameError
 from dyt_deploy.models import create_model
-from dyt_deploy.nn import Derf, DynamicTanh, convert_norms, site_role
+from dyt_deploy.nn import Derf, DynamicTanh, LayerNorm2d, RMSNorm2d, convert_norms, site_role
+from dyt_deploy.nn.convert import is_channels_first
 
 
 def _vit(norm: str = "layernorm", **overrides: object) -> nn.Module:
@@ -292,12 +293,63 @@ def test_unknown_target() -> None:
         assert kind in str(info.value)
 
 
-def test_channels_first_dyt_to_layernorm_is_refused() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), DynamicTanh(8, channels_last=False))
-    with pytest.raises(ConversionError, match="channels-first") as info:
-        convert_norms(model, "layernorm")
-    assert "'dyt'" in str(info.value)
-    assert isinstance(model[1], DynamicTanh)  # nothing was replaced
+def test_channels_first_dyt_to_layernorm2d_and_back_keeps_weight_and_bias() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), DynamicTanh(8, channels_last=False, alpha_init=0.7))
+    saved = _randomize_affine(model, DynamicTanh)["1"]
+    report = convert_norms(model, "layernorm", eps=1e-6)
+    assert type(model[1]) is LayerNorm2d and model[1].eps == 1e-6
+    assert [(s.old_type, s.new_type) for s in report] == [("DynamicTanh", "LayerNorm2d")]
+    assert torch.equal(model[1].weight, saved["weight"]) and torch.equal(model[1].bias, saved["bias"])
+    x = torch.randn(2, 3, 5, 6)
+    features = model[0](x)
+    mean = features.mean(1, keepdim=True)
+    var = features.var(1, keepdim=True, unbiased=False)
+    normalized = (features - mean) / torch.sqrt(var + 1e-6)
+    expected = normalized * saved["weight"].view(-1, 1, 1) + saved["bias"].view(-1, 1, 1)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    convert_norms(model, "dyt", alpha_init=0.3)
+    assert type(model[1]) is DynamicTanh and model[1].channels_last is False
+    assert torch.equal(model[1].weight, saved["weight"]) and torch.equal(model[1].bias, saved["bias"])
+    assert model[1].alpha.item() == pytest.approx(0.3)
+    assert model(x).shape == (2, 8, 5, 6)
+
+
+def test_channels_first_dyt_to_rmsnorm2d_drops_bias() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Derf(8, channels_last=False))
+    saved = _randomize_affine(model, Derf)["1"]
+    report = convert_norms(model, "rmsnorm")
+    assert type(model[1]) is RMSNorm2d and report.sites[0].note == "bias dropped (target has none)"
+    assert torch.equal(model[1].weight, saved["weight"])
+    convert_norms(model, "dyt")
+    assert model[1].channels_last is False and model[1].bias is None
+
+
+class LayerNorm2dOfTimm(nn.LayerNorm):
+    """As timm's LayerNorm2d: an nn.LayerNorm subclass, channels-first, without a channels_last attribute."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+LayerNorm2dOfTimm.__name__ = "LayerNorm2d"
+
+
+class ChannelsFirstLayerNormOfTransformers(nn.LayerNorm):
+    """As transformers' ConvNextLayerNorm with data_format="channels_first"."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width, eps=1e-6)
+        self.data_format = "channels_first"
+
+
+@pytest.mark.parametrize("cls", [LayerNorm2dOfTimm, ChannelsFirstLayerNormOfTransformers])
+def test_channels_first_layers_of_other_libraries_become_channels_first_dyt(cls: type) -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), cls(8))
+    assert is_channels_first(model[1])
+    convert_norms(model, "dyt")
+    assert model[1].channels_last is False
+    assert model(torch.randn(2, 3, 5, 6)).shape == (2, 8, 5, 6)
+    assert not is_channels_first(nn.LayerNorm(8)) and not is_channels_first(DynamicTanh(8))
 
 
 def test_channels_first_dyt_to_derf_stays_channels_first() -> None:

@@ -11,7 +11,16 @@ import torch
 from torch import nn
 
 from dyt_deploy.errors import ConversionError, UnknownNameError
-from dyt_deploy.nn import ConversionReport, ConvertedSite, Derf, DynamicTanh, convert_norms, site_role
+from dyt_deploy.nn import (
+    ConversionReport,
+    ConvertedSite,
+    Derf,
+    DynamicTanh,
+    LayerNorm2d,
+    RMSNorm2d,
+    convert_norms,
+    site_role,
+)
 from dyt_deploy.nn.convert import norm_kind_of
 
 
@@ -48,6 +57,8 @@ def wrapped(layer: nn.Module) -> nn.Sequential:
     (nn.LayerNorm(4), "layernorm"),
     (nn.RMSNorm(4), "rmsnorm"),
     (ForeignRMSNorm(4), "rmsnorm"),
+    (LayerNorm2d(4), "layernorm"),
+    (RMSNorm2d(4), "rmsnorm"),
 ])
 def test_norm_kind_of_convertible_layers(layer: nn.Module, kind: str) -> None:
     assert norm_kind_of(layer) == kind
@@ -100,16 +111,19 @@ def test_a_bare_norm_layer_is_refused_with_advice() -> None:
     assert str(info.value) == "the model itself is a norm layer; wrap it in a container module to convert it"
 
 
-@pytest.mark.parametrize("to", ["layernorm", "rmsnorm", "LayerNorm"])
+@pytest.mark.parametrize(("to", "target"),
+                         [("layernorm", LayerNorm2d), ("rmsnorm", RMSNorm2d), ("LayerNorm", LayerNorm2d)])
 @pytest.mark.parametrize("cls", [DynamicTanh, Derf])
-def test_channels_first_to_a_torch_norm_is_refused_naming_the_site_and_class(to: str, cls: type) -> None:
+def test_channels_first_to_a_torch_norm_gives_its_channels_first_twin(to: str, target: type, cls: type) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), cls(4, channels_last=False))
-    with pytest.raises(ConversionError) as info:
-        convert_norms(model, to)
-    assert str(info.value) == (
-        f"1: a channels-first {cls.__name__} has no LayerNorm/RMSNorm counterpart in torch; "
-        "convert it to 'dyt' or 'derf' instead")
-    assert isinstance(model[1], cls)
+    report = convert_norms(model, to)
+    assert type(model[1]) is target and model[1].channels_last is False
+    assert report.sites[0].new_type == target.__name__
+    assert norm_kind_of(model[1]) == to.lower()
+    out = model(torch.randn(2, 3, 5, 6))
+    assert out.shape == (2, 4, 5, 6)
+    if target is LayerNorm2d:  # normalized over the channels, not over the last dim
+        torch.testing.assert_close(out.mean(1), torch.zeros(2, 5, 6), atol=1e-5, rtol=0)
 
 
 # -- bias and eps across kinds -------------------------------------------------------------------

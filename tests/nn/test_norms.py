@@ -7,7 +7,16 @@ import torch
 from torch import nn
 
 from dyt_deploy.errors import DytDeployError, UnknownNameError
-from dyt_deploy.nn import Derf, DynamicTanh, create_norm, norm_kinds, paper_alpha_init, register_norm
+from dyt_deploy.nn import (
+    Derf,
+    DynamicTanh,
+    LayerNorm2d,
+    RMSNorm2d,
+    create_norm,
+    norm_kinds,
+    paper_alpha_init,
+    register_norm,
+)
 from dyt_deploy.nn import norms as norms_module
 
 KINDS = ["layernorm", "rmsnorm", "batchnorm", "instancenorm", "dyt", "derf", "identity"]
@@ -118,3 +127,50 @@ def test_register_norm_adds_a_kind(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_paper_alpha_init(width: int, attention: float, other: float) -> None:
     assert paper_alpha_init(width) == {"attention": attention, "ffn": other, "final": other}
+
+
+# -- channels-first LayerNorm and RMSNorm -------------------------------------------------------------
+
+def layer_norm_over_dim1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    mean = x.mean(1, keepdim=True)
+    var = ((x - mean) ** 2).mean(1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps) * weight.view(shape) + bias.view(shape)
+
+
+def rms_norm_over_dim1(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    shape = (-1,) + (1,) * (x.dim() - 2)
+    return x / torch.sqrt((x**2).mean(1, keepdim=True) + eps) * weight.view(shape)
+
+
+def random_affine(layer: nn.Module) -> nn.Module:
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    return layer
+
+
+@pytest.mark.parametrize("shape", [(2, DIM, 5, 7), (2, DIM, 9)])
+def test_channels_first_layernorm_equals_a_hand_written_one(shape: tuple[int, ...]) -> None:
+    layer = random_affine(create_norm("layernorm", DIM, eps=1e-6, channels_last=False))
+    assert type(layer) is LayerNorm2d and layer.channels_last is False
+    assert set(layer.state_dict()) == {"weight", "bias"} and layer.normalized_shape == (DIM,)
+    x = torch.randn(shape) * 3 + 1
+    torch.testing.assert_close(layer(x), layer_norm_over_dim1(x, layer.weight, layer.bias, 1e-6),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, DIM, 5, 7), (2, DIM, 9)])
+def test_channels_first_rmsnorm_equals_a_hand_written_one(shape: tuple[int, ...]) -> None:
+    layer = random_affine(create_norm("rmsnorm", DIM, eps=1e-5, channels_last=False))
+    assert type(layer) is RMSNorm2d and layer.channels_last is False
+    assert set(layer.state_dict()) == {"weight"}
+    x = torch.randn(shape) * 3 + 1
+    torch.testing.assert_close(layer(x), rms_norm_over_dim1(x, layer.weight, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_is_the_default_for_every_kind() -> None:
+    assert type(create_norm("layernorm", DIM, channels_last=True)) is nn.LayerNorm
+    assert type(create_norm("rmsnorm", DIM)) is nn.RMSNorm
+    assert create_norm("dyt", DIM).channels_last and not create_norm("derf", DIM, channels_last=False).channels_last
