@@ -8,8 +8,9 @@ model.pt its manifest names as source).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,19 +38,26 @@ class CheckTarget:
     onnx_path: Path | None = None
     plan_path: Path | None = None
     model_path: Path | None = None
+    load_options: dict[str, Any] = field(default_factory=dict)  # how model_path was loaded (arch, weights, ...)
 
 
-def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False) -> CheckTarget:
-    """A model.pt, or a model folder holding dyt.json (see the module docstring)."""
+def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False,
+                 weights: str | None = None) -> CheckTarget:
+    """A model.pt, or a model folder holding dyt.json (see the module docstring).
+
+    ``weights`` picks the weights of a training checkpoint ("model" or "ema"); None: the EMA
+    weights when present, and for a model folder the weights it was exported from.
+    """
     source = Path(source)
     if source.is_dir() and not (source / "config.json").is_file():  # config.json: a Hugging Face folder, a model
-        return _folder_target(source, trust_pickle)
-    loaded = load_checkpoint(source, arch=arch, trust_pickle=trust_pickle)
+        return _folder_target(source, trust_pickle, weights)
+    options = {"arch": arch, "trust_pickle": trust_pickle, "weights": weights}
+    loaded = load_checkpoint(source, **options)
     specs = input_specs(loaded.model, None, None)
-    return CheckTarget(loaded.model, specs, output_names(loaded.model), model_path=source)
+    return CheckTarget(loaded.model, specs, output_names(loaded.model), model_path=source, load_options=options)
 
 
-def _folder_target(folder: Path, trust_pickle: bool) -> CheckTarget:
+def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> CheckTarget:
     if not (folder / MANIFEST_NAME).is_file():
         raise DytDeployError(f"{folder}: not a model folder (no {MANIFEST_NAME}); pass REPO/NAME or a model.pt")
     manifest = read_manifest(folder)
@@ -57,12 +65,20 @@ def _folder_target(folder: Path, trust_pickle: bool) -> CheckTarget:
     if not source or not Path(source).exists():  # a model.pt, or a Hugging Face folder
         raise DytDeployError(f"{folder}: the reference model.pt named in {MANIFEST_NAME} ({source}) is not here; "
                              "run dyt-check on the model.pt instead, or export again from where it is")
-    loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle)
+    weights = weights or _weights_choice((manifest.get("source") or {}).get("weights"))
+    loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle, weights=weights)
     specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
     specs = _with_value_ranges(specs, loaded.model)
     plan = folder / "1" / "model.plan"
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
                        folder / "1" / "model.onnx", plan if plan.is_file() else None, Path(source))
+
+
+def _weights_choice(recorded: str | None) -> str | None:
+    """The ``weights`` choice that loads what an export recorded (``model_ema`` -> "ema")."""
+    if recorded is None:
+        return None
+    return "ema" if "ema" in recorded else "model"
 
 
 def _with_value_ranges(specs: list[TensorSpec], model: nn.Module) -> list[TensorSpec]:
@@ -99,15 +115,19 @@ def _onnx_for(target: CheckTarget, workdir: Path) -> Path:
     if target.onnx_path is None:
         from .export import export_onnx
 
-        target.onnx_path = export_onnx(target.model_path, workdir / "model.onnx", verify=False).onnx_path
+        target.onnx_path = export_onnx(target.model_path, workdir / "model.onnx", verify=False,
+                                       **target.load_options).onnx_path
     return target.onnx_path
 
 
 def check_model(source: str | Path, runners: list[str] | None = None, samples: int = 3, atol: float | None = None,
-                rtol: float | None = None, arch: str | None = None,
-                trust_pickle: bool = False) -> dict[str, ParityReport]:
-    """Parity of each runner against the PyTorch reference; every runner is checked before returning."""
-    target = check_target(source, arch=arch, trust_pickle=trust_pickle)
+                rtol: float | None = None, arch: str | None = None, trust_pickle: bool = False,
+                weights: str | None = None) -> dict[str, ParityReport]:
+    """Parity of each runner against the PyTorch reference; every runner is checked before returning.
+
+    ``weights``: see :func:`check_target`.
+    """
+    target = check_target(source, arch=arch, trust_pickle=trust_pickle, weights=weights)
     feeds = [random_feed(target.specs, sample_sizes(index, target.specs), index) for index in range(samples)]
     expected = [_reference(target, feed) for feed in feeds]
     reports: dict[str, ParityReport] = {}

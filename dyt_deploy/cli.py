@@ -78,6 +78,8 @@ def print_parity(parity: Any, title: str) -> None:
 
 
 export_app = new_app("Export a model.pt to verified ONNX.")
+WEIGHTS_HELP = ("Training checkpoints: model or ema, the weights to use [default: ema when the checkpoint has "
+                "them (model_ema), else model].")
 
 
 @export_app.command()
@@ -104,6 +106,7 @@ def export(
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow model.pt files holding pickled "
                                       "Python objects (runs code from the file: trusted files only)."),
+    weights: str = typer.Option(None, help=WEIGHTS_HELP),
 ) -> None:
     """Export MODEL to ONNX with DyT in the chosen form, verify it against PyTorch, and write it.
 
@@ -114,7 +117,8 @@ def export(
 
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic), input_shapes=input_shape,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
-                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle)
+                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
+                          weights=weights)
     try:
         result = export_model(model, output, config, progress=_progress_printer())
     except VerificationFailed as failure:
@@ -125,6 +129,9 @@ def export(
 
 
 def _print_export_summary(result: Any) -> None:
+    if result.weights is not None:
+        ema = " (EMA)" if "ema" in result.weights else ""
+        console.print(f"weights: {result.weights}{ema}", highlight=False)
     sites = ", ".join(f"{n} {k or 'full'}" for k, n in result.form_counts.items()) or "none"
     console.print(f"form: {result.form} (DyT sites: {sites})", highlight=False)
     if result.fold is not None:
@@ -176,6 +183,7 @@ def check(
     arch: str = typer.Option(None, help="Zoo architecture, for checkpoints that do not record one."),
     json_path: Path = typer.Option(None, "--json", help="Also write the figures as JSON."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects (trusted files)."),
+    weights: str = typer.Option(None, help=WEIGHTS_HELP),
 ) -> None:
     """Run each runner and the PyTorch reference on the same inputs; one PASSED/FAILED line per runner.
 
@@ -186,7 +194,7 @@ def check(
     from .check import check_model
 
     kinds = [k.strip() for k in runners.split(",") if k.strip()] if runners else None
-    reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle)
+    reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle, weights=weights)
     for kind, report in reports.items():
         print_parity(report, f"{kind} vs PyTorch")
     if json_path:

@@ -17,6 +17,7 @@ from dyt_deploy.errors import CheckpointError, DytDeployError
 from dyt_deploy.models import create_model, list_models
 
 SMALL = {"depth": 1, "img_size": 32}
+PICKLE = "a pickle (protocol 2: PyTorch's legacy format, or a plain pickle)"
 T = torch.zeros(1)
 
 
@@ -84,7 +85,8 @@ def test_unreadable_export_program_names_the_first_line_of_the_cause(tmp_path: P
     monkeypatch.setattr(torch.export, "load", broken)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == f"{path}: not a readable torch.export program (archive is damaged)"
+    assert str(info.value) == (f"{path}: not a readable torch.export program (archive is damaged); "
+                               "it is a text file (starts 'x')")
 
 
 # -- the mismatch message -----------------------------------------------------------------------------
@@ -149,7 +151,8 @@ def test_a_truncated_pickle_with_trust_names_the_unpickling_error(tmp_path: Path
     path.write_bytes(b"\x80\x02X")  # a pickle protocol header, then a truncated opcode
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path, trust_pickle=True)
-    assert str(info.value) == f"{path}: corrupt or not a PyTorch checkpoint (pickle data was truncated)"
+    assert str(info.value) == (f"{path}: not a loadable checkpoint: it is {PICKLE}, and torch.load failed on it "
+                               "(pickle data was truncated); re-save or re-download it")
 
 
 def failing_load(error: BaseException):
@@ -161,7 +164,7 @@ def failing_load(error: BaseException):
 
 def test_a_refused_global_explains_the_risk_and_the_way_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "whole.pt"
-    path.write_bytes(b"x")
+    path.write_bytes(b"\x80\x02x")
     monkeypatch.setattr(torch, "load", failing_load(pickle.UnpicklingError(
         "Weights only load failed.\nWeightsUnpickler error: Unsupported global: GLOBAL my.Model")))
     with pytest.raises(CheckpointError) as info:
@@ -172,29 +175,32 @@ def test_a_refused_global_explains_the_risk_and_the_way_out(tmp_path: Path, monk
         "(Python: trust_pickle=True); better, re-save the model's state_dict.")
     with pytest.raises(CheckpointError) as info:  # trusted, the same error means a broken file
         load_checkpoint(path, trust_pickle=True)
-    assert str(info.value) == (f"{path}: corrupt or not a PyTorch checkpoint "
-                               "(WeightsUnpickler error: Unsupported global: GLOBAL my.Model)")
+    assert str(info.value) == (f"{path}: not a loadable checkpoint: it is {PICKLE}, and torch.load failed on it "
+                               "(WeightsUnpickler error: Unsupported global: GLOBAL my.Model); "
+                               "re-save or re-download it")
 
 
 def test_other_unpickling_errors_are_corrupt_files_even_untrusted(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "bad.pt"
-    path.write_bytes(b"x")
+    path.write_bytes(b"\x80\x02x")
     monkeypatch.setattr(torch, "load", failing_load(pickle.UnpicklingError("advice\nUnpicklingError: bad key")))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == f"{path}: corrupt or not a PyTorch checkpoint (UnpicklingError: bad key)"
+    assert str(info.value) == (f"{path}: not a loadable checkpoint: it is {PICKLE}, and torch.load failed on it "
+                               "(UnpicklingError: bad key); re-save or re-download it")
 
 
 def test_a_truncated_archive_names_the_first_line_of_the_cause(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "cut.pt"
-    path.write_bytes(b"x")
+    path.write_bytes(b"PK\x03\x04 the start of a zip archive, and no more")
     monkeypatch.setattr(torch, "load", failing_load(RuntimeError("PytorchStreamReader failed\nat frame 3")))
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == (f"{path}: corrupt or truncated checkpoint (PytorchStreamReader failed); "
-                               "re-save or re-download it")
+    assert str(info.value) == (f"{path}: not a loadable checkpoint: it is a truncated or damaged zip archive "
+                               "(PyTorch checkpoints are zip archives), and torch.load failed on it "
+                               "(RuntimeError: PytorchStreamReader failed); re-save or re-download it")
 
 
 def test_tensors_are_mapped_to_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,6 +217,7 @@ def test_tensors_are_mapped_to_the_cpu(tmp_path: Path, monkeypatch: pytest.Monke
     load_checkpoint(tmp_path / "sd.pt", arch="vit_tiny", **SMALL)
     assert seen[0]["map_location"] == "cpu"
     assert seen[0]["weights_only"] is True
+    assert seen[0]["mmap"] is True  # a zip archive: tensors nobody uses are never read
 
 
 # -- save_checkpoint -------------------------------------------------------------------------------

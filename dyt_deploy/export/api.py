@@ -61,6 +61,7 @@ class ExportResult:
     parity: ParityReport | None
     manifest: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    weights: str | None = None  # the training checkpoint's entry the weights came from (LoadedModel.weights)
 
 
 def export_onnx(
@@ -83,6 +84,7 @@ def export_onnx(
     family: str | None = None,
     force: bool = False,
     trust_pickle: bool = False,
+    weights: str | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model_path`` to ONNX with DyT in ``form``, verify it against PyTorch, then write it.
@@ -93,7 +95,8 @@ def export_onnx(
     """
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=dynamic, input_shapes=input_shapes,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
-                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle)
+                          repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
+                          weights=weights)
     return export_model(model_path, output, config, progress)
 
 
@@ -112,7 +115,8 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
         early_dir, early_file = _targets(None, model_path, output, config)
         refuse_existing(early_dir or early_file, config.force)
     with steps("load model.pt"):
-        loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle)
+        loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle,
+                                 weights=config.weights)
     target_dir, onnx_path = _targets(loaded, model_path, output, config)
     refuse_existing(target_dir or onnx_path, config.force)
     specs = sig.input_specs(loaded.model, list(config.input_shapes or []), config.dynamic)
@@ -124,7 +128,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
             fold_report = fold_dyt_affine(onnx_model)
     with steps(f"rewrite DyT into the {config.form} form"):
         counts = to_form(onnx_model, config.form)
-    result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None)
+    result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None, weights=loaded.weights)
     stager = staged_folder(target_dir, config.force) if target_dir else staged_file(onnx_path, config.force)
     with stager as stage:
         staged_onnx = stage / "1" / "model.onnx" if target_dir else stage / onnx_path.name
@@ -286,7 +290,7 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
         "inputs": inputs,
         "outputs": outputs,
         "source": {"path": str(source) if source else None, "format": loaded.source_format,
-                   "sha256": sha256_file(source) if source else None},
+                   "sha256": sha256_file(source) if source else None, "weights": loaded.weights},
         "parity": None if result.parity is None else result.parity.to_dict(),
         "versions": library_versions(),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

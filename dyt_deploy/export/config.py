@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..checkpoint import WEIGHTS
 from ..errors import OptionError
 from .forms import FORMS
 from .signature import KNOWN_DYNAMIC
@@ -38,6 +39,8 @@ class ExportConfig:
             default ``<arch>-<norm>``; family default the architecture) instead of one file.
         force: replace an existing output.
         trust_pickle: allow model.pt files holding pickled Python objects (runs code from them).
+        weights: which weights of a training checkpoint: "model" or "ema"; None: the EMA weights
+            when the checkpoint has them, else the model's.
     """
 
     arch: str | None = None
@@ -56,6 +59,7 @@ class ExportConfig:
     family: str | None = None
     force: bool = False
     trust_pickle: bool = False
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.input_shapes is not None:
@@ -86,6 +90,8 @@ class ExportConfig:
             value = getattr(self, field)
             if value is not None and not value >= 0:
                 found.append((field, f"{field} must be a non-negative number, not {value}"))
+        if self.weights is not None and self.weights not in WEIGHTS:
+            found.append(("weights", f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}"))
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
         return found

@@ -1,0 +1,191 @@
+"""Issue 13's "Done when": checkpoints exactly as the DyT paper's training code writes them (timm ViT
+with average pooling and ConvNeXt, DyT everywhere, ``{"model", "optimizer", "epoch", "scaler", "args",
+"model_ema"}``) export with ``dyt-export FILE`` and no other flag, and ONNX Runtime's output matches
+an independently written PyTorch forward (tests/timm_reference.py) within 1e-4.
+
+The full-size models (ViT-S/B, ConvNeXt-T/B at 224 px) are ``slow``: each is exported once for the
+module. The unmarked tests do the same with test names that map to tiny configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from timm_reference import (
+    ConvNextSpec,
+    VitSpec,
+    convnext_forward,
+    convnext_state,
+    official_checkpoint,
+    vit_forward,
+    vit_state,
+)
+from typer.testing import CliRunner
+
+from dyt_deploy.cli import check_app, export_app
+from dyt_deploy.models import registry
+
+TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class Case:
+    """A model as the official code names it, its reference spec, and the reference's functions."""
+
+    timm_name: str
+    spec: Any
+    forward: Callable[[dict, Any, torch.Tensor], torch.Tensor]
+    state: Callable[[Any, int], dict]
+
+    @property
+    def img(self) -> int:
+        return self.spec.img
+
+
+def vit(name: str, spec: VitSpec) -> Case:
+    return Case(name, spec, vit_forward, vit_state)
+
+
+def convnext(name: str, spec: ConvNextSpec) -> Case:
+    return Case(name, spec, convnext_forward, convnext_state)
+
+
+FULL = {
+    "vit_small": vit("vit_small_patch16_224", VitSpec(dim=384, depth=12, heads=6)),
+    "vit_base": vit("vit_base_patch16_224", VitSpec(dim=768, depth=12, heads=12)),
+    "convnext_tiny": convnext("convnext_tiny", ConvNextSpec(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))),
+    "convnext_base": convnext("convnext_base", ConvNextSpec(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))),
+}
+TINY = {
+    "vit": vit("test_vit_tiny_patch16_32", VitSpec(dim=64, depth=2, heads=4, img=32, num_classes=10)),
+    "convnext": convnext("test_convnext_tiny_32", ConvNextSpec(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64),
+                                                               num_classes=7, img=32)),
+}
+# test names for the registry's timm-name map, as vit_base_patch16_224 -> vit_base: (zoo arch, overrides)
+TINY_NAMES = {
+    "test_vit_tiny_patch16_32": ("vit_small", {"dim": 64, "depth": 2, "heads": 4, "img_size": 32, "patch_size": 16}),
+    "test_convnext_tiny_32": ("convnext_tiny", {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "img_size": 32}),
+}
+
+
+@pytest.fixture(autouse=True)
+def tiny_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, mapping in TINY_NAMES.items():
+        monkeypatch.setitem(registry._TIMM_NAMES, name, mapping)
+
+
+@dataclass
+class Exported:
+    """A checkpoint written as the official code does, and what ``dyt-export FILE [ARGS]`` made of it."""
+
+    case: Case
+    checkpoint: Path
+    model: dict
+    ema: dict | None
+    exit_code: int
+    output: str
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.checkpoint.with_suffix(".onnx")
+
+
+def export_official(folder: Path, case: Case, *args: str, ema: bool = True) -> Exported:
+    model = case.state(case.spec, 1)
+    averaged = case.state(case.spec, 2) if ema else None
+    path = folder / "checkpoint-best.pth"
+    torch.save(official_checkpoint(model, averaged, case.timm_name, case.spec.num_classes), path)
+    result = CliRunner().invoke(export_app, [str(path), *args])
+    return Exported(case, path, model, averaged, result.exit_code, result.output)
+
+
+def pixels(img: int, batch: int = 2) -> torch.Tensor:
+    return torch.randn((batch, 3, img, img), generator=torch.Generator().manual_seed(11))
+
+
+def onnx_logits(onnx_path: Path, inputs: torch.Tensor) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
+
+
+def max_diff(exported: Exported, state: dict) -> float:
+    """Largest |ONNX Runtime - reference| over the logits of one batch, the reference run on ``state``."""
+    inputs = pixels(exported.case.img)
+    with torch.no_grad():
+        expected = exported.case.forward(state, exported.case.spec, inputs).numpy()
+    got = onnx_logits(exported.onnx_path, inputs)
+    assert got.shape == expected.shape == (2, exported.case.spec.num_classes)
+    return float(np.max(np.abs(got.astype(np.float64) - expected)))
+
+
+def assert_exported(exported: Exported, weights_line: str) -> None:
+    assert exported.exit_code == 0, exported.output
+    lines = exported.output.splitlines()
+    assert any(line.startswith("PASSED") for line in lines), exported.output
+    assert weights_line in lines, exported.output
+
+
+# -- tiny sizes (every run) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_official_checkpoint_exports_with_no_flags(tmp_path: Path, name: str) -> None:
+    exported = export_official(tmp_path, TINY[name])
+    assert_exported(exported, "weights: model_ema (EMA)")
+    assert max_diff(exported, exported.ema) <= TOLERANCE
+    assert max_diff(exported, exported.model) > 100 * TOLERANCE  # the EMA weights, not the model's
+
+
+def test_weights_model_exports_the_trained_weights(tmp_path: Path) -> None:
+    exported = export_official(tmp_path, TINY["vit"], "--weights", "model")
+    assert_exported(exported, "weights: model")
+    assert max_diff(exported, exported.model) <= TOLERANCE
+
+
+def test_without_ema_the_model_weights_export(tmp_path: Path) -> None:
+    exported = export_official(tmp_path, TINY["convnext"], ema=False)
+    assert_exported(exported, "weights: model")
+    assert max_diff(exported, exported.model) <= TOLERANCE
+
+
+def test_an_unknown_weights_choice_is_refused_by_flag(tmp_path: Path) -> None:
+    exported = export_official(tmp_path, TINY["vit"], "--weights", "best")
+    assert exported.exit_code == 2
+    assert "error: --weights: unknown weights 'best'; choose one of model, ema" in exported.output
+    assert not exported.onnx_path.exists()
+
+
+def test_dyt_check_uses_the_weights_a_model_folder_was_exported_from(tmp_path: Path) -> None:
+    """Exported with --weights model, the folder's check loads those weights (EMA would fail parity)."""
+    exported = export_official(tmp_path, TINY["vit"], "--weights", "model", "--repository", str(tmp_path / "repo"),
+                               "--name", "vit")
+    assert exported.exit_code == 0, exported.output
+    result = CliRunner().invoke(check_app, [str(tmp_path / "repo" / "vit")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(check_app, [str(exported.checkpoint), "--runners", "ort", "--weights", "model"])
+    assert result.exit_code == 0, result.output
+
+
+# -- full sizes (slow) -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=sorted(FULL))
+def full_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """One export per full-size model for the whole module (each takes tens of seconds)."""
+    return export_official(tmp_path_factory.mktemp(request.param), FULL[request.param])
+
+
+@pytest.mark.slow
+def test_official_checkpoint_exports_with_no_flags(full_export: Exported) -> None:
+    assert_exported(full_export, "weights: model_ema (EMA)")
+
+
+@pytest.mark.slow
+def test_onnx_runtime_matches_the_independent_forward(full_export: Exported) -> None:
+    assert full_export.exit_code == 0, full_export.output
+    assert max_diff(full_export, full_export.ema) <= TOLERANCE
