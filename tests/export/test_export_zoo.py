@@ -9,6 +9,7 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 import pytest
+import torch
 
 from dyt_deploy.export import DOMAIN, OP_TYPE, current_form, dyt_nodes
 from dyt_deploy.export.api import verify_onnx
@@ -23,15 +24,16 @@ CASES = [(arch, norm) for arch in ONE_PER_CLASS for norm in NORMS]
 
 
 def test_the_zoo_is_what_these_tests_cover() -> None:
-    assert set(list_models()) == {"vit_tiny", "vit_small", "vit_base", "llama_tiny", "llama_small",
-                                  "bert_tiny", "bert_small"}
-    assert ONE_PER_CLASS == ["bert_tiny", "llama_tiny", "vit_tiny"]
+    assert set(list_models()) == {"vit_tiny", "vit_small", "vit_base", "vit_large", "llama_tiny", "llama_small",
+                                  "bert_tiny", "bert_small", "convnext_tiny", "convnext_small", "convnext_base",
+                                  "convnext_large"}
+    assert ONE_PER_CLASS == ["bert_tiny", "convnext_tiny", "llama_tiny", "vit_tiny"]
     assert {get_arch(a).family for a in ONE_PER_CLASS} == {get_arch(a).family for a in list_models()}
     # the sizes of a class share one module class and differ only in config values
     for name in list_models():
         same_class = next(a for a in ONE_PER_CLASS if get_arch(a).family == get_arch(name).family)
-        assert type(create_model(name, init_weights=False, depth=1)) is type(
-            create_model(same_class, init_weights=False, depth=1))
+        with torch.device("meta"):  # full size, no memory
+            assert type(create_model(name, init_weights=False)) is type(create_model(same_class, init_weights=False))
 
 
 @pytest.mark.parametrize(("arch", "norm"), CASES, ids=[f"{a}-{n}" for a, n in CASES])
@@ -59,7 +61,8 @@ def test_function_form_has_one_node_per_dyt_module(zoo_export, arch: str, norm: 
     function_model = ir.load(done.function)
     nodes = dyt_nodes(function_model)
 
-    assert modules == (3 if norm == "dyt" else 0)  # depth 1: two per block + one more (final or embedding)
+    # depth 1: two per block + one more (final or embedding); ConvNeXt: stem, 3 downsamples, 4 blocks, head
+    assert modules == ((9 if arch.startswith("convnext") else 3) if norm == "dyt" else 0)
     assert len(nodes) == modules
     assert all(n.domain == DOMAIN and n.op_type == OP_TYPE for n in nodes)
     assert count_bare_dyt_chains(function_model) == 0
