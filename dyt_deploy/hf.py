@@ -2,10 +2,15 @@
 
 A folder holds ``config.json`` and its weights: ``model.safetensors`` or ``pytorch_model.bin``,
 either of them sharded (``*.index.json`` naming the shards). :func:`load_folder` builds the model
-from its config with ``transformers`` (an optional dependency, imported here only), replaces by
-DyT exactly the norm layers whose weights hold ``<site>.alpha`` (Derf where they also hold
-``<site>.shift``; without ``bias`` where the weights have none), then loads the weights strictly.
-Weights are read without unpickling code: safetensors, or ``torch.load(weights_only=True)``.
+class ``config.json`` names with ``transformers`` (an optional dependency, imported here only),
+with DyT in place of exactly the norm layers whose weights hold ``<site>.alpha`` (Derf where they
+also hold ``<site>.shift``; without ``bias`` where the weights have none), and loads the weights
+through transformers' own loader, strictly: a missing, unexpected or misshapen key is an error.
+Weights are never unpickled beyond tensors (safetensors, or ``.bin`` read with ``weights_only``).
+
+Checkpoint keys and module names can differ (transformers 5 renames some modules on load, e.g.
+ViT's ``encoder.layer.N`` is ``layers.N``): sites are found by renaming each ``<site>.weight``
+key the way transformers does, so DyT lands on the module the weights load into.
 
 The model comes wrapped in :class:`HFModel`, which gives it the zoo's interface: positional
 inputs with the model's own names (``input_ids``, ``attention_mask``, ``token_type_ids`` for text,
@@ -18,6 +23,9 @@ from __future__ import annotations
 import inspect
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +48,12 @@ TEXT_INPUT, VISION_INPUT = "input_ids", "pixel_values"
 _INSTALL = "pip install transformers"
 
 
-def is_model_folder(path: Path) -> bool:
-    """Whether ``path`` is a folder with a ``config.json`` (what ``save_pretrained`` writes first)."""
-    return path.is_dir() and (path / CONFIG_NAME).is_file()
+@dataclass(frozen=True)
+class Site:
+    """A norm layer the weights make pointwise: ``kind`` "dyt" or "derf", with or without ``bias``."""
+
+    kind: str
+    bias: bool
 
 
 def load_folder(path: str | Path, arch: str | None = None) -> LoadedModel:
@@ -54,17 +65,18 @@ def load_folder(path: str | Path, arch: str | None = None) -> LoadedModel:
     """
     path = Path(path)
     config_dict = _read_config(path)
-    weight_files = find_weight_files(path)
+    keys = checkpoint_keys(find_weight_files(path))
     transformers = _import_transformers(path)
     recorded = f"hf-{config_dict['model_type']}"
     if arch is not None and arch != recorded:
         raise CheckpointError(f"{path}: holds a Hugging Face {recorded!r} model, but {arch!r} was asked for; "
                               "drop --arch for Hugging Face folders")
-    model = _build(transformers, path)
-    state = read_weights(weight_files, path)
-    convert_sites(model, state, path)
-    load_weights(model, state, path)
-    wrapped = HFModel(model, recorded, _json_safe(config_dict)).eval()
+    with _quiet(transformers):
+        config = _hf_config(transformers, path)
+        skeleton = _skeleton(transformers, config, path)
+        sites = find_sites(skeleton, keys, path)
+        model = _load(transformers, type(skeleton), sites, config, path)
+    wrapped = wrap(model, recorded, _json_safe(config_dict)).eval()
     return LoadedModel(wrapped, SOURCE_FORMAT, recorded, wrapped.config, _norm_of(model), path)
 
 
@@ -105,34 +117,33 @@ def _shards(index_path: Path) -> list[Path]:
     return [index_path.parent / name for name in names]
 
 
-def read_weights(files: list[Path], folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of ``files`` in one dict (safetensors, or ``.bin`` read with ``weights_only``)."""
-    state: dict[str, torch.Tensor] = {}
+def checkpoint_keys(files: list[Path]) -> set[str]:
+    """The tensor names in ``files``; a file that is not safetensors or a tensors-only ``.bin`` is an error."""
+    keys: set[str] = set()
     for file in files:
-        part = _read_safetensors(file) if file.suffix == ".safetensors" else _read_bin(file)
-        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-            raise CheckpointError(f"{file}: holds a {type(part).__name__}, not a dict of tensors")
-        state.update(part)
-    if not state:
-        raise CheckpointError(f"{folder}: its weight files hold no tensors; re-save the model")
-    return state
+        keys |= _safetensors_keys(file) if file.suffix == ".safetensors" else _bin_keys(file)
+    return keys
 
 
-def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+def _safetensors_keys(file: Path) -> set[str]:
+    from safetensors import safe_open
 
     try:
-        return load_file(file, device="cpu")
+        with safe_open(file, "pt") as tensors:
+            return set(tensors.keys())
     except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError...
         raise CheckpointError(f"{file}: corrupt or truncated safetensors file ({first_line(err)})") from None
 
 
-def _read_bin(file: Path) -> Any:
+def _bin_keys(file: Path) -> set[str]:
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
     except Exception as err:  # pickle, zip and EOF errors all mean "not a tensors-only file"
         raise CheckpointError(f"{file}: not a tensors-only PyTorch file ({first_line(err)}); it is read with "
                               "weights_only=True and never unpickled beyond tensors") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: holds a {type(state).__name__}, not a dict of tensors")
+    return set(state)
 
 
 def _import_transformers(path: Path) -> Any:
@@ -143,54 +154,122 @@ def _import_transformers(path: Path) -> Any:
     return transformers
 
 
-def _build(transformers: Any, path: Path) -> nn.Module:
-    """The model class ``config.json`` names (``architectures[0]``; else the base model), randomly initialised."""
+@contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """transformers' warnings and progress bars off (its load report, "Loading weights"); errors still raise."""
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def _hf_config(transformers: Any, path: Path) -> Any:
     try:
         config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as err:  # unknown model_type, remote code, a bad field: all "cannot build this config"
         raise CheckpointError(f"{path}: transformers cannot read its {CONFIG_NAME} ({first_line(err)}); "
                               "a newer transformers may know this model") from None
     config.use_cache = False  # incremental decoding (past key values) is not exported
+    return config
+
+
+def _skeleton(transformers: Any, config: Any, path: Path) -> nn.Module:
+    """The model class ``config.json`` names (``architectures[0]``; else the base model), on the meta
+    device: its module names and class, no memory for weights."""
     class_name = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, class_name, None) if class_name else transformers.AutoModel
     if cls is None:
         raise CheckpointError(f"{path}: transformers {transformers.__version__} has no class {class_name!r} "
                               f"({CONFIG_NAME} \"architectures\"); upgrade transformers")
     try:
-        return cls.from_config(config) if cls is transformers.AutoModel else cls(config)
+        with torch.device("meta"):
+            return transformers.AutoModel.from_config(config) if class_name is None else cls(config)
     except Exception as err:  # the class refuses this config
         raise CheckpointError(f"{path}: transformers could not build {class_name or 'the model'} "
                               f"({first_line(err)})") from None
 
 
-def convert_sites(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> list[str]:
-    """Replace by DyT (Derf with ``<site>.shift``) each norm layer whose weights hold ``<site>.alpha``.
-
-    The new layer has a ``bias`` only where the weights hold ``<site>.bias``. Returns the sites.
-    """
-    sites = sorted(key.removesuffix(".alpha") for key in state if key.endswith(".alpha"))
-    problems = [problem for site in sites if (problem := _convert_site(model, site, state))]
+def find_sites(model: nn.Module, keys: set[str], path: Path) -> dict[str, Site]:
+    """The norm layers of ``model`` (by module name) that the checkpoint ``keys`` make DyT or Derf."""
+    raw_sites = sorted(key.removesuffix(".alpha") for key in keys if key.endswith(".alpha"))
+    names = module_keys(model, [f"{raw}.weight" for raw in raw_sites])
+    sites, problems = {}, []
+    for raw, name in zip(raw_sites, names, strict=True):
+        site = name.removesuffix(".weight")
+        module = _submodule(model, site)
+        if module is None or norm_kind_of(module) is None:
+            problems.append(f"{raw} ({type(module).__name__ if module is not None else 'no such module'})")
+            continue
+        sites[site] = Site("derf" if f"{raw}.shift" in keys else "dyt", f"{raw}.bias" in keys)
     if problems:
         raise CheckpointError(f"{path}: the weights hold alpha for layers that are not norms: {', '.join(problems)}")
     return sites
 
 
-def _convert_site(model: nn.Module, site: str, state: dict[str, torch.Tensor]) -> str | None:
-    """Convert one site; a description of the problem if it cannot be converted, else None."""
+def module_keys(model: nn.Module, keys: list[str]) -> list[str]:
+    """Checkpoint ``keys`` renamed to ``model``'s parameter names as transformers' loader renames them
+    (its conversion mapping, then the base-model prefix added or dropped)."""
     try:
-        old = model.get_submodule(site)
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # transformers 4: checkpoints use the module names, up to the base-model prefix
+        return [_with_prefix(model, key) for key in keys]
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    state = model.state_dict()
+    return [rename_source_key(key, renamings, converters, model.base_model_prefix, state)[0] for key in keys]
+
+
+def _with_prefix(model: nn.Module, key: str) -> str:
+    state, prefix = model.state_dict(), f"{model.base_model_prefix}."
+    if key not in state and prefix + key in state:
+        return prefix + key
+    return key[len(prefix):] if key not in state and key.startswith(prefix) else key
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
     except AttributeError:
-        return f"{site} (no such module)"
-    kind = norm_kind_of(old)
-    if kind is None:
-        return f"{site} ({type(old).__name__})"
-    to = "derf" if f"{site}.shift" in state else "dyt"
-    if kind != to:
-        alpha = float(state[f"{site}.alpha"].flatten()[0])
-        new = create_norm(to, _width(old), bias=f"{site}.bias" in state, alpha_init=alpha)
-        parent_name, _, child = site.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
-    return None
+        return None
+
+
+def _load(transformers: Any, cls: type, sites: dict[str, Site], config: Any, path: Path) -> nn.Module:
+    """``cls`` with DyT at ``sites``, its weights loaded by ``from_pretrained``; any key mismatch is an error."""
+
+    def build_with_sites(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        cls.__init__(self, *args, **kwargs)
+        convert_sites(self, sites)
+
+    with_sites = type(cls.__name__, (cls,), {"__init__": build_with_sites, "__module__": cls.__module__})
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    try:
+        model, info = with_sites.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True,
+                                                 **{dtype_key: torch.float32})
+    except Exception as err:  # transformers raises many types for weights that do not fit
+        raise CheckpointError(f"{path}: transformers could not load the weights ({first_line(err)})") from None
+    mismatch = {label: sorted(map(str, info.get(key) or ())) for label, key in
+                (("missing keys", "missing_keys"), ("unexpected keys", "unexpected_keys"),
+                 ("wrong shapes", "mismatched_keys"))}
+    if any(mismatch.values()):
+        raise CheckpointError(_mismatch(path, mismatch))
+    return model
+
+
+def convert_sites(model: nn.Module, sites: dict[str, Site]) -> None:
+    """Replace each norm layer named in ``sites`` by a DyT/Derf of the same width (alpha 0.5 until loaded)."""
+    for name, site in sites.items():
+        parent_name, _, child = name.rpartition(".")
+        old = model.get_submodule(name)
+        setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                create_norm(site.kind, _width(old), bias=site.bias))
 
 
 def _width(norm: nn.Module) -> int:
@@ -198,37 +277,12 @@ def _width(norm: nn.Module) -> int:
     return int(weight.shape[-1]) if isinstance(weight, torch.Tensor) else int(tuple(norm.normalized_shape)[-1])
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Load ``state`` into ``model``; any missing, unexpected or misshapen key is an error listing them all.
-
-    Tied parameters (an LM head sharing the embedding) may be saved once; buffers the model
-    recomputes itself (not in its state_dict, e.g. rotary frequencies) are ignored.
-    """
-    expected = model.state_dict()
-    missing = sorted(k for k in set(expected) - set(state) if not _saved_as_tied(model, k, state))
-    own_buffers = {name for name, _ in model.named_buffers()}
-    unexpected = sorted(set(state) - set(expected) - own_buffers)
-    wrong_shape = sorted(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-                         for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong_shape:
-        raise CheckpointError(_mismatch(path, missing, unexpected, wrong_shape))
-    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
-
-
-def _saved_as_tied(model: nn.Module, key: str, state: dict[str, torch.Tensor]) -> bool:
-    """Whether ``key`` shares its tensor with another parameter that ``state`` holds."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    target = params.get(key)
-    return target is not None and any(p is target and name in state for name, p in params.items() if name != key)
-
-
-def _mismatch(path: Path, missing: list[str], unexpected: list[str], wrong_shape: list[str]) -> str:
+def _mismatch(path: Path, mismatch: dict[str, list[str]]) -> str:
     def show(items: list[str]) -> str:
         return ", ".join(items[:10]) + (f" (+{len(items) - 10} more)" if len(items) > 10 else "")
 
     parts = [f"{path}: the weights do not fit the model its {CONFIG_NAME} describes:"]
-    parts += [f"  {label}: {show(items)}" for label, items in
-              (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)) if items]
+    parts += [f"  {label}: {show(items)}" for label, items in mismatch.items() if items]
     parts.append("  re-save the folder with save_pretrained from the model that wrote these weights")
     return "\n".join(parts)
 
@@ -243,6 +297,13 @@ def _json_safe(config: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(config, default=str))
 
 
+def wrap(model: nn.Module, arch: str, config: dict[str, Any]) -> HFModel:
+    """``model`` in the wrapper for its kind of input (text or vision)."""
+    specs = _input_specs(model)
+    cls = HFVisionModel if specs[0].name == VISION_INPUT else HFTextModel
+    return cls(model, arch, config, specs)
+
+
 class HFModel(ZooModel):
     """A transformers model with the zoo's interface: positional inputs, a tuple of named outputs.
 
@@ -255,32 +316,45 @@ class HFModel(ZooModel):
     family = "hf"
     default_sizes = {"batch": 2, "seq": 16}
 
-    def __init__(self, model: nn.Module, arch: str, config: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, arch: str, config: dict[str, Any], specs: list[TensorSpec]) -> None:
         super().__init__(**config)
         self.arch = arch
         self.model = model
-        self.input_names = [spec.name for spec in _input_specs(model)]
+        self._inputs = specs
         self._output_specs: list[TensorSpec] | None = None
 
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.run(*inputs).values())
-
-    def run(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The model's named outputs (tensors only) for ``inputs`` in ``input_names`` order."""
-        outputs = self.model(**dict(zip(self.input_names, inputs, strict=True)), return_dict=True)
+    def run(self, **inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The model's named outputs (tensors only; no key/value cache) for the inputs that are not None."""
+        outputs = self.model(**{k: v for k, v in inputs.items() if v is not None}, return_dict=True)
         return {name: value for name, value in outputs.items() if isinstance(value, torch.Tensor)}
 
     def input_specs(self) -> list[TensorSpec]:
-        return _input_specs(self.model)
+        return list(self._inputs)
 
     def output_specs(self) -> list[TensorSpec]:
         if self._output_specs is None:
             with torch.no_grad():
-                outputs = self.run(*self.example_inputs(batch=2, seq=3).values())
-            text = self.input_names[0] == TEXT_INPUT
+                outputs = self.run(**self.example_inputs(batch=2, seq=3))
+            text = self._inputs[0].name == TEXT_INPUT
             self._output_specs = [TensorSpec(name, _named_dims(tuple(value.shape), text))
                                   for name, value in outputs.items()]
         return self._output_specs
+
+
+class HFTextModel(HFModel):
+    """A text model: ``input_ids`` (then ``attention_mask``, ``token_type_ids`` where it takes them)."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        outputs = self.run(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(outputs.values())
+
+
+class HFVisionModel(HFModel):
+    """A vision model: ``pixel_values``."""
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.run(pixel_values=pixel_values).values())
 
 
 def _named_dims(shape: tuple[int, ...], text: bool) -> tuple[int | str, ...]:
