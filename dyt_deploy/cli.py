@@ -24,11 +24,14 @@ zoo_app = new_app("The model zoo: list architectures, write a model.pt.", no_arg
 @zoo_app.command("list")
 def zoo_list() -> None:
     """List the zoo's architectures with their family and parameter count."""
+    import torch
+
     from .models import create_model, get_arch, list_models
 
     table = Table("architecture", "family", "default norm", "parameters")
     for name in list_models():
-        model = create_model(name)
+        with torch.device("meta"):  # shapes only: no memory, no init (vit_large alone took seconds)
+            model = create_model(name, init_weights=False)
         params = sum(p.numel() for p in model.parameters())
         table.add_row(name, get_arch(name).family, model.config["norm"], f"{params / 1e6:.1f} M")
     console.print(table)
