@@ -94,6 +94,9 @@ def _ort_transformers(source: Path, target: Path, arch: str) -> dict[str, int]:
 
     config = get_arch(arch).config
     family = get_arch(arch).family
+    if family not in _ORT_MODEL_TYPES:
+        raise DytDeployError(f"optimizer ort-transformers has no fusions for {family} models; "
+                             "use onnxscript or none")
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     model = ort_optimizer.optimize_model(str(source), model_type=_ORT_MODEL_TYPES[family],
                                          num_heads=config.get("heads", 0), hidden_size=config.get("dim", 0),
