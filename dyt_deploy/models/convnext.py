@@ -75,7 +75,8 @@ class ConvNeXt(ZooModel):
     """ConvNeXt classifier: ``pixel_values`` (batch, in_chans, img_size, img_size) -> ``logits`` (batch, num_classes).
 
     Args:
-        depths: blocks per stage; dims: channels per stage (as many as ``depths``).
+        depths: blocks per stage; dims: channels per stage (as many as ``depths``); either may
+            be a comma-separated string (``"1,1,3,1"``, as ``--set depths=1,1,3,1`` gives it).
         norm: the kind of every norm (channels-first where timm has ``LayerNorm2d``); eps 1e-6.
         alpha_init: alpha's init for DyT/Derf norms.
         ls_init: the layer scale ``gamma``'s initial value; timm's default, 1e-6, makes every
@@ -90,13 +91,13 @@ class ConvNeXt(ZooModel):
         img_size: int = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
-        depths: Sequence[int] = (3, 3, 9, 3),
-        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] | str = (3, 3, 9, 3),
+        dims: Sequence[int] | str = (96, 192, 384, 768),
         norm: str = "layernorm",
         alpha_init: float = 0.5,
         ls_init: float = 1e-6,
     ) -> None:
-        depths, dims = tuple(int(d) for d in depths), tuple(int(d) for d in dims)
+        depths, dims = _as_ints("depths", depths), _as_ints("dims", dims)
         _check_shape(img_size, depths, dims)
         super().__init__(img_size=img_size, in_chans=in_chans, num_classes=num_classes, depths=depths, dims=dims,
                          norm=norm, alpha_init=alpha_init, ls_init=ls_init)
@@ -121,6 +122,14 @@ class ConvNeXt(ZooModel):
 
     def output_specs(self) -> list[TensorSpec]:
         return [TensorSpec("logits", ("batch", self.config["num_classes"]))]
+
+
+def _as_ints(name: str, value: Sequence[int] | str) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(int(item) for item in items)
+    except (TypeError, ValueError):
+        raise DytDeployError(f"ConvNeXt {name} must be integers, one per stage (e.g. 3,3,9,3), not {value!r}") from None
 
 
 def _check_shape(img_size: int, depths: tuple[int, ...], dims: tuple[int, ...]) -> None:

@@ -292,6 +292,13 @@ def test_convnext_twins_through_convert_norms_keep_channels_first_and_affine() -
     assert all(type(m) is RMSNorm2d for name, m in dyt.named_modules() if name in CF_SITES)
 
 
+def test_convnext_stage_lists_may_be_comma_separated() -> None:
+    model = create_model("convnext_tiny", depths="1,2", dims="8, 16", img_size=32, init_weights=False)
+    assert (model.config["depths"], model.config["dims"]) == ((1, 2), (8, 16))
+    with pytest.raises(DytDeployError, match="ConvNeXt dims must be integers, one per stage"):
+        create_model("convnext_tiny", depths="1,2", dims="8,wide", img_size=32)
+
+
 def test_bad_convnext_shapes_are_one_line_errors() -> None:
     with pytest.raises(DytDeployError, match="one depth per stage"):
         create_model("convnext_tiny", depths=(1, 1), dims=(8, 16, 32))
