@@ -251,13 +251,14 @@ def _load(transformers: Any, cls: type, sites: dict[str, Site], config: Any, pat
     with_sites = type(cls.__name__, (cls,), {"__init__": build_with_sites, "__module__": cls.__module__})
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     try:
+        # ignore_mismatched_sizes: report wrong shapes in ``info`` (listed below) instead of raising without them
         model, info = with_sites.from_pretrained(path, config=config, local_files_only=True, output_loading_info=True,
-                                                 **{dtype_key: torch.float32})
+                                                 ignore_mismatched_sizes=True, **{dtype_key: torch.float32})
     except Exception as err:  # transformers raises many types for weights that do not fit
         raise CheckpointError(f"{path}: transformers could not load the weights ({first_line(err)})") from None
-    mismatch = {label: sorted(map(str, info.get(key) or ())) for label, key in
-                (("missing keys", "missing_keys"), ("unexpected keys", "unexpected_keys"),
-                 ("wrong shapes", "mismatched_keys"))}
+    mismatch = {"missing keys": sorted(info.get("missing_keys") or ()),
+                "unexpected keys": sorted(info.get("unexpected_keys") or ()),
+                "wrong shapes": sorted(map(_shape_mismatch, info.get("mismatched_keys") or ()))}
     if any(mismatch.values()):
         raise CheckpointError(_mismatch(path, mismatch))
     return model
@@ -275,6 +276,13 @@ def convert_sites(model: nn.Module, sites: dict[str, Site]) -> None:
 def _width(norm: nn.Module) -> int:
     weight = getattr(norm, "weight", None)
     return int(weight.shape[-1]) if isinstance(weight, torch.Tensor) else int(tuple(norm.normalized_shape)[-1])
+
+
+def _shape_mismatch(entry: Any) -> str:
+    """``key (checkpoint shape) != (model shape)`` from transformers' ``(key, shape, shape)``."""
+    if isinstance(entry, tuple | list) and len(entry) == 3:
+        return f"{entry[0]} {tuple(entry[1])} != {tuple(entry[2])}"
+    return str(entry)
 
 
 def _mismatch(path: Path, mismatch: dict[str, list[str]]) -> str:
