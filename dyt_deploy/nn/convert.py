@@ -23,7 +23,7 @@ SiteAlpha = None | str | dict[str, float] | Callable[[str, nn.Module], float | N
 # Names of norm sites in pre-norm decoders of common code bases (ours, Hugging Face, GPT-2, fms).
 _ATTENTION_SITES = {"input_layernorm", "attn_norm", "attention_norm", "ln_1", "ln", "norm1", "self_attn_layer_norm"}
 _FFN_SITES = {"post_attention_layernorm", "ffn_norm", "ln_2", "ff_ln", "norm2", "mlp_norm", "pre_feedforward_layernorm"}
-_FINAL_SITES = {"norm", "ln_f", "final_layernorm", "final_layer_norm", "dec_norm", "final_norm", "norm_f"}
+_FINAL_SITES = {"norm", "fc_norm", "ln_f", "final_layernorm", "final_layer_norm", "dec_norm", "final_norm", "norm_f"}
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,7 @@ def test_site_role() -> None:
     assert site_role("model.layers.0.input_layernorm") == "attention"
     assert site_role("model.layers.0.post_attention_layernorm") == "ffn"
     assert site_role("model.norm") == "final"
+    assert site_role("fc_norm") == "final"  # timm ViT with global_pool="avg"
     assert site_role("transformer.h.0.ln_2") == "ffn"
     assert site_role("embeddings.LayerNorm") is None
 
