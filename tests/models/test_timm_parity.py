@@ -4,7 +4,6 @@ with the same outputs: against timm where it imports; against the zoo's LayerNor
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -20,7 +19,6 @@ TIMM_REASON = "timm is not installed (it needs torchvision, which has no CPU bui
 def load_script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("timm_parity", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("timm_parity", module)
     spec.loader.exec_module(module)
     return module
 
@@ -55,7 +53,8 @@ def test_the_official_conversion_of_zoo_layernorm_models_loads_into_their_dyt_tw
     assert len(channels_first) == (5 if arch.startswith("convnext") else 0)  # stem, 3 downsamples, head
     parity.randomize_dyt(source, seed=1)
     zoo = parity.zoo_model_for(name, source.state_dict(), **{k: v for k, v in overrides.items() if k != "global_pool"})
-    assert zoo.config.get("global_pool", "avg") == "avg"
+    if arch.startswith("vit"):  # found from the fc_norm keys
+        assert zoo.config["global_pool"] == "avg"
     diff = parity.max_logit_diff(source, zoo)
     assert diff <= 1e-5
     with torch.no_grad():  # the randomised norms matter: the plain conversion gives other logits
