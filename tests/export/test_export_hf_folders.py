@@ -183,3 +183,11 @@ def test_the_service_serves_the_exported_folders(repository: Path, folders: dict
             got = np.asarray(output["data"], np.float32).reshape(output["shape"])
             np.testing.assert_allclose(got, reference(model, feed), rtol=1e-3, atol=1e-4)
 
+
+
+def test_dyt_check_takes_a_hugging_face_folder_directly(folders: dict) -> None:
+    """The folder itself as the model: PyTorch and a fresh ONNX export of it against its reference."""
+    result = cli.invoke(check_app, [str(folders["vit"][1]), "--runners", "torch,ort"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.count("PASSED") == 2
