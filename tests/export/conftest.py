@@ -3,6 +3,8 @@
 Every zoo architecture is built at depth 1 (and a small image / vocabulary) so one export takes a
 few seconds; ``zoo_export(arch, norm)`` exports each (arch, norm) pair once per session in the
 pattern form, then converts that file to the function form, and hands both to every test that asks.
+Its DyT layers get random gamma and beta (not the ones/zeros of a fresh layer), so tests that fold
+gamma/beta into linear layers can start from the same file.
 Tests must not modify the cached files: they write their own outputs under ``tmp_path``.
 """
 
@@ -86,7 +88,7 @@ def zoo_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str],
     def get(arch: str, norm: str) -> ZooExport:
         if (arch, norm) not in cache:
             folder = tmp_path_factory.mktemp(f"{arch}-{norm}")
-            model = build_model(arch, norm)
+            model = build_model(arch, norm, random_affine=True)
             checkpoint = save_checkpoint(model, folder / "model.pt")
             result = export_onnx(checkpoint, folder / "pattern.onnx", form="pattern")
             conversion = convert_form_file(folder / "pattern.onnx", folder / "function.onnx", "function")

@@ -13,7 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dyt_deploy.export import convert_form_file, export_onnx, fold_dyt_affine
+from dyt_deploy.export.api import save_onnx, verify_onnx
+from dyt_deploy.export.fold import FoldReport
 from dyt_deploy.export.forms import count_bare_dyt_chains
+from dyt_deploy.export.signature import input_specs
+from dyt_deploy.parity import ParityReport
 
 C, OUT = 6, 5  # DyT channels, linear outputs
 
@@ -35,23 +39,39 @@ def tanh_feeding_linear_only(model: ir.Model) -> int:
 
 # -- the zoo ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("arch", "folded", "linear_layers", "overloads"), [
-    # pre-norm ViT: both block norms feed linear layers (qkv; fc1); the final one feeds a slice, then the head
-    ("vit_tiny", 2, 2, {"tanh_only": 2, "": 1}),
+def fold_cached_export(zoo_export, arch: str, tmp_path: Path) -> tuple[FoldReport, ParityReport]:
+    """Fold the session's pattern export of ``arch`` (random gamma/beta) into ``tmp_path/folded.onnx``; verify it."""
+    done = zoo_export(arch, "dyt")
+    model = ir.load(done.pattern)
+    report = fold_dyt_affine(model)
+    save_onnx(model, tmp_path / "folded.onnx")
+    parity = verify_onnx(tmp_path / "folded.onnx", done.model, input_specs(done.model, None, None), "fp32", 3,
+                         None, None)
+    return report, parity
+
+
+@pytest.mark.parametrize(("arch", "folded", "linear_layers", "overloads", "through_export"), [
+    # pre-norm ViT: both block norms feed linear layers (qkv; fc1); the final one feeds a slice, then the head.
+    # Through export_onnx(fold=True), the API path (manifest included).
+    ("vit_tiny", 2, 2, {"tanh_only": 2, "": 1}, True),
     # LLaMA: attention norm -> wq, wk, wv; FFN norm -> w1, w3; final norm -> lm_head. No beta.
-    ("llama_tiny", 3, 6, {"tanh_only": 3}),
+    # fold_dyt_affine on the session's export of the same model: the same pass, one export fewer.
+    ("llama_tiny", 3, 6, {"tanh_only": 3}, False),
 ])
 def test_fold_removes_gamma_and_beta_and_keeps_outputs(tiny_checkpoint, zoo_export, tmp_path: Path, arch: str,
-                                                       folded: int, linear_layers: int, overloads: dict) -> None:
-    checkpoint = tiny_checkpoint(arch, "dyt", random_affine=True)
+                                                       folded: int, linear_layers: int, overloads: dict,
+                                                       through_export: bool) -> None:
     has_beta = not arch.startswith("llama")
+    if through_export:
+        result = export_onnx(tiny_checkpoint(arch, "dyt", random_affine=True), tmp_path / "folded.onnx", fold=True)
+        report, parity = result.fold, result.parity
+        assert result.manifest["folded"] == {"folded": folded, "skipped": 3 - folded, "linear_layers": linear_layers}
+    else:
+        report, parity = fold_cached_export(zoo_export, arch, tmp_path)
 
-    result = export_onnx(checkpoint, tmp_path / "folded.onnx", fold=True)
-
-    assert result.parity is not None and result.parity.passed, result.parity.rows()
-    assert result.fold is not None
-    assert (result.fold.folded, result.fold.skipped, result.fold.linear_layers) == (folded, 3 - folded, linear_layers)
-    assert result.manifest["folded"] == {"folded": folded, "skipped": 3 - folded, "linear_layers": linear_layers}
+    assert parity is not None and parity.passed, parity.rows()
+    assert report is not None
+    assert (report.folded, report.skipped, report.linear_layers) == (folded, 3 - folded, linear_layers)
 
     model = ir.load(tmp_path / "folded.onnx")
     unfolded = op_counts(zoo_export(arch, "dyt").pattern)  # same architecture, not folded
@@ -76,17 +96,14 @@ def test_fold_removes_gamma_and_beta_and_keeps_outputs(tiny_checkpoint, zoo_expo
     assert count_bare_dyt_chains(ir.load(tmp_path / "function.onnx")) == 0
 
 
-def test_post_norm_bert_folds_nothing(tiny_checkpoint, zoo_export, tmp_path: Path) -> None:
+def test_post_norm_bert_folds_nothing(zoo_export, tmp_path: Path) -> None:
     # post-norm: every DyT output also feeds a residual Add, which is not a linear layer
-    checkpoint = tiny_checkpoint("bert_tiny", "dyt", random_affine=True)
+    report, parity = fold_cached_export(zoo_export, "bert_tiny", tmp_path)
 
-    result = export_onnx(checkpoint, tmp_path / "bert.onnx", fold=True)
-
-    assert result.parity is not None and result.parity.passed
-    assert result.fold is not None
-    assert (result.fold.folded, result.fold.skipped, result.fold.linear_layers) == (0, 3, 0)
-    assert op_counts(tmp_path / "bert.onnx") == op_counts(zoo_export("bert_tiny", "dyt").pattern)
-    assert not [n for n in ir.load(tmp_path / "bert.onnx").graph.initializers if "dyt_folded" in n]
+    assert parity.passed
+    assert (report.folded, report.skipped, report.linear_layers) == (0, 3, 0)
+    assert op_counts(tmp_path / "folded.onnx") == op_counts(zoo_export("bert_tiny", "dyt").pattern)
+    assert not [n for n in ir.load(tmp_path / "folded.onnx").graph.initializers if "dyt_folded" in n]
 
 
 # -- hand-built graphs -----------------------------------------------------------------------------
