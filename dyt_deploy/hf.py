@@ -137,7 +137,7 @@ def _safetensors_keys(file: Path) -> set[str]:
 
 def _bin_keys(file: Path) -> set[str]:
     try:
-        state = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+        state = torch.load(file, map_location="meta", weights_only=True)  # names and shapes, no data
     except Exception as err:  # pickle, zip and EOF errors all mean "not a tensors-only file"
         raise CheckpointError(f"{file}: not a tensors-only PyTorch file ({first_line(err)}); it is read with "
                               "weights_only=True and never unpickled beyond tensors") from None
