@@ -88,7 +88,8 @@ WEIGHTS_HELP = ("Training checkpoints: model or ema, the weights to use [default
 @export_app.command()
 @user_errors
 def export(
-    model: Path = typer.Argument(..., help="model.pt (dyt-deploy, state_dict, training checkpoint), or a .pt2."),
+    model: Path = typer.Argument(..., help="model.pt (dyt-deploy, state_dict, training checkpoint), a .pt2, or a "
+                                 "Hugging Face folder (save_pretrained; needs transformers)."),
     output: Path = typer.Option(None, "-o", "--output", help="ONNX file to write [default: MODEL with .onnx]."),
     arch: str = typer.Option(None, help="Zoo architecture, for checkpoints that do not record one."),
     form: str = typer.Option("pattern", help="DyT in ONNX: pattern (Mul/Tanh/Mul/Add), function (one "
@@ -176,7 +177,8 @@ check_app = new_app("Check runners against the PyTorch reference.")
 @check_app.command()
 @user_errors
 def check(
-    model: Path = typer.Argument(..., help="A model.pt, or a model folder REPO/NAME written by dyt-export."),
+    model: Path = typer.Argument(..., help="A model.pt, a Hugging Face folder, or a model folder REPO/NAME "
+                                 "written by dyt-export."),
     runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, torch-triton, ort, ort-cuda, "
                                 "ort-trt, trt [default: torch-compile,ort for a model.pt; ort (+trt with an engine) "
                                 "for a folder]."),
