@@ -74,6 +74,7 @@ def load_folder(path: str | Path, arch: str | None = None) -> LoadedModel:
     with _quiet(transformers):
         config = _hf_config(transformers, path)
         skeleton = _skeleton(transformers, config, path)
+        _check_modality(skeleton, path)
         sites = find_sites(skeleton, keys, path)
         model = _load(transformers, type(skeleton), sites, config, path)
     wrapped = wrap(model, recorded, _json_safe(config_dict)).eval()
@@ -193,6 +194,14 @@ def _skeleton(transformers: Any, config: Any, path: Path) -> nn.Module:
     except Exception as err:  # the class refuses this config
         raise CheckpointError(f"{path}: transformers could not build {class_name or 'the model'} "
                               f"({first_line(err)})") from None
+
+
+def _check_modality(model: nn.Module, path: Path) -> None:
+    """Refuse a model that takes neither text nor images, before its weights are read."""
+    try:
+        _input_specs(model)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def find_sites(model: nn.Module, keys: set[str], path: Path) -> dict[str, Site]:

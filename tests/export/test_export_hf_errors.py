@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_folders import example_feed, tiny_model, to_dyt, write_folder
+from hf_folders import example_feed, tiny_model, to_dyt, transformers, write_folder
 from safetensors.torch import load_file, save_file
 from torch import nn
 from typer.testing import CliRunner
@@ -153,3 +153,12 @@ def test_derf_sites_and_the_no_bias_form_load_where_the_weights_say(tmp_path: Pa
     feed = example_feed("llama")
     with torch.no_grad():
         torch.testing.assert_close(loaded(*feed.values())[0], model(**feed).logits, rtol=0, atol=1e-6)
+
+
+def test_a_model_that_takes_neither_text_nor_images_is_refused(tmp_path: Path) -> None:
+    config = transformers.Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(8,), conv_stride=(5,), conv_kernel=(10,),
+                                         num_feat_extract_layers=1, vocab_size=10, num_conv_pos_embeddings=4,
+                                         num_conv_pos_embedding_groups=2)
+    transformers.Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "speech")
+    assert_cli_error(tmp_path / "speech", "Wav2Vec2ForCTC takes 'input_values'", "input_ids", "pixel_values")
