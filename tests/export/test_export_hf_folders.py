@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from hf_folders import example_feed, write_folder
+from hf_folders import example_feed, tiny_model, to_dyt, transformers, write_folder
 from torch import nn
 from typer.testing import CliRunner
 
@@ -191,3 +191,24 @@ def test_dyt_check_takes_a_hugging_face_folder_directly(folders: dict) -> None:
 
     assert result.exit_code == 0, result.output
     assert result.output.count("PASSED") == 2
+
+
+@pytest.mark.parametrize(("name", "outputs"), [
+    ("BertModel", [("last_hidden_state", ("batch", "seq", 32)), ("pooler_output", ("batch", 32))]),
+    ("ViTModel", [("last_hidden_state", ("batch", 17, 32)), ("pooler_output", ("batch", 32))]),
+])
+def test_base_models_name_their_outputs(tmp_path: Path, name: str, outputs: list) -> None:
+    """A base model (no head) returns its hidden states under their own names, not "logits"."""
+    config = tiny_model("bert" if name == "BertModel" else "vit").config
+    model = getattr(transformers, name)(config).eval()
+    to_dyt(model)
+    model.save_pretrained(tmp_path / name)
+
+    loaded = load_checkpoint(tmp_path / name)
+
+    assert [(spec.name, spec.shape) for spec in loaded.model.output_specs()] == outputs
+    feed = example_feed("bert" if name == "BertModel" else "vit")
+    with torch.no_grad():
+        got, expected = loaded.model(*feed.values()), model(**feed)
+    for value, (output, _) in zip(got, outputs, strict=True):
+        torch.testing.assert_close(value, expected[output], rtol=0, atol=1e-6)
