@@ -151,11 +151,16 @@ def _targets(loaded: LoadedModel | None, model_path: str | Path, output: str | P
              config: ExportConfig) -> tuple[Path | None, Path]:
     repository, name = config.repository, config.name
     if repository is None:
-        return None, Path(output) if output else Path(model_path).with_suffix(".onnx")
+        return None, Path(output) if output else _default_onnx_path(Path(model_path))
     if name is None:
         name = f"{loaded.arch}-{loaded.norm}" if loaded is not None and loaded.arch else Path(model_path).stem
     model_dir = Path(repository) / name
     return model_dir, model_dir / "1" / "model.onnx"
+
+
+def _default_onnx_path(model_path: Path) -> Path:
+    """Beside the model: ``model.pt`` -> ``model.onnx``; a folder ``Qwen2.5-0.5B`` -> ``Qwen2.5-0.5B.onnx``."""
+    return model_path.with_name(model_path.name + ".onnx") if model_path.is_dir() else model_path.with_suffix(".onnx")
 
 
 class _Steps:
