@@ -27,11 +27,17 @@ def op_counts(path: Path) -> Counter:
 
 
 def tanh_feeding_linear_only(model: ir.Model) -> int:
-    """DyT Tanh nodes whose output goes straight into linear layers (what a folded site leaves)."""
+    """DyT Tanh nodes whose output goes straight into linear layers (what a folded site leaves): MatMul, Gemm,
+    Conv, or a flatten whose one reader is MatMul/Gemm."""
+    def linear(node: ir.Node) -> bool:
+        if node.op_type in ("Flatten", "Reshape"):
+            return [u.node.op_type for u in node.outputs[0].uses()] in (["MatMul"], ["Gemm"])
+        return node.op_type in ("MatMul", "Gemm", "Conv")
+
     count = 0
     for node in model.graph:
         uses = list(node.outputs[0].uses()) if node.op_type == "Tanh" else []
-        if uses and all(u.node.op_type in ("MatMul", "Gemm") for u in uses):
+        if uses and all(linear(u.node) for u in uses):
             producer = node.inputs[0].producer()
             count += producer is not None and producer.op_type == "Mul"
     return count
@@ -57,21 +63,27 @@ def fold_cached_export(zoo_export, arch: str, tmp_path: Path) -> tuple[FoldRepor
     # LLaMA: attention norm -> wq, wk, wv; FFN norm -> w1, w3; final norm -> lm_head. No beta.
     # fold_dyt_affine on the session's export of the same model: the same pass, one export fewer.
     ("llama_tiny", 3, 6, {"tanh_only": 3}, False),
+    # ConvNeXt, one block per stage: 4 block norms (channels-last) -> fc1; 3 downsample norms (channels-first)
+    # -> the unpadded 2x2 conv; head norm -> flatten -> fc. The stem norm feeds the padded depthwise conv
+    # and the residual: left.
+    ("convnext_tiny", 8, 8, {"tanh_only": 8, "": 1}, False),
 ])
 def test_fold_removes_gamma_and_beta_and_keeps_outputs(tiny_checkpoint, zoo_export, tmp_path: Path, arch: str,
                                                        folded: int, linear_layers: int, overloads: dict,
                                                        through_export: bool) -> None:
+    sites = folded + sum(overloads.values()) - overloads.get("tanh_only", 0)
     has_beta = not arch.startswith("llama")
     if through_export:
         result = export_onnx(tiny_checkpoint(arch, "dyt", random_affine=True), tmp_path / "folded.onnx", fold=True)
         report, parity = result.fold, result.parity
-        assert result.manifest["folded"] == {"folded": folded, "skipped": 3 - folded, "linear_layers": linear_layers}
+        assert result.manifest["folded"] == {"folded": folded, "skipped": sites - folded,
+                                             "linear_layers": linear_layers}
     else:
         report, parity = fold_cached_export(zoo_export, arch, tmp_path)
 
     assert parity is not None and parity.passed, parity.rows()
     assert report is not None
-    assert (report.folded, report.skipped, report.linear_layers) == (folded, 3 - folded, linear_layers)
+    assert (report.folded, report.skipped, report.linear_layers) == (folded, sites - folded, linear_layers)
 
     model = ir.load(tmp_path / "folded.onnx")
     unfolded = op_counts(zoo_export(arch, "dyt").pattern)  # same architecture, not folded
@@ -85,8 +97,10 @@ def test_fold_removes_gamma_and_beta_and_keeps_outputs(tiny_checkpoint, zoo_expo
     names = set(model.graph.initializers)
     folded_weights = [n for n in names if n.endswith(".dyt_folded") and "bias" not in n]
     assert len(folded_weights) == linear_layers
-    gammas = {n for n in names if n.endswith("norm.weight") or n.endswith("norm1.weight") or n.endswith("norm2.weight")}
-    assert len(gammas) == 3 - folded  # the gamma of a folded DyT is no longer needed
+    gamma_muls = [n for n in model.graph if n.op_type == "Mul" and any(
+        v.producer() is not None and v.producer().op_type == "Tanh" for v in n.inputs)]
+    assert len(gamma_muls) == sites - folded  # the gamma of a folded DyT is no longer applied
+    assert all(list(v.uses()) for v in model.graph.initializers.values())  # nor stored: no unused initializer
 
     function = convert_form_file(tmp_path / "folded.onnx", tmp_path / "function.onnx", "function")
     assert function.counts == overloads
