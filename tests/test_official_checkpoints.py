@@ -115,12 +115,13 @@ def onnx_logits(onnx_path: Path, inputs: torch.Tensor) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0]
 
 
-def max_diff(exported: Exported, state: dict) -> float:
-    """Largest |ONNX Runtime - reference| over the logits of one batch, the reference run on ``state``."""
+def max_diff(exported: Exported, state: dict, onnx_path: Path | None = None) -> float:
+    """Largest |ONNX Runtime - reference| over the logits of one batch, the reference run on ``state``
+    (``onnx_path`` default: the export beside the checkpoint)."""
     inputs = pixels(exported.case.img)
     with torch.no_grad():
         expected = exported.case.forward(state, exported.case.spec, inputs).numpy()
-    got = onnx_logits(exported.onnx_path, inputs)
+    got = onnx_logits(onnx_path or exported.onnx_path, inputs)
     assert got.shape == expected.shape == (2, exported.case.spec.num_classes)
     return float(np.max(np.abs(got.astype(np.float64) - expected)))
 
@@ -142,18 +143,6 @@ def test_tiny_official_checkpoint_exports_with_no_flags(tmp_path: Path, name: st
     assert max_diff(exported, exported.model) > 100 * TOLERANCE  # the EMA weights, not the model's
 
 
-def test_weights_model_exports_the_trained_weights(tmp_path: Path) -> None:
-    exported = export_official(tmp_path, TINY["vit"], "--weights", "model")
-    assert_exported(exported, "weights: model")
-    assert max_diff(exported, exported.model) <= TOLERANCE
-
-
-def test_without_ema_the_model_weights_export(tmp_path: Path) -> None:
-    exported = export_official(tmp_path, TINY["convnext"], ema=False)
-    assert_exported(exported, "weights: model")
-    assert max_diff(exported, exported.model) <= TOLERANCE
-
-
 def test_an_unknown_weights_choice_is_refused_by_flag(tmp_path: Path) -> None:
     exported = export_official(tmp_path, TINY["vit"], "--weights", "best")
     assert exported.exit_code == 2
@@ -161,15 +150,19 @@ def test_an_unknown_weights_choice_is_refused_by_flag(tmp_path: Path) -> None:
     assert not exported.onnx_path.exists()
 
 
-def test_dyt_check_uses_the_weights_a_model_folder_was_exported_from(tmp_path: Path) -> None:
-    """Exported with --weights model, the folder's check loads those weights (EMA would fail parity)."""
+def test_weights_model_exports_the_trained_weights_and_dyt_check_follows(tmp_path: Path) -> None:
+    """--weights model exports the model's weights; the folder records them, so its check loads them too
+    (with the EMA weights as reference, parity would fail); dyt-check on the checkpoint takes the flag."""
     exported = export_official(tmp_path, TINY["vit"], "--weights", "model", "--repository", str(tmp_path / "repo"),
                                "--name", "vit")
-    assert exported.exit_code == 0, exported.output
+    assert_exported(exported, "weights: model")
+    onnx_path = tmp_path / "repo" / "vit" / "1" / "model.onnx"
+    assert max_diff(exported, exported.model, onnx_path) <= TOLERANCE
     result = CliRunner().invoke(check_app, [str(tmp_path / "repo" / "vit")])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(check_app, [str(exported.checkpoint), "--runners", "ort", "--weights", "model"])
     assert result.exit_code == 0, result.output
+    assert "FAILED" not in result.output
 
 
 # -- full sizes (slow) -----------------------------------------------------------------------------
