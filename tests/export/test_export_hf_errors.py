@@ -162,3 +162,16 @@ def test_a_model_that_takes_neither_text_nor_images_is_refused(tmp_path: Path) -
                                          num_conv_pos_embedding_groups=2)
     transformers.Wav2Vec2ForCTC(config).save_pretrained(tmp_path / "speech")
     assert_cli_error(tmp_path / "speech", "Wav2Vec2ForCTC takes 'input_values'", "input_ids", "pixel_values")
+
+
+def test_the_default_output_is_beside_the_folder_with_its_whole_name(bert_folder: Path, tmp_path: Path) -> None:
+    """``dyt-export Qwen2.5-0.5B`` writes ``Qwen2.5-0.5B.onnx`` (not ``Qwen2.5-0.onnx``); an existing one is kept."""
+    folder = Path(shutil.copytree(bert_folder, tmp_path / "bert-2.5-small"))
+    existing = tmp_path / "bert-2.5-small.onnx"
+    existing.write_bytes(b"keep me")
+
+    result = cli.invoke(export_app, [str(folder)])
+
+    assert result.exit_code == 2, result.output
+    assert f"{existing}exists" in "".join(result.output.split())  # rich may wrap the long path anywhere
+    assert existing.read_bytes() == b"keep me"
