@@ -87,3 +87,17 @@ def test_check_with_the_triton_kernels(folder, tmp_path):
     assert result.exit_code == 0, result.output
     assert "PASSED torch-triton vs PyTorch" in result.output
     assert json.loads(report.read_text())["torch-triton"]["outputs"]["logits"]["max_abs"] < 1e-4
+
+
+def test_a_convnext_folder_with_channels_first_dyt_in_the_function_form_passes(tmp_path):
+    # ConvNeXt's stem, downsample and head norms are channels-first DyT: per-channel gamma over dim 1
+    model = create_model("convnext_tiny", norm="dyt", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), img_size=32,
+                         num_classes=10)
+    path = save_checkpoint(model, tmp_path / "convnext.pt")
+    model_dir = export_onnx(path, repository=tmp_path / "repo", name="convnext-dyt", form="function",
+                            fold=True).model_dir
+
+    result = cli.invoke(check_app, [str(model_dir), "--runners", "ort,torch"])
+
+    assert result.exit_code == 0, result.output
+    assert "PASSED ort vs PyTorch" in result.output and "PASSED torch vs PyTorch" in result.output
