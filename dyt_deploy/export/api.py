@@ -121,7 +121,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
     refuse_existing(target_dir or onnx_path, config.force)
     specs = sig.input_specs(loaded.model, list(config.input_shapes or []), config.dynamic)
     with steps(f"export to ONNX (opset {config.opset}, {config.dtype})"):
-        onnx_model = _torch_export(loaded.model, specs, config.dtype, config.opset)
+        onnx_model = torch_to_onnx(loaded.model, specs, config.dtype, config.opset)
     fold_report = None
     if config.fold:
         with steps("fold DyT gamma/beta into linear layers"):
@@ -210,7 +210,11 @@ def example_feed(specs: list[TensorSpec], sizes: dict[str, int], seed: int, dtyp
     return [_cast(t, dtype) for t in random_tensors(specs, sizes, seed).values()]
 
 
-def _torch_export(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: int) -> ir.Model:
+def torch_to_onnx(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: int) -> ir.Model:
+    """``model`` captured by torch.onnx.export (dynamo) with inputs ``specs``, in memory, pattern form.
+
+    The dims ``specs`` name stay symbolic; ``dtype`` "fp16" exports an fp16 copy with fp32 LayerNorm/RMSNorm.
+    """
     module = prepare_for_dtype(model, dtype)
     args = tuple(example_feed(specs, sig.EXPORT_SIZES, 0, dtype))
     try:
