@@ -310,6 +310,8 @@ def zoo_arch_for(name: str) -> tuple[str, dict[str, Any]] | None:
 
 def _from_state_dict(state: dict, arch: str | None, overrides: dict[str, Any], ask: _Ask, source: str,
                      used: str | None, nb_classes: object = None) -> LoadedModel:
+    """Build ``arch`` and load ``state`` into it. The config: the name's ``overrides``, then what the
+    keys tell (:func:`_config_from_keys`), then the caller's; ``used`` is recorded as ``weights``."""
     if arch is None:
         from .models import list_models
 

@@ -183,6 +183,14 @@ def test_sniff_knows_real_files(tmp_path: Path, checkpoint_bytes: bytes) -> None
     assert onnx.load(tmp_path / "model.onnx").producer_name == "pytorch"  # the sample is a valid model
 
 
+def test_an_export_program_named_pt_says_to_name_it_pt2(tmp_path: Path) -> None:
+    program = torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+    torch.export.save(program, tmp_path / "program.pt")
+    assert "it is a torch.export program archive (it loads when named .pt2)" in load_error(tmp_path / "program.pt")
+    (tmp_path / "program.pt").rename(tmp_path / "program.pt2")
+    assert load_checkpoint(tmp_path / "program.pt2").source_format == "torch.export"
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 CLI_SAMPLE = ["empty.pt", "byte104.pt", "byte106.pt", "byte097.pt", "byte046.pt", "config.json.pt", "model.onnx",
