@@ -10,6 +10,7 @@ from .base import Runner, RunnerError, Timer
 from .registry import (
     MODULE,
     ONNX,
+    ONNX_BACKENDS,
     ORT_KIND_BY_PROVIDER,
     PLAN,
     RUNNER_KINDS,
@@ -23,6 +24,7 @@ from .registry import (
 __all__ = [
     "MODULE",
     "ONNX",
+    "ONNX_BACKENDS",
     "PLAN",
     "ORT_KIND_BY_PROVIDER",
     "RUNNERS",

@@ -56,6 +56,13 @@ def _onnxruntime(provider: str) -> Callable[..., Runner]:
     return build
 
 
+def _openvino(path: str | Path, spin: bool | None = None, **options: Any) -> Runner:
+    """``spin`` is onnxruntime's thread setting (callers that pass it to any runner): OpenVINO has none."""
+    from .openvino_runner import OpenVinoRunner
+
+    return OpenVinoRunner(path, **options)
+
+
 def _tensorrt(path: str | Path, **options: Any) -> Runner:
     from .tensorrt import TensorRTRunner
 
@@ -69,11 +76,14 @@ RUNNERS: dict[str, RunnerKind] = {kind.name: kind for kind in (
     RunnerKind("ort", ONNX, _onnxruntime("cpu"), "onnxruntime, CPU"),
     RunnerKind("ort-cuda", ONNX, _onnxruntime("cuda"), "onnxruntime-gpu, CUDA execution provider"),
     RunnerKind("ort-trt", ONNX, _onnxruntime("tensorrt"), "onnxruntime-gpu, TensorRT execution provider"),
+    RunnerKind("openvino", ONNX, _openvino, "OpenVINO, CPU (an .onnx file or an IR model.xml)"),
     RunnerKind("trt", PLAN, _tensorrt, "a TensorRT engine (model.plan)"),
 )}
 RUNNER_KINDS = tuple(RUNNERS)
 # onnxruntime provider name (as dyt-serve's --provider takes it) -> runner kind
 ORT_KIND_BY_PROVIDER = {"cpu": "ort", "cuda": "ort-cuda", "tensorrt": "ort-trt"}
+# what runs a folder's model.onnx (dyt-serve --backend): onnxruntime (on --provider) or OpenVINO
+ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 def runner_kind(kind: str) -> RunnerKind:
@@ -89,24 +99,32 @@ def create_runner(kind: str, source: Any, **options: Any) -> Runner:
 
     ``source`` is what the kind takes (``runner_kind(kind).takes``): an ``nn.Module`` for the torch
     kinds (with ``input_names`` and ``output_names`` options), an .onnx path for the onnxruntime
-    kinds, a .plan path for ``trt``. ``options`` go to the runner's constructor.
+    kinds, an .onnx or IR .xml path for ``openvino``, a .plan path for ``trt``. ``options`` go to
+    the runner's constructor.
     """
     return runner_kind(kind).build(source, **options)
 
 
 def runner_for_folder(model_dir: str | Path, version: str | None = None, *, provider: str = "cpu",
-                      **options: Any) -> Runner:
-    """A runner for a repository model folder: ``VERSION/model.onnx`` in onnxruntime on ``provider``
-    ("cpu", "cuda", "tensorrt"), else ``VERSION/model.plan`` in TensorRT. ``version`` defaults to
-    the latest numeric version folder (Triton's default policy)."""
+                      backend: str = "onnxruntime", **options: Any) -> Runner:
+    """A runner for a repository model folder: ``VERSION/model.xml`` (an OpenVINO folder) in OpenVINO;
+    ``VERSION/model.onnx`` in onnxruntime on ``provider`` ("cpu", "cuda", "tensorrt"), or in OpenVINO
+    with ``backend="openvino"``; else ``VERSION/model.plan`` in TensorRT. ``version`` defaults to the
+    latest numeric version folder (Triton's default policy). ``options`` go to the runner."""
     from ..repository import latest_version
 
+    if backend not in ONNX_BACKENDS:
+        raise unknown_name("backend for model.onnx", backend, ONNX_BACKENDS)
     model_dir = Path(model_dir)
     version_dir = model_dir / (version or latest_version(model_dir))
+    if (version_dir / "model.xml").is_file():
+        return create_runner("openvino", version_dir / "model.xml", **options)
     if (version_dir / "model.onnx").is_file():
+        if backend == "openvino":
+            return create_runner("openvino", version_dir / "model.onnx", **options)
         if provider not in ORT_KIND_BY_PROVIDER:
             raise unknown_name("onnxruntime provider", provider, tuple(ORT_KIND_BY_PROVIDER))
         return create_runner(ORT_KIND_BY_PROVIDER[provider], version_dir / "model.onnx", **options)
     if (version_dir / "model.plan").is_file():
         return create_runner("trt", version_dir / "model.plan")
-    raise DytDeployError(f"{version_dir}: no model.onnx or model.plan")
+    raise DytDeployError(f"{version_dir}: no model.onnx, model.xml or model.plan")
