@@ -1,23 +1,42 @@
 """Benchmark reports: report.json (versioned schema), report.md (tables), report.html (plots).
 
-The HTML page is self-contained: plots are inline SVG, no script or network access needed.
+Both human-readable reports open with the answer (:func:`summary_block`): per device, runtime and
+shape, each variant against its twin as a ratio of medians with its interval, each variant at its
+fastest setting. The details follow. The HTML page is self-contained: plots are inline SVG, no
+script or network access needed, and a variant has one colour in every plot and legend.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .stats import Ratio, ratio_from_intervals
+
 SCHEMA_ID = "dyt-deploy/bench-report"
-SCHEMA_VERSION = 1
-_PALETTE = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c"]
+SCHEMA_VERSION = 2  # 2: the "summary" block (write_reports adds it), optional "device" per result
+# Variants (seaborn's "deep"); op types in the profile plot take other colours, so no op reads as a variant.
+VARIANT_PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c",
+                   "#ccb974", "#64b5cd")
+CATEGORY_PALETTE = ("#1f3a5f", "#f2c14e", "#2a9d8f", "#9b2226", "#b8b8ff", "#5e548e", "#e9d8a6")
+POINTWISE_PREFIXES = ("dyt", "derf")  # normalizers without statistics: the model's side of the question
+REFERENCE_VARIANT = "layernorm"
 
 _SUMMARY = {"type": "object", "required": ["count", "median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                                            "throughput"],
             "properties": {k: {"type": "number"} for k in ("median_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms",
                                                            "throughput")}}
+_RATIO = {"type": "object", "required": ["ratio", "low", "high"],
+          "properties": {k: {"type": "number"} for k in ("ratio", "low", "high", "confidence")}}
+_ANSWER = {"type": "object",
+           "required": ["device", "runtime", "shape", "variant", "reference", "ratio", "verdict", "interval",
+                        "variant_setting", "reference_setting", "variant_median_ms", "reference_median_ms"],
+           "properties": {"ratio": _RATIO, "verdict": {"enum": ["faster", "slower", "no clear difference"]},
+                          "interval": {"enum": ["bootstrap", "combined"]},
+                          "variant_median_ms": {"type": "number"}, "reference_median_ms": {"type": "number"}}}
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -28,12 +47,14 @@ REPORT_SCHEMA: dict[str, Any] = {
         "created_at": {"type": "string"},
         "machine": {"type": "object", "required": ["cpus", "platform"]},
         "versions": {"type": "object"},
-        "settings": {"type": "object", "required": ["arch", "variants", "baseline", "warmup", "iters", "threads"]},
+        "settings": {"type": "object", "required": ["arch", "variants", "baseline", "warmup", "iters", "threads"],
+                     "properties": {"device": {"type": "string"}, "model_variant": {"type": "string"}}},
+        "summary": {"type": "array", "items": _ANSWER},
         "results": {"type": "array", "items": {
             "type": "object", "required": ["group", "shape", "variant", "summary", "median_ci_ms"],
             "properties": {"summary": _SUMMARY, "median_ci_ms": {"type": "array", "minItems": 2, "maxItems": 2},
-                           "ratio_to_baseline": {"type": ["object", "null"],
-                                                 "required": ["ratio", "low", "high"]}}}},
+                           "device": {"type": "string"},
+                           "ratio_to_baseline": {"anyOf": [_RATIO, {"type": "null"}]}}}},
         "headline": {"type": "array"},
         "layer": {"type": ["object", "null"]},
         "profile": {"type": ["object", "null"]},
@@ -42,13 +63,157 @@ REPORT_SCHEMA: dict[str, Any] = {
 
 
 def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
-    """Write report.json, report.md and report.html into ``out_dir``; returns their paths."""
+    """Write report.json (with its ``summary`` block, see :func:`with_summary`), report.md and
+    report.html into ``out_dir``; returns their paths."""
+    report = with_summary(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md", "html": out_dir / "report.html"}
     paths["json"].write_text(json.dumps(report, indent=2) + "\n")
     paths["md"].write_text(markdown(report))
     paths["html"].write_text(html_page(report))
     return paths
+
+
+# ---- the answer: each variant against its twin, best setting of each ----
+
+def with_summary(report: dict) -> dict:
+    """A copy of ``report`` with its ``summary`` block computed from its results (see :func:`summary_block`)."""
+    return {**report, "summary": summary_block(report)}
+
+
+def is_pointwise(variant: str) -> bool:
+    """DyT-like normalizers (dyt, dyt-folded, derf, ...): no mean or variance."""
+    return variant.startswith(POINTWISE_PREFIXES)
+
+
+def comparisons(variants: list[str], baseline: str, own: str | None = None) -> list[tuple[str, str]]:
+    """The (variant, reference) pairs the summary answers, in reading order.
+
+    The reference is ``layernorm`` when it ran, else ``baseline``. ``own`` is the model's own
+    variant (None: ``dyt`` if it ran, else the first point-wise one): it is compared with the
+    reference and with every other twin that has statistics (``rmsnorm``); every other variant
+    (``dyt-folded``, ``derf``; all of them when ``own`` is the reference) with the reference.
+    """
+    reference = REFERENCE_VARIANT if REFERENCE_VARIANT in variants else baseline
+    if own is None:
+        own = "dyt" if "dyt" in variants else next((v for v in variants if is_pointwise(v)), None)
+    pairs = []
+    own_is_contender = own is not None and own != reference and own in variants
+    if own_is_contender:
+        pairs.append((own, reference))
+        pairs += [(own, v) for v in variants if v not in (own, reference) and not is_pointwise(v)]
+    pairs += [(v, reference) for v in variants
+              if v not in (own, reference) and (is_pointwise(v) or not own_is_contender)]
+    return pairs
+
+
+def device_of(row: dict, settings: dict) -> str:
+    """A result's device: its own ``device``, else the settings' ``device``, else ``cpu``."""
+    return row.get("device") or settings.get("device") or "cpu"
+
+
+def split_group(group: str) -> tuple[str, str]:
+    """``ort/ort-transformers`` -> (``ort``, ``ort-transformers``); a group without a setting: (group, ``default``)."""
+    runtime, _, setting = group.partition("/")
+    return runtime, setting or "default"
+
+
+def verdict(ratio: dict) -> str:
+    """``faster`` when the whole interval is below 1, ``slower`` above 1, else ``no clear difference``."""
+    if ratio["high"] < 1:
+        return "faster"
+    return "slower" if ratio["low"] > 1 else "no clear difference"
+
+
+def _best_rows(report: dict) -> dict[tuple[str, str, str], dict[str, dict]]:
+    """Per (device, runtime, shape): each variant's fastest result (lowest median) over the runtime's settings."""
+    best: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for row in report["results"]:
+        key = (device_of(row, report["settings"]), split_group(row["group"])[0], row["shape"])
+        here = best.setdefault(key, {})
+        current = here.get(row["variant"])
+        if current is None or row["summary"]["median_ms"] < current["summary"]["median_ms"]:
+            here[row["variant"]] = row
+    return best
+
+
+def _pair_ratio(row: dict, reference: dict, baseline: str) -> tuple[Ratio | dict, str]:
+    """The bootstrap ratio the harness computed when both ran in one setting against the baseline,
+    else one combined from the two medians' intervals."""
+    exact = row.get("ratio_to_baseline")
+    if exact and row["group"] == reference["group"] and reference["variant"] == baseline:
+        return exact, "bootstrap"
+    return ratio_from_intervals(row["summary"]["median_ms"], row["median_ci_ms"], reference["summary"]["median_ms"],
+                                reference["median_ci_ms"]), "combined"
+
+
+def summary_block(report: dict) -> list[dict]:
+    """One entry per device x runtime x shape x :func:`comparisons` pair that ran there: the ratio of
+    medians variant / reference, each at its fastest setting of that runtime, with its 95% interval
+    and its verdict (:func:`verdict`)."""
+    s = report["settings"]
+    variants = list(dict.fromkeys([*s["variants"], *(r["variant"] for r in report["results"])]))
+    pairs = comparisons(variants, s["baseline"], s.get("model_variant"))
+    entries = []
+    for (device, runtime, shape), rows in sorted(_best_rows(report).items(), key=lambda kv: _place_key(kv[0])):
+        for variant, reference in pairs:
+            if variant in rows and reference in rows:
+                entries.append(_entry(device, runtime, shape, rows[variant], rows[reference], s["baseline"]))
+    return entries
+
+
+def _place_key(place: tuple[str, str, str]) -> tuple:
+    return place[0], place[1], _shape_key(place[2])
+
+
+def _entry(device: str, runtime: str, shape: str, row: dict, reference: dict, baseline: str) -> dict:
+    ratio, method = _pair_ratio(row, reference, baseline)
+    ratio = ratio.as_dict() if isinstance(ratio, Ratio) else dict(ratio)
+    return {"device": device, "runtime": runtime, "shape": shape, "variant": row["variant"],
+            "reference": reference["variant"], "ratio": ratio, "verdict": verdict(ratio), "interval": method,
+            "variant_setting": split_group(row["group"])[1], "reference_setting": split_group(reference["group"])[1],
+            "variant_median_ms": row["summary"]["median_ms"],
+            "reference_median_ms": reference["summary"]["median_ms"]}
+
+
+def answer_text(entry: dict) -> str:
+    """``x0.930 [0.910, 0.950] faster``: the ratio of medians, its interval and the verdict."""
+    r = entry["ratio"]
+    return f"x{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] {entry['verdict']}"
+
+
+SUMMARY_COLUMNS = ["device", "runtime", "shape", "comparison", "ratio of medians [95% CI]",
+                   "fastest setting: median ms"]
+
+
+def summary_table(report: dict) -> list[list[str]]:
+    """Rows of the answer table (:data:`SUMMARY_COLUMNS`); a report without its block gets one computed."""
+    entries = report["summary"] if "summary" in report else summary_block(report)
+    return [[e["device"], e["runtime"], e["shape"], f"{e['variant']} vs {e['reference']}", answer_text(e),
+             f"{e['variant']} {e['variant_setting']} {e['variant_median_ms']:.3f}; "
+             f"{e['reference']} {e['reference_setting']} {e['reference_median_ms']:.3f}"] for e in entries]
+
+
+def summary_note(report: dict) -> str:
+    """What the answer table's figures are, in one paragraph."""
+    return ("Ratio of median latencies, variant / reference, each at its fastest setting of that runtime (for "
+            "onnxruntime: the graph optimizer) at that shape; below 1 the variant is faster. \"no clear difference\": "
+            "the 95% interval holds 1. The interval is the bootstrap of the ratio where both ran in the same setting "
+            "against the baseline, else combined from the two medians' bootstrap intervals.")
+
+
+# ---- detail tables, shared by report.md and report.html ----
+
+@dataclass
+class Table:
+    """One titled table of the report (rendered as Markdown or HTML), with an optional note before it."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    anchor: str = ""
+    items: list[str] = field(default_factory=list)  # a bullet list instead of rows
 
 
 def _ratio_text(row: dict) -> str:
@@ -74,64 +239,96 @@ def _shape_key(shape: str) -> tuple:
     return tuple(int(p.split("=")[1]) if "=" in p else 0 for p in shape.split(","))
 
 
-def markdown(report: dict) -> str:
-    s = report["settings"]
-    lines = [f"# dyt-bench: {s['arch']}", "",
-             f"Variants {', '.join(s['variants'])}; baseline **{s['baseline']}**; {s['iters']} interleaved rounds "
-             f"after {s['warmup']} warm-up calls; threads {s['threads']}; onnxruntime graph optimization "
-             f"`{s.get('ort_opt_level', 'all')}`. Machine: {report['machine'].get('cpu', '?')} "
-             f"({report['machine']['cpus']} CPUs). Ratio < 1: faster than the baseline.", "",
-             "| " + " | ".join(RESULT_COLUMNS) + " |", "|" + " --- |" * len(RESULT_COLUMNS)]
-    lines += ["| " + " | ".join(r) + " |" for r in results_table(report)]
-    if report.get("headline"):
-        lines += ["", f"## Best DyT export against {s['baseline']} with its best fusions (onnxruntime)", "",
-                  "| shape | baseline | median ms | best DyT | median ms | ratio [95% CI] |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for h in report["headline"]:
-            r = h["ratio"]
-            lines.append(f"| {h['shape']} | {h['baseline']} | {h['baseline_median_ms']:.3f} | {h['contender']} | "
-                         f"{h['contender_median_ms']:.3f} | {r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] |")
-    fusions = s.get("fusions") or {}
+def method_text(report: dict) -> str:
+    """How the figures were measured, in one paragraph."""
+    s, machine = report["settings"], report["machine"]
+    return (f"Variants {', '.join(s['variants'])}; baseline {s['baseline']}; {s['iters']} interleaved rounds after "
+            f"{s['warmup']} warm-up calls; threads {s['threads']}; onnxruntime graph optimization "
+            f"{s.get('ort_opt_level', 'all')}. Machine: {machine.get('cpu', '?')} ({machine['cpus']} CPUs); "
+            f"created {report['created_at']}. Ratio below 1: faster than the baseline.")
+
+
+def detail_tables(report: dict) -> list[Table]:
+    """Every table after the answer: all results, fusions, the norm layer alone, the op profile."""
+    tables = [Table("Every runner, setting and shape", RESULT_COLUMNS, results_table(report), method_text(report),
+                    "results")]
+    fusions = report["settings"].get("fusions") or {}
     if fusions:
-        lines += ["", "Fusions applied by each optimizer (fused operator counts):", ""]
-        for key, counts in fusions.items():
-            lines.append(f"- {key}: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}")
+        tables.append(Table("Fusions applied by each optimizer (fused operator counts)", [], [], items=[
+            f"{key}: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}" for key, counts in fusions.items()]))
     if report.get("layer"):
         layer = report["layer"]
-        lines += ["", f"## The norm layer alone (torch, memory copy {layer['copy_gbps']:.1f} GB/s)", "",
-                  "| kind | tokens | width | median µs | GB/s | % of copy |", "| --- | --- | --- | --- | --- | --- |"]
-        for r in layer["rows"]:
-            lines.append(f"| {r['kind']} | {r['tokens']} | {r['width']} | {r['median_us']:.1f} | {r['gbps']:.2f} | "
-                         f"{100 * r['gbps'] / layer['copy_gbps']:.0f}% |")
+        tables.append(Table(f"The norm layer alone (torch, memory copy {layer['copy_gbps']:.1f} GB/s)",
+                            ["kind", "tokens", "width", "median µs", "GB/s", "% of copy"],
+                            [[r["kind"], str(r["tokens"]), str(r["width"]), f"{r['median_us']:.1f}",
+                              f"{r['gbps']:.2f}", f"{100 * r['gbps'] / layer['copy_gbps']:.0f}%"]
+                             for r in layer["rows"]], anchor="layer"))
     if report.get("profile"):
-        lines += ["", "## Where onnxruntime spends the time", "", "| model | norm-related share | top ops (µs/run) |",
-                  "| --- | --- | --- |"]
-        for key, p in report["profile"].items():
-            top = ", ".join(f"{k} {v:.0f}" for k, v in list(p["op_us_per_run"].items())[:5])
-            lines.append(f"| {key} | {100 * p['norm_share']:.1f}% | {top} |")
+        tables.append(Table("Where onnxruntime spends the time", ["model", "norm-related share", "top ops (µs/run)"],
+                            [[key, f"{100 * p['norm_share']:.1f}%",
+                              ", ".join(f"{k} {v:.0f}" for k, v in list(p["op_us_per_run"].items())[:5])]
+                             for key, p in report["profile"].items()], anchor="profile"))
+    return tables
+
+
+def _md_table(table: Table, level: str = "##") -> list[str]:
+    lines = ["", f"{level} {table.title}", ""]
+    if table.note:
+        lines += [table.note, ""]
+    if table.items:
+        return lines + [f"- {item}" for item in table.items]
+    return lines + ["| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns),
+                    *("| " + " | ".join(row) + " |" for row in table.rows)]
+
+
+def markdown(report: dict) -> str:
+    """report.md: the answer table first, then every detail table and the notes."""
+    answer = Table(answer_title(report), SUMMARY_COLUMNS, summary_table(report), summary_note(report))
+    lines = [f"# dyt-bench: {report['settings']['arch']}", *_md_table(answer)]
+    for table in detail_tables(report):
+        lines += _md_table(table)
     for note in report.get("notes", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
+def answer_title(report: dict) -> str:
+    return f"On {report['settings']['arch']}: each variant against its twin, at the fastest setting of each"
+
+
 # ---- HTML with inline SVG plots ----
 
-def _color(i: int) -> str:
-    return _PALETTE[i % len(_PALETTE)]
+def variant_colors(report: dict) -> dict[str, str]:
+    """One colour per variant for the whole page: the settings' order, then any other variant in the results."""
+    names = dict.fromkeys([*report["settings"]["variants"], *sorted(r["variant"] for r in report["results"])])
+    return {name: VARIANT_PALETTE[i % len(VARIANT_PALETTE)] for i, name in enumerate(names)}
 
 
-def bar_chart(title: str, bars: list[tuple[str, float, float, float]], unit: str = "ms") -> str:
-    """Horizontal bars (label, value, low, high) with whiskers from low to high."""
+def _color_of(label: str, index: int, colors: dict[str, str] | None) -> str:
+    if colors and label in colors:
+        return colors[label]
+    return VARIANT_PALETTE[index % len(VARIANT_PALETTE)]
+
+
+def _svg_open(title: str, width: int, height: int) -> list[str]:
+    return [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
+            f'<text x="4" y="16" font-weight="bold">{html.escape(title)}</text>']
+
+
+def bar_chart(title: str, bars: list[tuple[str, float, float, float]], unit: str = "ms",
+              colors: dict[str, str] | None = None) -> str:
+    """Horizontal bars (label, value, low, high) with whiskers from low to high. A bar's colour is
+    ``colors[label]`` (None, or a label not in it: the palette in bar order)."""
     width, left, bar_h = 640, 180, 22
     height = 30 + bar_h * len(bars) + 20
     top = max((b[3] for b in bars), default=1.0) or 1.0
     scale = (width - left - 110) / top  # room right of the longest whisker for its value
-    parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
-             f'<text x="4" y="16" font-weight="bold">{html.escape(title)}</text>']
+    parts = _svg_open(title, width, height)
     for i, (label, value, low, high) in enumerate(bars):
-        y = 30 + i * bar_h
-        parts += [f'<text x="4" y="{y + 15}">{html.escape(label)}</text>',
-                  f'<rect x="{left}" y="{y + 3}" width="{value * scale:.1f}" height="{bar_h - 8}" fill="{_color(i)}"/>',
+        y, name = 30 + i * bar_h, html.escape(label)
+        parts += [f'<text x="4" y="{y + 15}">{name}</text>',
+                  f'<rect class="mark" data-series="{name}" x="{left}" y="{y + 3}" width="{value * scale:.1f}" '
+                  f'height="{bar_h - 8}" fill="{_color_of(label, i, colors)}"/>',
                   f'<line x1="{left + low * scale:.1f}" x2="{left + high * scale:.1f}" y1="{y + 11}" y2="{y + 11}" '
                   'stroke="black"/>',
                   f'<text x="{left + high * scale + 4:.1f}" y="{y + 15}">{value:.3g} {unit}</text>']
@@ -139,8 +336,10 @@ def bar_chart(title: str, bars: list[tuple[str, float, float, float]], unit: str
     return "".join(parts)
 
 
-def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str) -> str:
-    """One polyline per series of (x, y) points."""
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
+               colors: dict[str, str] | None = None) -> str:
+    """One line with a dot per point for each series of (x, y) points, x ticks at the x values, a
+    legend; colours as in :func:`bar_chart`. Empty string when there are no points."""
     width, height, pad = 640, 300, 50
     points = [p for s in series.values() for p in s]
     if not points:
@@ -148,84 +347,141 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     x_max = max(p[0] for p in points) or 1.0
     y_max = max(p[1] for p in points) * 1.1 or 1.0
 
-    def xy(p: tuple[float, float]) -> str:
-        return f"{pad + p[0] / x_max * (width - 2 * pad):.1f},{height - pad - p[1] / y_max * (height - 2 * pad):.1f}"
+    def at(p: tuple[float, float]) -> tuple[float, float]:
+        return pad + p[0] / x_max * (width - 2 * pad), height - pad - p[1] / y_max * (height - 2 * pad)
 
-    parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
-             f'<text x="4" y="16" font-weight="bold">{html.escape(title)}</text>',
+    parts = [*_svg_open(title, width, height),
              f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
              f'<text x="{width / 2}" y="{height - 10}">{html.escape(x_label)}</text>',
              f'<text x="4" y="{pad - 8}">{html.escape(y_label)} (max {y_max / 1.1:.3g})</text>']
+    for x in sorted({p[0] for p in points}):
+        parts.append(f'<text x="{at((x, 0))[0] - 4:.1f}" y="{height - pad + 16}">{x:g}</text>')
     for i, (name, pts) in enumerate(series.items()):
-        path = " ".join(xy(p) for p in sorted(pts))
-        parts.append(f'<polyline fill="none" stroke="{_color(i)}" stroke-width="2" points="{path}"/>')
-        parts.append(f'<text x="{width - pad - 150}" y="{pad + 14 * i}" fill="{_color(i)}">{html.escape(name)}</text>')
+        color, label = _color_of(name, i, colors), html.escape(name)
+        xy = [at(p) for p in sorted(pts)]
+        parts.append(f'<polyline class="mark" data-series="{label}" fill="none" stroke="{color}" stroke-width="2" '
+                     f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in xy)}"/>')
+        parts += [f'<circle class="mark" data-series="{label}" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>'
+                  for x, y in xy]
+        legend_y = pad + 16 * i
+        parts += [f'<line class="legend" data-series="{label}" x1="{width - pad - 170}" x2="{width - pad - 152}" '
+                  f'y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{color}" stroke-width="3"/>',
+                  f'<text class="legend" data-series="{label}" x="{width - pad - 146}" y="{legend_y}" '
+                  f'fill="{color}">{label}</text>']
     parts.append("</svg>")
     return "".join(parts)
 
 
 def stacked_bars(title: str, rows: dict[str, dict[str, float]], top: int = 6) -> str:
-    """One 100% bar per row, split by category (the ``top`` largest overall, the rest as 'other')."""
+    """One 100% bar per row, split by category (the ``top`` largest overall, the rest as 'other'),
+    in :data:`CATEGORY_PALETTE`'s colours (not the variants')."""
     totals: dict[str, float] = {}
     for shares in rows.values():
         for k, v in shares.items():
             totals[k] = totals.get(k, 0.0) + v
     keep = sorted(totals, key=totals.get, reverse=True)[:top]
+    names = [*keep, "other"]
     width, left, bar_h = 640, 180, 24
-    height = 50 + bar_h * len(rows) + 20 * ((len(keep) + 4) // 4)
-    parts = [f'<svg class="plot" width="{width}" height="{height}" role="img"><title>{html.escape(title)}</title>',
-             f'<text x="4" y="16" font-weight="bold">{html.escape(title)}</text>']
+    height = 50 + bar_h * len(rows) + 20 * ((len(names) + 3) // 4)
+    parts = _svg_open(title, width, height)
     for i, (label, shares) in enumerate(rows.items()):
         y, x, total = 30 + i * bar_h, float(left), sum(shares.values()) or 1.0
         parts.append(f'<text x="4" y="{y + 15}">{html.escape(label)}</text>')
-        parts_of = [(k, shares.get(k, 0.0)) for k in keep] + [("other", sum(v for k, v in shares.items()
-                                                                             if k not in keep))]
-        for j, (_, value) in enumerate(parts_of):
+        values = [shares.get(k, 0.0) for k in keep] + [sum(v for k, v in shares.items() if k not in keep)]
+        for j, value in enumerate(values):
             w = value / total * (width - left - 20)
-            parts.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{bar_h - 8}" fill="{_color(j)}"/>')
+            parts.append(f'<rect class="mark" data-category="{html.escape(names[j])}" x="{x:.1f}" y="{y + 3}" '
+                         f'width="{w:.1f}" height="{bar_h - 8}" fill="{_category_color(j)}"/>')
             x += w
     legend_y = 40 + bar_h * len(rows)
-    for j, name in enumerate([*keep, "other"]):
-        parts.append(f'<text x="{4 + (j % 4) * 150}" y="{legend_y + 16 * (j // 4)}" fill="{_color(j)}">'
-                     f'■ {html.escape(name)}</text>')
+    for j, name in enumerate(names):
+        parts.append(f'<text class="legend" data-category="{html.escape(name)}" x="{4 + (j % 4) * 150}" '
+                     f'y="{legend_y + 16 * (j // 4)}" fill="{_category_color(j)}">■ {html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def html_page(report: dict) -> str:
-    s = report["settings"]
-    sections = []
-    groups = sorted({(r["group"], r["shape"]) for r in report["results"]}, key=lambda g: (g[0], _shape_key(g[1])))
-    for group, shape in groups:
-        rows = sorted((r for r in report["results"] if r["group"] == group and r["shape"] == shape),
-                      key=lambda r: r["variant"])
+def _category_color(index: int) -> str:
+    return CATEGORY_PALETTE[index % len(CATEGORY_PALETTE)]
+
+
+def latency_plots(report: dict, colors: dict[str, str]) -> list[str]:
+    """Per group and shape, the variants' medians as bars; per group (and sequence length), median
+    against batch size where at least two batch sizes ran (one point is no line: that plot is left out)."""
+    results = report["results"]
+    plots = []
+    for group, shape in sorted({(r["group"], r["shape"]) for r in results}, key=lambda g: (g[0], _shape_key(g[1]))):
+        rows = sorted((r for r in results if r["group"] == group and r["shape"] == shape),
+                      key=lambda r: list(colors).index(r["variant"]))
         bars = [(r["variant"], r["summary"]["median_ms"], *r["median_ci_ms"]) for r in rows]
-        sections.append(bar_chart(f"{group}, {shape}: median latency, 95% CI", bars))
-    for group in sorted({r["group"] for r in report["results"]}):
-        series: dict[str, list[tuple[float, float]]] = {}
-        for r in report["results"]:
-            if r["group"] == group:
-                batch = dict(p.split("=") for p in r["shape"].split(","))["batch"]
-                series.setdefault(r["variant"], []).append((float(batch), r["summary"]["median_ms"]))
-        sections.append(line_chart(f"{group}: median latency against batch size", series, "batch", "ms"))
-    if report.get("profile"):
-        shares = {k: p["op_us_per_run"] for k, p in report["profile"].items()}
-        sections.append(stacked_bars("onnxruntime time by op type", shares))
-    table = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                    for row in results_table(report))
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in RESULT_COLUMNS)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dyt-bench: {html.escape(s['arch'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}svg{{display:block;margin:1em 0}}
-svg text{{font-size:12px}}</style></head><body>
-<h1>dyt-bench: {html.escape(s['arch'])}</h1>
-<p>Baseline {html.escape(s['baseline'])}; {s['iters']} interleaved rounds after {s['warmup']} warm-up calls;
-threads {s['threads']}; {html.escape(str(report['machine'].get('cpu', '')))} ({report['machine']['cpus']} CPUs);
-created {html.escape(report['created_at'])}. Ratio below 1: faster than the baseline.</p>
-<table><tr>{head}</tr>{table}</table>
-{''.join(sections)}
-<pre>{html.escape(markdown(report))}</pre>
-</body></html>
-"""
+        plots.append(bar_chart(f"{group}, {shape}: median latency, 95% CI", bars, colors=colors))
+    for (group, rest), series in sorted(_batch_series(results, colors).items()):
+        if len({x for points in series.values() for x, _ in points}) >= 2:
+            where = f"{group}, {rest}" if rest else group
+            plots.append(line_chart(f"{where}: median latency against batch size", series, "batch", "ms", colors))
+    return plots
+
+
+def _batch_series(results: list[dict], colors: dict[str, str]) -> dict[tuple[str, str], dict]:
+    """(group, the shape without its batch) -> variant -> [(batch, median ms)], variants in colour order."""
+    out: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for r in sorted(results, key=lambda r: list(colors).index(r["variant"])):
+        sizes = dict(p.split("=") for p in r["shape"].split(",") if "=" in p)
+        if "batch" not in sizes:
+            continue
+        rest = ",".join(f"{k}={v}" for k, v in sizes.items() if k != "batch")
+        out.setdefault((r["group"], rest), {}).setdefault(r["variant"], []).append(
+            (float(sizes["batch"]), r["summary"]["median_ms"]))
+    return out
+
+
+def _html_table(table: Table, level: str = "h2", table_id: str = "") -> str:
+    ident = f' id="{table_id or table.anchor}"' if table_id or table.anchor else ""
+    out = [f"<{level}>{html.escape(table.title)}</{level}>"]
+    if table.note:
+        out.append(f"<p>{html.escape(table.note)}</p>")
+    if table.items:
+        return "".join(out) + "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in table.items) + "</ul>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    return "".join(out) + f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _answer_html(report: dict) -> str:
+    """The answer table, with each row's verdict as a class (faster / slower / unclear) for styling."""
+    entries = report["summary"] if "summary" in report else summary_block(report)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in SUMMARY_COLUMNS)
+    body = "".join(f'<tr class="{_VERDICT_CLASS[e["verdict"]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row)
+                   + "</tr>" for e, row in zip(entries, summary_table(report), strict=True))
+    if not entries:
+        body = f'<tr><td colspan="{len(SUMMARY_COLUMNS)}">no pair of variants ran on the same runtime</td></tr>'
+    return (f"<h2>{html.escape(answer_title(report))}</h2><table id=\"summary\"><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table><p>{html.escape(summary_note(report))}</p>")
+
+
+_VERDICT_CLASS = {"faster": "faster", "slower": "slower", "no clear difference": "unclear"}
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
+          "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:nth-child(-n+4){text-align:left}"
+          "#summary tr.faster td:nth-child(5){color:#1a7f37;font-weight:bold}"
+          "#summary tr.slower td:nth-child(5){color:#b42318;font-weight:bold}"
+          "svg{display:block;margin:1em 0}svg text{font-size:12px}")
+
+
+def html_page(report: dict) -> str:
+    """report.html: the answer table first, then the results with their plots, then the other tables."""
+    s = report["settings"]
+    colors = variant_colors(report)
+    results, *others = detail_tables(report)
+    parts = [_answer_html(report), _html_table(results), *latency_plots(report, colors)]
+    for table in others:
+        parts.append(_html_table(table))
+        if table.anchor == "profile":
+            parts.append(stacked_bars("onnxruntime time by op type",
+                                      {k: p["op_us_per_run"] for k, p in report["profile"].items()}))
+    parts += [f"<p>{html.escape(note)}</p>" for note in report.get("notes", [])]
+    parts.append('<p>The same tables in Markdown: <a href="report.md">report.md</a>; every figure: '
+                 '<a href="report.json">report.json</a>.</p>')
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>dyt-bench: '
+            f'{html.escape(s["arch"])}</title>\n<style>{_STYLE}</style></head><body>\n'
+            f'<h1>dyt-bench: {html.escape(s["arch"])}</h1>\n' + "\n".join(parts) + "\n</body></html>\n")

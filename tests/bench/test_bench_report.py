@@ -1,8 +1,10 @@
-"""Reports: valid JSON for the schema, Markdown tables, an HTML page with its plots inline."""
+"""Reports: valid JSON for the schema, the answer first (each variant against its twin, best setting of
+each), Markdown tables, an HTML page with its plots inline."""
 
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 
 import jsonschema
@@ -10,24 +12,52 @@ import numpy as np
 import pytest
 
 from dyt_deploy.bench.harness import Timings, analyze
-from dyt_deploy.bench.report import REPORT_SCHEMA, write_reports
-from dyt_deploy.bench.stats import median_interval
+from dyt_deploy.bench.report import (
+    REPORT_SCHEMA,
+    SCHEMA_VERSION,
+    comparisons,
+    markdown,
+    summary_block,
+    verdict,
+    with_summary,
+    write_reports,
+)
+from dyt_deploy.bench.stats import median_interval, median_ratio, ratio_from_intervals
+
+# Relative latency per (group, variant): onnxruntime's transformer fusions speed LayerNorm and RMSNorm
+# up, not DyT, so each variant's fastest setting differs; torch has no folded variant.
+SPEEDS = {
+    "ort/none": {"layernorm": 1.0, "rmsnorm": 0.98, "dyt": 0.90, "dyt-folded": 0.88},
+    "ort/ort-transformers": {"layernorm": 0.85, "rmsnorm": 0.90, "dyt": 0.92, "dyt-folded": 0.89},
+    "torch": {"layernorm": 1.0, "rmsnorm": 0.97, "dyt": 0.90},
+}
+VARIANTS = ["layernorm", "rmsnorm", "dyt", "dyt-folded"]
 
 
-def synthetic_report() -> dict:
-    rng = np.random.default_rng(0)
+def synthetic_timings(batches: tuple[int, ...] = (1, 8), speeds: dict | None = None, rounds: int = 40,
+                      seed: int = 0) -> Timings:
+    """Normal timings (1% spread) around ``batch x speed`` ms for every group and variant in ``speeds``."""
+    rng = np.random.default_rng(seed)
     timings = Timings()
-    for shape, scale in (("batch=1", 1.0), ("batch=8", 6.0)):
-        for variant, speed in (("layernorm", 1.0), ("dyt", 0.95)):
-            for value in rng.normal(scale * speed, 0.01, 40) / 1e3:
-                timings.add("ort/none", shape, variant, value)
-    rows = analyze(timings, "layernorm", lambda s: int(s.split("=")[1]))
+    for batch in batches:
+        for group, variants in (speeds or SPEEDS).items():
+            for variant, speed in variants.items():
+                for value in rng.normal(batch * speed, batch * speed * 0.01, rounds) / 1e3:
+                    timings.add(group, f"batch={batch}", variant, value)
+    return timings
+
+
+def report_from(timings: Timings, variants: list[str] | None = None, baseline: str = "layernorm",
+                **settings) -> dict:
+    """A report dict as ``dyt-bench`` makes it, from ``timings`` (analysed by the harness's own code)."""
+    rows = analyze(timings, baseline, lambda s: int(s.split("=")[1]))
     return {
-        "schema": "dyt-deploy/bench-report", "schema_version": 1, "created_at": "2026-01-01T00:00:00+00:00",
-        "machine": {"cpu": "test cpu", "cpus": 2, "platform": "linux"}, "versions": {"torch": "x"},
-        "settings": {"arch": "vit_tiny", "variants": ["layernorm", "dyt"], "baseline": "layernorm", "warmup": 1,
+        "schema": "dyt-deploy/bench-report", "schema_version": SCHEMA_VERSION,
+        "created_at": "2026-01-01T00:00:00+00:00", "machine": {"cpu": "test cpu", "cpus": 2, "platform": "linux"},
+        "versions": {"torch": "x"},
+        "settings": {"arch": "vit_tiny", "variants": variants or VARIANTS, "baseline": baseline, "warmup": 1,
                      "iters": 40, "threads": 2,
-                     "fusions": {"layernorm/ort-transformers": {"SkipLayerNormalization": 4}}},
+                     "fusions": {"layernorm/ort-transformers": {"SkipLayerNormalization": 4}}, **settings},
         "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
                                                                                             r.variant)]))}
                     for r in rows],
@@ -36,6 +66,10 @@ def synthetic_report() -> dict:
         "profile": {"dyt/none": {"op_us_per_run": {"MatMul": 900.0, "Tanh": 100.0}, "total_us_per_run": 1000.0,
                                  "norm_share": 0.1}},
     }
+
+
+def synthetic_report(batches: tuple[int, ...] = (1, 8)) -> dict:
+    return report_from(synthetic_timings(batches))
 
 
 class _Collector(HTMLParser):
@@ -52,18 +86,22 @@ def test_reports_are_written_and_valid(tmp_path):
     paths = write_reports(report, tmp_path / "out")
     loaded = json.loads(paths["json"].read_text())
     jsonschema.validate(loaded, REPORT_SCHEMA)
-    dyt_row = next(r for r in loaded["results"] if r["variant"] == "dyt" and r["shape"] == "batch=1")
-    assert dyt_row["ratio_to_baseline"]["ratio"] == pytest.approx(0.95, abs=0.02)
+    assert loaded["summary"] and "summary" not in report  # written into the file, the caller's dict untouched
+    dyt_row = next(r for r in loaded["results"] if r["variant"] == "dyt" and r["shape"] == "batch=1"
+                   and r["group"] == "torch")
+    assert dyt_row["ratio_to_baseline"]["ratio"] == pytest.approx(0.90, abs=0.02)
     md = paths["md"].read_text()
     assert "| ort/none | batch=8 | dyt |" in md and "SkipLayerNormalization 4" in md and "10.0%" in md
     page = paths["html"].read_text()
     collector = _Collector()
     collector.feed(page)
-    assert collector.tags.count("svg") == 4  # 2 shapes x latency bars, latency vs batch, op-time shares
+    # 3 groups x 2 shapes of latency bars, 3 groups' latency against batch size, op-time shares
+    assert collector.tags.count("svg") == 10
+    assert "<pre" not in page and "report.md" in page
     assert "<script" not in page and "http" not in page.split("<body>")[1]  # self-contained, no network
 
 
-def test_schema_rejects_a_report_without_results():
+def test_schema_rejects_a_report_without_results_or_with_a_bad_summary():
     report = synthetic_report()
     del report["results"]
     with pytest.raises(jsonschema.ValidationError):
@@ -72,3 +110,98 @@ def test_schema_rejects_a_report_without_results():
     report["results"][0]["summary"]["median_ms"] = "fast"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(report, REPORT_SCHEMA)
+    report = with_summary(synthetic_report())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    report["summary"][0]["verdict"] = "quicker"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, REPORT_SCHEMA)
+
+
+def _entry(summary: list[dict], runtime: str, shape: str, variant: str, reference: str) -> dict:
+    (entry,) = [e for e in summary if (e["runtime"], e["shape"], e["variant"], e["reference"])
+                == (runtime, shape, variant, reference)]
+    return entry
+
+
+def test_summary_takes_each_variants_fastest_setting_and_the_exact_interval_where_it_has_one():
+    timings = synthetic_timings((1,))
+    summary = summary_block(report_from(timings))
+    ort = _entry(summary, "ort", "batch=1", "dyt", "layernorm")
+    # DyT is fastest without fusions, LayerNorm with them: DyT loses on onnxruntime, at its best setting
+    assert (ort["variant_setting"], ort["reference_setting"]) == ("none", "ort-transformers")
+    assert ort["verdict"] == "slower" and ort["interval"] == "combined"
+    exact = median_ratio(timings.seconds[("ort/none", "batch=1", "dyt")],
+                         timings.seconds[("ort/ort-transformers", "batch=1", "layernorm")])
+    assert ort["ratio"]["ratio"] == pytest.approx(exact.ratio)
+    assert ort["ratio"]["low"] == pytest.approx(exact.low, abs=0.005)
+    assert ort["ratio"]["high"] == pytest.approx(exact.high, abs=0.005)
+    torch = _entry(summary, "torch", "batch=1", "dyt", "layernorm")
+    assert torch["verdict"] == "faster" and torch["interval"] == "bootstrap"
+    assert torch["variant_setting"] == torch["reference_setting"] == "default"
+    assert torch["ratio"]["ratio"] == pytest.approx(0.90, abs=0.01)
+    # RMSNorm is fastest with fusions (0.90), as fast as DyT without them (0.90): no clear difference
+    assert _entry(summary, "ort", "batch=1", "dyt", "rmsnorm")["verdict"] == "no clear difference"
+    assert _entry(summary, "ort", "batch=1", "dyt-folded", "layernorm")["verdict"] == "slower"  # 0.88 vs 0.85
+    pairs = [(e["runtime"], e["variant"], e["reference"]) for e in summary]
+    assert pairs == [("ort", "dyt", "layernorm"), ("ort", "dyt", "rmsnorm"), ("ort", "dyt-folded", "layernorm"),
+                     ("torch", "dyt", "layernorm"), ("torch", "dyt", "rmsnorm")]  # torch ran no folded variant
+
+
+def test_summary_lines_are_per_device_runtime_and_shape():
+    report = report_from(synthetic_timings((1, 8), {"torch": {"layernorm": 1.0, "dyt": 0.9}}),
+                         ["layernorm", "dyt"])
+    gpu = report_from(synthetic_timings((1,), {"torch/bf16": {"layernorm": 1.0, "dyt": 1.2}}, seed=1),
+                      ["layernorm", "dyt"])
+    report["results"] += [{**r, "device": "cuda:0"} for r in gpu["results"]]
+    summary = summary_block(report)
+    assert [(e["device"], e["runtime"], e["shape"], e["verdict"]) for e in summary] == [
+        ("cpu", "torch", "batch=1", "faster"), ("cpu", "torch", "batch=8", "faster"),
+        ("cuda:0", "torch", "batch=1", "slower")]
+    assert summary[2]["variant_setting"] == "bf16"
+
+
+def test_comparisons_put_the_models_variant_against_each_twin():
+    assert comparisons(VARIANTS, "layernorm") == [("dyt", "layernorm"), ("dyt", "rmsnorm"),
+                                                  ("dyt-folded", "layernorm")]
+    # a LayerNorm model: every twin against it, whatever the baseline was
+    assert comparisons(VARIANTS, "rmsnorm", own="layernorm") == [("rmsnorm", "layernorm"), ("dyt", "layernorm"),
+                                                                 ("dyt-folded", "layernorm")]
+    assert comparisons(["rmsnorm", "dyt", "dyt-folded", "derf"], "rmsnorm") == [
+        ("dyt", "rmsnorm"), ("dyt-folded", "rmsnorm"), ("derf", "rmsnorm")]
+    assert comparisons(["dyt", "dyt-folded"], "dyt") == [("dyt-folded", "dyt")]
+    assert comparisons(["layernorm", "rmsnorm"], "layernorm") == [("rmsnorm", "layernorm")]
+
+
+@pytest.mark.parametrize(("low", "high", "expected"), [(0.9, 0.99, "faster"), (1.01, 1.2, "slower"),
+                                                       (0.9, 1.0, "no clear difference"),
+                                                       (1.0, 1.1, "no clear difference")])
+def test_verdict_says_faster_or_slower_only_when_the_interval_excludes_one(low, high, expected):
+    assert verdict({"ratio": (low + high) / 2, "low": low, "high": high}) == expected
+
+
+def test_a_ratio_combined_from_two_median_intervals_matches_the_bootstrap():
+    rng = np.random.default_rng(5)
+    for spread in (0.02, 0.1, 0.3):
+        a, b = rng.lognormal(np.log(9e-3), spread, 60), rng.lognormal(np.log(1e-2), 0.05, 40)
+        exact = median_ratio(a, b)
+        combined = ratio_from_intervals(np.median(a) * 1e3, median_interval(a), np.median(b) * 1e3,
+                                        median_interval(b))
+        width = exact.high - exact.low
+        assert combined.ratio == pytest.approx(exact.ratio)
+        assert combined.low == pytest.approx(exact.low, abs=0.15 * width)
+        assert combined.high == pytest.approx(exact.high, abs=0.15 * width)
+    point = ratio_from_intervals(2.0, (2.0, 2.0), 4.0, (4.0, 4.0))  # one timing each: no spread
+    assert (point.ratio, point.low, point.high) == (0.5, 0.5, 0.5)
+    with pytest.raises(ValueError):
+        ratio_from_intervals(0.0, (0.0, 1.0), 1.0, (0.9, 1.1))
+
+
+def test_markdown_opens_with_the_answer():
+    md = markdown(with_summary(synthetic_report((1,))))
+    lines = md.splitlines()
+    assert lines[0] == "# dyt-bench: vit_tiny" and lines[2].startswith("## On vit_tiny: each variant against")
+    first_table = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    assert lines[first_table].startswith("| device | runtime | shape | comparison | ratio of medians")
+    torch_line = next(line for line in lines if line.startswith("| cpu | torch | batch=1 | dyt vs layernorm |"))
+    assert re.search(r"\| x0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] faster \|", torch_line)
+    assert md.index("dyt vs layernorm") < md.index("## Every runner, setting and shape")
