@@ -242,7 +242,16 @@ def _names(text: str | None) -> list[str] | None:
 @bench_app.command()
 @user_errors
 def bench(
-    model: str = typer.Option("vit_small", "--model", help="Zoo architecture (see dyt-zoo list)."),
+    source: str = typer.Argument(None, metavar="[MODEL]", help="Your model: anything dyt-export takes (a model.pt, an "
+                                 "official training checkpoint, a Hugging Face folder, a state dict with --arch), "
+                                 "or a zoo name. Its twins with the other norms are built by conversion."),
+    model: str = typer.Option(None, "--model", help="Zoo architecture (see dyt-zoo list) [default: vit_small]."),
+    arch: str = typer.Option(None, help="MODEL's zoo architecture, for state dicts that do not record one."),
+    weights: str = typer.Option(None, help="Training checkpoints: 'model' or 'ema' weights [default: ema if present]."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow MODEL to be a whole pickled nn.Module "
+                                      "(unpickling runs code from the file)."),
+    input_shape: list[str] = typer.Option(None, "--input-shape", help="MODEL's inputs NAME=d0,d1,...[:dtype] where "
+                                          "it does not say them (repeat per input)."),
     variants: str = typer.Option(None, help="layernorm, rmsnorm, dyt, dyt-folded, derf "
                                  "[default: layernorm,rmsnorm,dyt,dyt-folded]."),
     runners: str = typer.Option(None, help="ort, torch, torch-compile [default: ort,torch]."),
@@ -283,8 +292,11 @@ def bench(
 
     from .bench.config import BenchConfig
 
+    model_path, model = _bench_source(source, model)
     bench_config = BenchConfig.from_options(
-        arch=model, variants=_names(variants), runners=_names(runners), batches=_ints(batch), seqs=_ints(seq),
+        arch=model, model=model_path, model_arch=arch, weights=weights, trust_pickle=trust_pickle,
+        input_shapes=input_shape or None, variants=_names(variants), runners=_names(runners), batches=_ints(batch),
+        seqs=_ints(seq),
         optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
         baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config))
 
@@ -299,11 +311,31 @@ def bench(
 
         report = benchmark(bench_config, progress)
     paths = write_reports(report, output)
-    table = Table(*RESULT_COLUMNS, title=f"{model}: median latency, ratio to {baseline}")
+    table = Table(*RESULT_COLUMNS, title=f"{report['settings']['arch']}: median latency, ratio to {baseline}")
     for row in results_table(report):
         table.add_row(*row)
     console.print(table)
+    for variant, why in report["settings"].get("not_timed", {}).items():
+        err_console.print(f"not timed: {variant}: {why}", highlight=False)
+    for optimizer, why in report["settings"].get("optimizers_skipped", {}).items():
+        err_console.print(f"optimizer {optimizer} skipped: {why}", highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
+
+
+def _bench_source(source: str | None, zoo_name: str | None) -> tuple[Path | None, str]:
+    """(the user's model path or None, the zoo name): MODEL is a path when one exists, else a zoo name."""
+    from .models import list_models
+
+    if source is None:
+        return None, zoo_name or "vit_small"
+    if zoo_name is not None:
+        raise DytDeployError(f"give MODEL ({source}) or --model ({zoo_name}), not both")
+    if Path(source).exists():
+        return Path(source), "vit_small"
+    if source in list_models():
+        return None, source
+    raise DytDeployError(f"MODEL {source!r} is neither a file or folder nor a zoo architecture "
+                         f"({', '.join(list_models())})")
 
 
 def _gpu_bench(device: str, tokens: str | None, widths: str | None, dtypes: str | None, decoder: bool, batch: str,

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DytDeployError
 from ..export.api import library_versions
 from ..feeds import random_feed
-from ..models import create_model
 from ..runners import Runner, create_runner
 from .config import BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import median_interval
-from .variants import VARIANTS, export_variants, optimize, write_checkpoints
+from .variants import VARIANTS, VariantSet, export_variants, model_variants, optimize, zoo_variants
 
 __all__ = ["BENCH_RUNNERS", "BenchConfig", "benchmark", "run_benchmark"]
 
@@ -87,23 +87,31 @@ def benchmark(config: BenchConfig, progress: Callable[[str, int, int], None] | N
 
 
 def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) -> dict:
-    say("write model.pt per variant", 0, 0)
-    checkpoints = write_checkpoints(config.arch, list(config.variants), work, **config.overrides)
-    specs = create_model(config.arch, init_weights=False, **config.overrides).input_specs()
-    feeds = _feeds(specs, config.batches, config.seqs)
+    say("build the variants" if config.model is None else "load the model and build its twins", 0, 0)
+    variant_set = variants_of(config)
+    feeds = _feeds(variant_set.specs, config.batches, config.seqs)
     timings, fusions, groups, onnx_files = Timings(), {}, {}, {}
+    not_timed: dict[str, str] = {}
+    skipped_optimizers: dict[str, str] = {}
     if "ort" in config.runners:
         say("export and verify ONNX per variant", 0, 0)
-        onnx_files = export_variants(checkpoints, work)
+        exported = export_variants(variant_set, work)
+        onnx_files, not_timed = exported.files, exported.failed
         for optimizer in config.optimizers:
-            paths = {}
-            for variant, path in onnx_files.items():
-                paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer, config.arch)
+            try:
+                paths = {}
+                for variant, path in onnx_files.items():
+                    paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer,
+                                                                                 variant_set.ort_model)
+            except DytDeployError as err:
+                skipped_optimizers[optimizer] = str(err)
+                continue
             # many sessions take turns on the same cores: a session's spinning threads would slow the next
             groups[f"ort/{optimizer}"] = {v: create_runner("ort", p, threads=config.threads, spin=False)
                                           for v, p in paths.items()}
     for kind in (k for k in config.runners if k != "ort"):
-        groups[kind] = _torch_runners(checkpoints, specs, kind)
+        groups[kind] = _torch_runners(variant_set, kind)
+    _check_baseline(config, groups)
     everyone = [runner for members in groups.values() for runner in members.values()]
     for runner in everyone:
         runner.activate()
@@ -112,13 +120,34 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
     for runner in everyone:
         runner.deactivate()
     report = _report(config, timings, feeds, fusions)
+    report["settings"].update(model=variant_set.source, own_norm=variant_set.own, variants_made=variant_set.made,
+                              not_timed=not_timed, optimizers_skipped=skipped_optimizers)
+    if config.model is not None:  # the report's title names the model
+        report["settings"]["arch"] = config.model.name
     if config.layer:
         say("norm layer alone", 0, 0)
-        report["layer"] = _layer_section(config)
-    if config.profile and "ort" in config.runners:
+        report["layer"] = _layer_section(config, variant_set)
+    if config.profile and onnx_files:
         say("onnxruntime profile", 0, 0)
-        report["profile"] = _profile_section(onnx_files, config, next(iter(feeds.values())))
+        report["profile"] = _profile_section(onnx_files, config, variant_set, next(iter(feeds.values())),
+                                             skipped_optimizers)
     return report
+
+
+def variants_of(config: BenchConfig) -> VariantSet:
+    """The modules ``config`` compares: the zoo architecture's variants, or the user's model and its twins."""
+    if config.model is None:
+        return zoo_variants(config.arch, list(config.variants), **config.overrides)
+    if config.overrides:
+        raise DytDeployError("architecture overrides (--set) apply to zoo models only, not to " + str(config.model))
+    return model_variants(config.model, list(config.variants), arch=config.model_arch, weights=config.weights,
+                          trust_pickle=config.trust_pickle, input_shapes=list(config.input_shapes) or None)
+
+
+def _check_baseline(config: BenchConfig, groups: dict[str, dict[str, Runner]]) -> None:
+    if not any(config.baseline in members for members in groups.values()):
+        raise DytDeployError(f"the baseline variant {config.baseline!r} could not be timed on any runner "
+                             "(see why above); choose another --baseline")
 
 
 def _report(config: BenchConfig, timings: Timings, feeds: dict, fusions: dict) -> dict:
@@ -151,33 +180,40 @@ def _feeds(specs, batches: tuple[int, ...], seqs: tuple[int, ...]) -> dict[str, 
     return feeds
 
 
-def _torch_runners(checkpoints: dict[str, Path], specs, kind: str) -> dict[str, Runner]:
-    from ..checkpoint import load_checkpoint
-
-    runners: dict[str, Runner] = {}
-    for variant, path in checkpoints.items():
-        if VARIANTS[variant][1]:
-            continue  # folding is an ONNX rewrite; in PyTorch it is the same module as "dyt"
-        model = load_checkpoint(path).model
-        runners[variant] = create_runner(kind, model, input_names=[s.name for s in specs],
-                                         output_names=[s.name for s in model.output_specs()])
-    return runners
+def _torch_runners(variant_set: VariantSet, kind: str) -> dict[str, Runner]:
+    names = [s.name for s in variant_set.specs]
+    return {variant: create_runner(kind, module, input_names=names, output_names=variant_set.output_names)
+            for variant, module in variant_set.models.items()
+            # folding is an ONNX rewrite; in PyTorch it is the same module as "dyt"
+            if not VARIANTS[variant][1]}
 
 
-def _layer_section(config: BenchConfig) -> dict:
+def _layer_section(config: BenchConfig, variant_set: VariantSet) -> dict:
     from .layer import copy_bandwidth_gbps, cpu_layer_bench
 
-    width = create_model(config.arch, init_weights=False, **config.overrides).config.get("dim", 384)
+    width = _norm_width(next(iter(variant_set.models.values()))) or 384
     rows = cpu_layer_bench(list(config.layer_tokens), sorted({width, 1024}))
     return {"copy_gbps": copy_bandwidth_gbps(), "rows": rows}
 
 
-def _profile_section(onnx_files: dict[str, Path], config: BenchConfig, feed) -> dict:
+def _norm_width(model: torch.nn.Module) -> int | None:
+    """The channel count of the model's first norm layer (the width its norm layers run at)."""
+    from ..nn.convert import norm_kind_of
+
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if norm_kind_of(module) is not None and isinstance(weight, torch.Tensor):
+            return int(weight.shape[0])
+    return None
+
+
+def _profile_section(onnx_files: dict[str, Path], config: BenchConfig, variant_set: VariantSet, feed,
+                     skipped_optimizers: dict[str, str]) -> dict:
     from .profile import op_time_share
 
     out = {}
-    for optimizer in config.optimizers:
+    for optimizer in (o for o in config.optimizers if o not in skipped_optimizers):
         for variant, path in onnx_files.items():
-            optimized, _ = optimize(path, optimizer, config.arch)
+            optimized, _ = optimize(path, optimizer, variant_set.ort_model)
             out[f"{variant}/{optimizer}"] = op_time_share(optimized, feed, threads=config.threads)
     return out

@@ -19,10 +19,16 @@ DEFAULT_VARIANTS = ("layernorm", "rmsnorm", "dyt", "dyt-folded")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How to benchmark the norm variants of one zoo architecture.
+    """How to benchmark the norm variants of one model: a zoo architecture, or the user's own model.
 
     Attributes:
-        arch: zoo architecture.
+        arch: zoo architecture (used when ``model`` is None).
+        model: the user's model: anything dyt-export reads (a model.pt of any supported format, an
+            official training checkpoint, a Hugging Face folder, a safetensors state dict with
+            ``model_arch``). Its own norm kind is the model itself; the other variants are twins
+            made by converting its norm layers (see ``bench.variants``).
+        model_arch, weights, trust_pickle, input_shapes: as dyt-export's ``--arch``, ``--weights``,
+            ``--trust-pickle`` and ``--input-shape`` for ``model``.
         variants: layernorm, rmsnorm, dyt, dyt-folded, derf; ``baseline`` must be one of them.
         runners: "ort" (one group per ONNX optimizer), "torch", "torch-compile".
         batches, seqs: shapes to time (seqs only for token models).
@@ -37,6 +43,11 @@ class BenchConfig:
     """
 
     arch: str = "vit_small"
+    model: Path | None = None
+    model_arch: str | None = None
+    weights: str | None = None
+    trust_pickle: bool = False
+    input_shapes: tuple[str, ...] = ()
     variants: tuple[str, ...] = DEFAULT_VARIANTS
     runners: tuple[str, ...] = ("ort", "torch")
     batches: tuple[int, ...] = (1, 8)
@@ -53,7 +64,9 @@ class BenchConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens"):
+        if self.model is not None:
+            object.__setattr__(self, "model", Path(self.model))
+        for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = self.problems()
         if problems:
@@ -70,6 +83,10 @@ class BenchConfig:
         found = [(name, message) for name, known, values in (
             ("variants", VARIANTS, self.variants), ("runners", BENCH_RUNNERS, self.runners),
             ("optimizers", OPTIMIZERS, self.optimizers)) if (message := _unknown(name, values, known))]
+        if self.model is not None and not self.model.exists():
+            found.append(("model", f"{self.model}: no such file or folder"))
+        if self.weights not in (None, "model", "ema"):
+            found.append(("weights", f"weights must be 'model' or 'ema', not {self.weights!r}"))
         for name in ("variants", "runners", "batches", "optimizers"):
             if not getattr(self, name):
                 found.append((name, f"{name} must not be empty"))

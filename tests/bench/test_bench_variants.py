@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from dyt_deploy.bench.variants import export_variants, optimize, write_checkpoints
+from dyt_deploy.bench.variants import export_variants, optimize, zoo_variants
 from dyt_deploy.errors import DytDeployError
 
 
@@ -17,8 +17,8 @@ def op_counts(path: Path) -> Counter:
 
 
 def test_folded_variant_is_the_dyt_export_with_gamma_and_beta_folded(tmp_path: Path) -> None:
-    checkpoints = write_checkpoints("vit_tiny", ["dyt", "dyt-folded"], tmp_path, depth=1, img_size=32)
-    files = export_variants(checkpoints, tmp_path)
+    exported = export_variants(zoo_variants("vit_tiny", ["dyt", "dyt-folded"], depth=1, img_size=32), tmp_path)
+    files = exported.files
 
     assert files["dyt"] != files["dyt-folded"] and files["dyt-folded"].is_file()
     plain, folded = op_counts(files["dyt"]), op_counts(files["dyt-folded"])
@@ -28,5 +28,7 @@ def test_folded_variant_is_the_dyt_export_with_gamma_and_beta_folded(tmp_path: P
 
 
 def test_ort_transformers_refuses_families_it_has_no_fusions_for(tmp_path: Path) -> None:
-    with pytest.raises(DytDeployError, match="ort-transformers has no fusions for convnext models; use onnxscript"):
-        optimize(tmp_path / "model.onnx", "ort-transformers", "convnext_tiny")
+    convnext = zoo_variants("convnext_tiny", ["dyt"], depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), img_size=32)
+    assert convnext.ort_model is None
+    with pytest.raises(DytDeployError, match="ort-transformers has no fusions for this kind of model; use onnxscript"):
+        optimize(tmp_path / "model.onnx", "ort-transformers", convnext.ort_model)
