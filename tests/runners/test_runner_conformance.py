@@ -11,6 +11,7 @@ from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
 from dyt_deploy.runners import MissingBackendError, RunnerError
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+from dyt_deploy.runners.openvino_runner import OpenVinoRunner
 from dyt_deploy.runners.torch_runner import TorchRunner
 
 
@@ -43,6 +44,8 @@ def _runners(model, onnx_path):
     yield TorchRunner(model, ["pixel_values"], ["logits"], compile=True)
     yield OnnxRuntimeRunner(onnx_path)
     yield OnnxRuntimeRunner(onnx_path, opt_level="disable")
+    yield OpenVinoRunner(onnx_path, threads=1)
+    yield OpenVinoRunner(onnx_path, hint="throughput")
 
 
 def test_every_cpu_runner_matches_pytorch_eager(tiny):
@@ -63,14 +66,15 @@ def test_every_cpu_runner_matches_pytorch_eager(tiny):
 
 def test_infer_before_activate_is_refused(tiny):
     _, onnx_path = tiny
-    runner = OnnxRuntimeRunner(onnx_path)
-    with pytest.raises(RunnerError, match="activate"):
-        runner.infer(_feed(1, 0))
+    for runner in (OnnxRuntimeRunner(onnx_path), OpenVinoRunner(onnx_path)):
+        with pytest.raises(RunnerError, match="activate"):
+            runner.infer(_feed(1, 0))
 
 
 def test_missing_input_names_the_input(tiny):
     model, onnx_path = tiny
-    for runner in (OnnxRuntimeRunner(onnx_path), TorchRunner(model, ["pixel_values"], ["logits"])):
+    for runner in (OnnxRuntimeRunner(onnx_path), OpenVinoRunner(onnx_path),
+                   TorchRunner(model, ["pixel_values"], ["logits"])):
         with runner, pytest.raises(RunnerError, match="pixel_values"):
             runner.infer({"wrong": np.zeros((1, 3, 32, 32), np.float32)})
 
