@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..repository import staged_file
-from .report import bar_chart
+from .report import VARIANT_PALETTE, bar_chart
 
 GPU_REPORT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -116,16 +117,22 @@ def _html_table(columns: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _colors(names: Iterable[str]) -> dict[str, str]:
+    return {name: VARIANT_PALETTE[i % len(VARIANT_PALETTE)] for i, name in enumerate(dict.fromkeys(names))}
+
+
 def html_page(report: dict) -> str:
     parts = [f"<h1>DyT on the GPU</h1><p>Measured {html.escape(report['created_at'])} on "
              f"{html.escape(_device_line(report['facts']))}.</p>"]
     if report["goals"]:
         parts.append("<h2>Goals</h2>" + _html_table(GOAL_COLUMNS, goal_rows(report["goals"])))
     parts.append(f"<h2>Norm layer alone</h2><p>{html.escape(_layer_method(report))}</p>")
+    colors = _colors(r["provider"] for r in report["layer"])  # a provider keeps its colour from case to case
     for case in dict.fromkeys(r["case"] for r in report["layer"]):
         bars = [(r["provider"], r["gbps"], r["gbps"] * r["median_us"] / r["p90_us"],
                  r["gbps"] * r["median_us"] / r["p10_us"]) for r in report["layer"] if r["case"] == case]
-        parts.append(bar_chart(f"{case}: GB/s at the median (whiskers: at p90 and p10 time)", bars, unit="GB/s"))
+        parts.append(bar_chart(f"{case}: GB/s at the median (whiskers: at p90 and p10 time)", bars, unit="GB/s",
+                               colors=colors))
     parts.append(_html_table(LAYER_COLUMNS, layer_rows(report["layer"])))
     if report.get("decoder"):
         bars = [(r["variant"], r["median_ms"], r["p10_ms"], r["p90_ms"]) for r in report["decoder"]["results"]]

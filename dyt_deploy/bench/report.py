@@ -190,8 +190,8 @@ def summary_table(report: dict) -> list[list[str]]:
     """Rows of the answer table (:data:`SUMMARY_COLUMNS`); a report without its block gets one computed."""
     entries = report["summary"] if "summary" in report else summary_block(report)
     return [[e["device"], e["runtime"], e["shape"], f"{e['variant']} vs {e['reference']}", answer_text(e),
-             f"{e['variant']} {e['variant_setting']} {e['variant_median_ms']:.3f}; "
-             f"{e['reference']} {e['reference_setting']} {e['reference_median_ms']:.3f}"] for e in entries]
+             f"{e['variant']} ({e['variant_setting']}) {e['variant_median_ms']:.3f}; "
+             f"{e['reference']} ({e['reference_setting']}) {e['reference_median_ms']:.3f}"] for e in entries]
 
 
 def summary_note(report: dict) -> str:
@@ -364,24 +364,24 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
                      f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in xy)}"/>')
         parts += [f'<circle class="mark" data-series="{label}" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>'
                   for x, y in xy]
-        legend_y = pad + 16 * i
-        parts += [f'<line class="legend" data-series="{label}" x1="{width - pad - 170}" x2="{width - pad - 152}" '
+        legend_y = pad + 16 * i  # top left: latency grows with batch, so the lines rarely pass there
+        parts += [f'<line class="legend" data-series="{label}" x1="{pad + 10}" x2="{pad + 28}" '
                   f'y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{color}" stroke-width="3"/>',
-                  f'<text class="legend" data-series="{label}" x="{width - pad - 146}" y="{legend_y}" '
+                  f'<text class="legend" data-series="{label}" x="{pad + 34}" y="{legend_y}" '
                   f'fill="{color}">{label}</text>']
     parts.append("</svg>")
     return "".join(parts)
 
 
 def stacked_bars(title: str, rows: dict[str, dict[str, float]], top: int = 6) -> str:
-    """One 100% bar per row, split by category (the ``top`` largest overall, the rest as 'other'),
+    """One 100% bar per row, split by category (the ``top`` largest overall, any rest as 'other'),
     in :data:`CATEGORY_PALETTE`'s colours (not the variants')."""
     totals: dict[str, float] = {}
     for shares in rows.values():
         for k, v in shares.items():
             totals[k] = totals.get(k, 0.0) + v
     keep = sorted(totals, key=totals.get, reverse=True)[:top]
-    names = [*keep, "other"]
+    names = [*keep, "other"] if any(k not in keep for k in totals) else keep
     width, left, bar_h = 640, 180, 24
     height = 50 + bar_h * len(rows) + 20 * ((len(names) + 3) // 4)
     parts = _svg_open(title, width, height)
@@ -389,8 +389,10 @@ def stacked_bars(title: str, rows: dict[str, dict[str, float]], top: int = 6) ->
         y, x, total = 30 + i * bar_h, float(left), sum(shares.values()) or 1.0
         parts.append(f'<text x="4" y="{y + 15}">{html.escape(label)}</text>')
         values = [shares.get(k, 0.0) for k in keep] + [sum(v for k, v in shares.items() if k not in keep)]
-        for j, value in enumerate(values):
+        for j, value in enumerate(values[:len(names)]):
             w = value / total * (width - left - 20)
+            if w <= 0:
+                continue
             parts.append(f'<rect class="mark" data-category="{html.escape(names[j])}" x="{x:.1f}" y="{y + 3}" '
                          f'width="{w:.1f}" height="{bar_h - 8}" fill="{_category_color(j)}"/>')
             x += w
@@ -462,7 +464,7 @@ def _answer_html(report: dict) -> str:
 
 _VERDICT_CLASS = {"faster": "faster", "slower": "slower", "no clear difference": "unclear"}
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:.5em 0}"
-          "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:nth-child(-n+4){text-align:left}"
+          "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}#results td:nth-child(n+4){text-align:right}"
           "#summary tr.faster td:nth-child(5){color:#1a7f37;font-weight:bold}"
           "#summary tr.slower td:nth-child(5){color:#b42318;font-weight:bold}"
           "svg{display:block;margin:1em 0}svg text{font-size:12px}")

@@ -16,8 +16,10 @@ from dyt_deploy.bench.report import (
     REPORT_SCHEMA,
     SCHEMA_VERSION,
     comparisons,
+    latency_plots,
     markdown,
     summary_block,
+    variant_colors,
     verdict,
     with_summary,
     write_reports,
@@ -47,10 +49,14 @@ def synthetic_timings(batches: tuple[int, ...] = (1, 8), speeds: dict | None = N
     return timings
 
 
+def batch_of(shape: str) -> int:
+    return int(dict(p.split("=") for p in shape.split(","))["batch"])
+
+
 def report_from(timings: Timings, variants: list[str] | None = None, baseline: str = "layernorm",
                 **settings) -> dict:
     """A report dict as ``dyt-bench`` makes it, from ``timings`` (analysed by the harness's own code)."""
-    rows = analyze(timings, baseline, lambda s: int(s.split("=")[1]))
+    rows = analyze(timings, baseline, batch_of)
     return {
         "schema": "dyt-deploy/bench-report", "schema_version": SCHEMA_VERSION,
         "created_at": "2026-01-01T00:00:00+00:00", "machine": {"cpu": "test cpu", "cpus": 2, "platform": "linux"},
@@ -205,3 +211,19 @@ def test_markdown_opens_with_the_answer():
     torch_line = next(line for line in lines if line.startswith("| cpu | torch | batch=1 | dyt vs layernorm |"))
     assert re.search(r"\| x0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] faster \|", torch_line)
     assert md.index("dyt vs layernorm") < md.index("## Every runner, setting and shape")
+
+
+def test_latency_against_batch_is_one_plot_per_sequence_length_with_two_batch_sizes():
+    timings = Timings()
+    for shape in ("batch=1,seq=128", "batch=4,seq=128", "batch=1,seq=512"):
+        for variant, speed in (("rmsnorm", 1.0), ("dyt", 0.9)):
+            for value in np.linspace(0.99, 1.01, 5) * speed * batch_of(shape) / 1e3:
+                timings.add("torch", shape, variant, value)
+    report = report_from(timings, ["rmsnorm", "dyt"], "rmsnorm")
+    plots = latency_plots(report, variant_colors(report))
+    lines = [p for p in plots if "against batch size" in p]
+    assert len(plots) == 4 and len(lines) == 1  # bars per shape; seq=512 ran one batch size: no line
+    assert "torch, seq=128: median latency against batch size" in lines[0]
+    assert lines[0].count("<polyline") == 2 and lines[0].count("<circle") == 4
+    for variant, color in variant_colors(report).items():
+        assert all(re.search(f'<rect class="mark" data-series="{variant}"[^>]* fill="{color}"', p) for p in plots[:3])
