@@ -48,7 +48,8 @@ REPORT_SCHEMA: dict[str, Any] = {
         "machine": {"type": "object", "required": ["cpus", "platform"]},
         "versions": {"type": "object"},
         "settings": {"type": "object", "required": ["arch", "variants", "baseline", "warmup", "iters", "threads"],
-                     "properties": {"device": {"type": "string"}, "model_variant": {"type": "string"}}},
+                     "properties": {"device": {"type": "string"}, "own_norm": {"type": "string"},
+                                    "not_timed": {"type": "object"}, "variants_made": {"type": "object"}}},
         "summary": {"type": "array", "items": _ANSWER},
         "results": {"type": "array", "items": {
             "type": "object", "required": ["group", "shape", "variant", "summary", "median_ci_ms"],
@@ -150,10 +151,11 @@ def _pair_ratio(row: dict, reference: dict, baseline: str) -> tuple[Ratio | dict
 def summary_block(report: dict) -> list[dict]:
     """One entry per device x runtime x shape x :func:`comparisons` pair that ran there: the ratio of
     medians variant / reference, each at its fastest setting of that runtime, with its 95% interval
-    and its verdict (:func:`verdict`)."""
+    and its verdict (:func:`verdict`). The model's own variant is ``settings["own_norm"]`` (absent:
+    ``dyt``, see :func:`comparisons`)."""
     s = report["settings"]
     variants = list(dict.fromkeys([*s["variants"], *(r["variant"] for r in report["results"])]))
-    pairs = comparisons(variants, s["baseline"], s.get("model_variant"))
+    pairs = comparisons(variants, s["baseline"], s.get("own_norm"))
     entries = []
     for (device, runtime, shape), rows in sorted(_best_rows(report).items(), key=lambda kv: _place_key(kv[0])):
         for variant, reference in pairs:
@@ -195,11 +197,13 @@ def summary_table(report: dict) -> list[list[str]]:
 
 
 def summary_note(report: dict) -> str:
-    """What the answer table's figures are, in one paragraph."""
+    """What the answer table's figures are, in one paragraph, and which variants were not timed and why."""
+    not_timed = report["settings"].get("not_timed") or {}
+    skipped = "".join(f" Not timed: {variant} ({why})." for variant, why in not_timed.items())
     return ("Ratio of median latencies, variant / reference, each at its fastest setting of that runtime (for "
             "onnxruntime: the graph optimizer) at that shape; below 1 the variant is faster. \"no clear difference\": "
             "the 95% interval holds 1. The interval is the bootstrap of the ratio where both ran in the same setting "
-            "against the baseline, else combined from the two medians' bootstrap intervals.")
+            "against the baseline, else combined from the two medians' bootstrap intervals." + skipped)
 
 
 # ---- detail tables, shared by report.md and report.html ----
@@ -252,10 +256,16 @@ def detail_tables(report: dict) -> list[Table]:
     """Every table after the answer: all results, fusions, the norm layer alone, the op profile."""
     tables = [Table("Every runner, setting and shape", RESULT_COLUMNS, results_table(report), method_text(report),
                     "results")]
+    made = report["settings"].get("variants_made") or {}
+    if made:
+        tables.append(Table("How each variant was made", [], [], items=[f"{k}: {v}" for k, v in made.items()]))
     fusions = report["settings"].get("fusions") or {}
-    if fusions:
+    skipped = report["settings"].get("optimizers_skipped") or {}
+    if fusions or skipped:
         tables.append(Table("Fusions applied by each optimizer (fused operator counts)", [], [], items=[
-            f"{key}: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}" for key, counts in fusions.items()]))
+            *(f"{key}: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}"
+              for key, counts in fusions.items()),
+            *(f"{optimizer}: not applied ({why})" for optimizer, why in skipped.items())]))
     if report.get("layer"):
         layer = report["layer"]
         tables.append(Table(f"The norm layer alone (torch, memory copy {layer['copy_gbps']:.1f} GB/s)",

@@ -227,3 +227,18 @@ def test_latency_against_batch_is_one_plot_per_sequence_length_with_two_batch_si
     assert lines[0].count("<polyline") == 2 and lines[0].count("<circle") == 4
     for variant, color in variant_colors(report).items():
         assert all(re.search(f'<rect class="mark" data-series="{variant}"[^>]* fill="{color}"', p) for p in plots[:3])
+
+
+def test_a_layernorm_model_gets_each_twin_against_it_and_the_untimed_variant_is_named():
+    timings = synthetic_timings((1,), {"torch": {"layernorm": 1.0, "rmsnorm": 0.97, "dyt": 0.9}})
+    report = with_summary(report_from(
+        timings, baseline="rmsnorm", own_norm="layernorm", not_timed={"dyt-folded": "its export does not match"},
+        variants_made={"layernorm": "the model (layernorm)", "dyt": "twin: 4 layernorm layers converted to dyt"},
+        optimizers_skipped={"ort-transformers": "no fusions for convnext models"}))
+    assert [(e["variant"], e["reference"], e["verdict"]) for e in report["summary"]] == [
+        ("rmsnorm", "layernorm", "faster"), ("dyt", "layernorm", "faster")]
+    assert all(e["interval"] == "combined" for e in report["summary"])  # the baseline was rmsnorm, not the reference
+    md = markdown(report)
+    assert "Not timed: dyt-folded (its export does not match)." in md.split("## Every runner")[0]
+    assert "- dyt: twin: 4 layernorm layers converted to dyt" in md
+    assert "- ort-transformers: not applied (no fusions for convnext models)" in md
