@@ -35,7 +35,7 @@ class CheckTarget:
     specs: list[TensorSpec]
     output_names: list[str]
     dtype: str = "fp32"
-    onnx_path: Path | None = None
+    onnx_path: Path | None = None  # or an OpenVINO folder's model.xml, which only the openvino runner takes
     plan_path: Path | None = None
     model_path: Path | None = None
     load_options: dict[str, Any] = field(default_factory=dict)  # how model_path was loaded (arch, weights, ...)
@@ -69,9 +69,10 @@ def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> Che
     loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle, weights=weights)
     specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
     specs = _with_value_ranges(specs, loaded.model)
-    plan = folder / "1" / "model.plan"
+    plan, ir = folder / "1" / "model.plan", folder / "1" / "model.xml"
+    model_file = ir if ir.is_file() else folder / "1" / "model.onnx"  # an OpenVINO folder holds IR, no ONNX
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
-                       folder / "1" / "model.onnx", plan if plan.is_file() else None, Path(source))
+                       model_file, plan if plan.is_file() else None, Path(source))
 
 
 def _weights_choice(recorded: str | None) -> str | None:
@@ -94,6 +95,8 @@ def _with_value_ranges(specs: list[TensorSpec], model: nn.Module) -> list[Tensor
 def default_runners(target: CheckTarget) -> list[str]:
     if target.onnx_path is None:
         return ["torch-compile", "ort"]
+    if target.onnx_path.suffix == ".xml":
+        return ["openvino"]
     return ["ort", "trt"] if target.plan_path else ["ort"]
 
 
@@ -108,7 +111,10 @@ def runner_for_target(kind: str, target: CheckTarget, workdir: Path) -> Runner:
         if target.plan_path is None:
             raise DytDeployError(f"runner {kind} needs a TensorRT engine: build one with dyt-build REPO/NAME")
         return create_runner(kind, target.plan_path)
-    return create_runner(kind, _onnx_for(target, workdir))
+    model_file = _onnx_for(target, workdir)
+    if model_file.suffix == ".xml" and kind != "openvino":
+        raise DytDeployError(f"runner {kind} needs ONNX; {model_file} is OpenVINO IR: use --runners openvino")
+    return create_runner(kind, model_file)
 
 
 def _onnx_for(target: CheckTarget, workdir: Path) -> Path:

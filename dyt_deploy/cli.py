@@ -111,6 +111,9 @@ def export(
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow model.pt files holding pickled "
                                       "Python objects (runs code from the file: trusted files only)."),
     weights: str = typer.Option(None, help=WEIGHTS_HELP),
+    backend: str = typer.Option("onnxruntime", help="With --repository: the folder's runtime, onnxruntime "
+                                "(1/model.onnx) or openvino (1/model.xml + model.bin, OpenVINO IR converted from "
+                                "the verified ONNX and verified in OpenVINO)."),
 ) -> None:
     """Export MODEL to ONNX with DyT in the chosen form, verify it against PyTorch, and write it.
 
@@ -122,11 +125,14 @@ def export(
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic), input_shapes=input_shape,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
                           repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
-                          weights=weights)
+                          weights=weights, backend=backend)
     try:
         result = export_model(model, output, config, progress=_progress_printer())
     except VerificationFailed as failure:
-        print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
+        if failure.result.ir_parity is not None:
+            print_parity(failure.result.ir_parity, "OpenVINO IR (CPU) vs PyTorch")
+        else:
+            print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
         print_error(f"{failure}; nothing written (--no-verify writes it anyway)")
         sys.exit(1)
     _print_export_summary(result)
@@ -143,6 +149,8 @@ def _print_export_summary(result: Any) -> None:
                       f"{result.fold.skipped} left (a consumer is not linear)", highlight=False)
     if result.parity is not None:
         print_parity(result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
+        if result.ir_parity is not None:
+            print_parity(result.ir_parity, "OpenVINO IR (CPU) vs PyTorch")
     else:
         console.print("not verified (--no-verify, or the plugin form, which only TensorRT runs)")
     where = result.model_dir or result.onnx_path
@@ -180,8 +188,8 @@ def check(
     model: Path = typer.Argument(..., help="A model.pt, a Hugging Face folder, or a model folder REPO/NAME "
                                  "written by dyt-export."),
     runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, torch-triton, ort, ort-cuda, "
-                                "ort-trt, trt [default: torch-compile,ort for a model.pt; ort (+trt with an engine) "
-                                "for a folder]."),
+                                "ort-trt, openvino, trt [default: torch-compile,ort for a model.pt; ort (+trt with an "
+                                "engine) for a folder; openvino for an OpenVINO folder]."),
     samples: int = typer.Option(3, help="Seeded inputs; the first at the export shape, the others at other shapes."),
     atol: float = typer.Option(None, help="Absolute tolerance [default: 1e-4 for fp32 runners, 2e-2 for fp16]."),
     rtol: float = typer.Option(None, help="Relative tolerance [default: 1e-3 for fp32 runners, 2e-2 for fp16]."),

@@ -127,11 +127,13 @@ def _swap_into_place(stage: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def config_pbtxt(name: str, inputs: list[dict], outputs: list[dict], platform: str = "onnxruntime_onnx",
-                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE) -> str:
+def config_pbtxt(name: str, inputs: list[dict], outputs: list[dict], platform: str | None = "onnxruntime_onnx",
+                 max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, backend: str | None = None) -> str:
     """A Triton config.pbtxt for a model with the given IO signature (see
-    :func:`dyt_deploy.triton_config.build_config`)."""
-    return config_text(build_config(name, inputs, outputs, platform=platform, max_batch_size=max_batch_size))
+    :func:`dyt_deploy.triton_config.build_config`): ``platform`` (onnxruntime_onnx, tensorrt_plan)
+    or, for a backend Triton names that way (``backend="openvino"``), ``platform=None``."""
+    return config_text(build_config(name, inputs, outputs, platform=platform, backend=backend,
+                                    max_batch_size=max_batch_size))
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -62,6 +62,9 @@ class ExportResult:
     manifest: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     weights: str | None = None  # the training checkpoint's entry the weights came from (LoadedModel.weights)
+    backend: str = "onnxruntime"
+    ir_path: Path | None = None  # backend openvino: the folder's 1/model.xml (the ONNX is not kept)
+    ir_parity: ParityReport | None = None  # backend openvino: the IR in OpenVINO vs PyTorch
 
 
 def export_onnx(
@@ -85,6 +88,7 @@ def export_onnx(
     force: bool = False,
     trust_pickle: bool = False,
     weights: str | None = None,
+    backend: str = "onnxruntime",
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model_path`` to ONNX with DyT in ``form``, verify it against PyTorch, then write it.
@@ -96,7 +100,7 @@ def export_onnx(
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=dynamic, input_shapes=input_shapes,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
                           repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
-                          weights=weights)
+                          weights=weights, backend=backend)
     return export_model(model_path, output, config, progress)
 
 
@@ -128,7 +132,8 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
             fold_report = fold_dyt_affine(onnx_model)
     with steps(f"rewrite DyT into the {config.form} form"):
         counts = to_form(onnx_model, config.form)
-    result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None, weights=loaded.weights)
+    result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None, weights=loaded.weights,
+                          backend=config.backend)
     stager = staged_folder(target_dir, config.force) if target_dir else staged_file(onnx_path, config.force)
     with stager as stage:
         staged_onnx = stage / "1" / "model.onnx" if target_dir else stage / onnx_path.name
@@ -138,13 +143,38 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
             with steps(f"verify against PyTorch ({config.samples} samples, onnxruntime CPU)"):
                 result.parity = verify_onnx(staged_onnx, loaded.model, specs, config.dtype, config.samples,
                                             config.atol, config.rtol)
-        result.seconds = time.perf_counter() - started
-        result.manifest = build_manifest(loaded, onnx_model, result, config, target_dir, staged_onnx)
         if result.parity is not None and not result.parity.passed:
             raise VerificationFailed(f"{model_path}: ONNX outputs differ from PyTorch beyond tolerance", result)
+        artifacts = {"1/model.onnx": staged_onnx}
+        if config.backend == "openvino":
+            artifacts = _to_openvino(staged_onnx, loaded.model, specs, config, steps, result)
+            if result.ir_parity is not None and not result.ir_parity.passed:
+                raise VerificationFailed(f"{model_path}: OpenVINO IR outputs differ from PyTorch beyond tolerance",
+                                         result)
+        result.seconds = time.perf_counter() - started
+        result.manifest = build_manifest(loaded, onnx_model, result, config, target_dir, artifacts)
         if target_dir is not None:
-            _write_model_folder(stage, target_dir.name, onnx_model, result.manifest)
+            _write_model_folder(stage, target_dir.name, onnx_model, result.manifest, config.backend)
     return result
+
+
+def _to_openvino(staged_onnx: Path, reference: nn.Module, specs: list[TensorSpec], config: ExportConfig,
+                 steps: _Steps, result: ExportResult) -> dict[str, Path]:
+    """Convert the verified ONNX beside it into OpenVINO IR (``model.xml`` + ``model.bin``, fp32
+    weights), remove the ONNX, and verify the IR in OpenVINO against PyTorch; the IR's files."""
+    from ..runners.openvino_runner import convert_onnx_to_ir
+
+    xml = staged_onnx.with_name("model.xml")
+    with steps("convert to OpenVINO IR"):
+        convert_onnx_to_ir(staged_onnx, xml)
+    for onnx_file in (staged_onnx, staged_onnx.with_name(staged_onnx.name + ".data")):
+        onnx_file.unlink(missing_ok=True)
+    result.ir_path = result.model_dir / "1" / xml.name if result.model_dir else xml
+    if config.verify:
+        with steps(f"verify the IR against PyTorch ({config.samples} samples, OpenVINO CPU)"):
+            result.ir_parity = verify_onnx(xml, reference, specs, config.dtype, config.samples, config.atol,
+                                           config.rtol, runner="openvino")
+    return {"1/model.xml": xml, "1/model.bin": xml.with_suffix(".bin")}
 
 
 def _targets(loaded: LoadedModel | None, model_path: str | Path, output: str | Path | None,
@@ -248,12 +278,14 @@ def save_onnx(model: ir.Model, path: Path) -> None:
 
 
 def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], dtype: str, samples: int,
-                atol: float | None, rtol: float | None) -> ParityReport:
-    """Run the ONNX file in onnxruntime (CPU) and PyTorch (fp32) on ``samples`` seeded inputs."""
+                atol: float | None, rtol: float | None, runner: str = "ort") -> ParityReport:
+    """Run the model file in ``runner`` (default: onnxruntime CPU; "openvino" also takes IR .xml)
+    and PyTorch (fp32) on ``samples`` seeded inputs."""
     from ..runners import create_runner
 
+    kind = runner
     report = ParityReport(*default_tolerances(dtype, atol, rtol))
-    with create_runner("ort", onnx_path) as runner:
+    with create_runner(kind, onnx_path) as runner:
         for index in range(samples):
             feed = example_feed(specs, sig.sample_sizes(index, specs), seed=index, dtype="fp32")
             onnx_feed = {s.name: _cast(t, dtype).numpy() for s, t in zip(specs, feed, strict=True)}
@@ -276,8 +308,10 @@ def _cast(t: torch.Tensor, dtype: str) -> torch.Tensor:
 
 
 def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResult, config: ExportConfig,
-                   target_dir: Path | None, staged_onnx: Path) -> dict[str, Any]:
-    """The dyt.json content (see DESIGN.md: model repository)."""
+                   target_dir: Path | None, artifacts: dict[str, Path]) -> dict[str, Any]:
+    """The dyt.json content (see DESIGN.md: model repository). ``artifacts``: the folder's model
+    files by their path in the folder. ``parity`` is that of the files served (the IR for backend
+    openvino, which also records the ONNX's it was converted from as ``onnx_parity``)."""
     from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
 
     inputs, outputs = sig.graph_signature(onnx_model)
@@ -300,12 +334,18 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
         "outputs": outputs,
         "source": {"path": str(source) if source else None, "format": loaded.source_format,
                    "sha256": sha256_file(source) if source else None, "weights": loaded.weights},
-        "parity": None if result.parity is None else result.parity.to_dict(),
+        "backend": config.backend,
+        "parity": _to_dict(result.ir_parity if config.backend == "openvino" else result.parity),
+        **({"onnx_parity": _to_dict(result.parity)} if config.backend == "openvino" else {}),
         "versions": library_versions(),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "export_seconds": round(result.seconds, 3),
-        "artifacts": {"1/model.onnx": sha256_file(staged_onnx)},
+        "artifacts": {name: sha256_file(path) for name, path in artifacts.items()},
     }
+
+
+def _to_dict(parity: ParityReport | None) -> dict[str, Any] | None:
+    return None if parity is None else parity.to_dict()
 
 
 def _guess_norm(model: nn.Module) -> str | None:
@@ -317,7 +357,8 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("dyt-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir"):
+    for package in ("dyt-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
+                    "openvino"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
@@ -325,9 +366,12 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: dict[str, Any]) -> None:
+def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: dict[str, Any],
+                        backend: str = "onnxruntime") -> None:
+    """config.pbtxt (platform onnxruntime_onnx, or Triton's ``backend: "openvino"``) and dyt.json."""
     inputs, outputs = sig.graph_signature(onnx_model)
-    (stage / "config.pbtxt").write_text(config_pbtxt(name, inputs, outputs))
+    where = {"platform": None, "backend": "openvino"} if backend == "openvino" else {}
+    (stage / "config.pbtxt").write_text(config_pbtxt(name, inputs, outputs, **where))
     write_manifest(stage, manifest)
 
 

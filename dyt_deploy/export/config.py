@@ -16,6 +16,8 @@ from .forms import FORMS
 from .signature import KNOWN_DYNAMIC
 
 EXPORT_DTYPES = ("fp32", "fp16")
+# what a model folder is written for: onnxruntime (1/model.onnx) or OpenVINO (1/model.xml + model.bin, IR)
+BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_OPSET = 20
 MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and newer
 
@@ -41,6 +43,11 @@ class ExportConfig:
         trust_pickle: allow model.pt files holding pickled Python objects (runs code from them).
         weights: which weights of a training checkpoint: "model" or "ema"; None: the EMA weights
             when the checkpoint has them, else the model's.
+        backend: the runtime a model folder is written for: "onnxruntime" (default: ``1/model.onnx``,
+            platform onnxruntime_onnx) or "openvino" (``1/model.xml`` + ``model.bin``, OpenVINO IR
+            converted from the verified ONNX and verified itself; Triton's ``backend: "openvino"``).
+            OpenVINO needs ``repository``, fp32 (its inference precision is a runtime choice) and a
+            form it can read (pattern or function).
     """
 
     arch: str | None = None
@@ -60,6 +67,7 @@ class ExportConfig:
     force: bool = False
     trust_pickle: bool = False
     weights: str | None = None
+    backend: str = "onnxruntime"
 
     def __post_init__(self) -> None:
         if self.input_shapes is not None:
@@ -92,6 +100,21 @@ class ExportConfig:
                 found.append((field, f"{field} must be a non-negative number, not {value}"))
         if self.weights is not None and self.weights not in WEIGHTS:
             found.append(("weights", f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}"))
+        found += self._backend_problems()
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
+        return found
+
+    def _backend_problems(self) -> list[tuple[str, str]]:
+        if self.backend not in BACKENDS:
+            return [("backend", f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")]
+        if self.backend != "openvino":
+            return []
+        found = []
+        if self.repository is None:
+            found.append(("backend", "backend openvino writes a model folder: pass a repository"))
+        if self.form == "plugin":
+            found.append(("form", "OpenVINO cannot run the plugin form (TensorRT only); use pattern or function"))
+        if self.dtype != "fp32":
+            found.append(("dtype", "backend openvino takes fp32 models (bf16/fp16 are OpenVINO runtime precisions)"))
         return found
