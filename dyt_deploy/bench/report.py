@@ -48,7 +48,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "machine": {"type": "object", "required": ["cpus", "platform"]},
         "versions": {"type": "object"},
         "settings": {"type": "object", "required": ["arch", "variants", "baseline", "warmup", "iters", "threads"],
-                     "properties": {"device": {"type": "string"}, "own_norm": {"type": "string"},
+                     "properties": {"device": {"type": "string"}, "own_norm": {"type": ["string", "null"]},
                                     "not_timed": {"type": "object"}, "variants_made": {"type": "object"}}},
         "summary": {"type": "array", "items": _ANSWER},
         "results": {"type": "array", "items": {
@@ -151,7 +151,7 @@ def _pair_ratio(row: dict, reference: dict, baseline: str) -> tuple[Ratio | dict
 def summary_block(report: dict) -> list[dict]:
     """One entry per device x runtime x shape x :func:`comparisons` pair that ran there: the ratio of
     medians variant / reference, each at its fastest setting of that runtime, with its 95% interval
-    and its verdict (:func:`verdict`). The model's own variant is ``settings["own_norm"]`` (absent:
+    and its verdict (:func:`verdict`). The model's own variant is ``settings["own_norm"]`` (absent or null:
     ``dyt``, see :func:`comparisons`)."""
     s = report["settings"]
     variants = list(dict.fromkeys([*s["variants"], *(r["variant"] for r in report["results"])]))
@@ -293,8 +293,8 @@ def _md_table(table: Table, level: str = "##") -> list[str]:
 
 def markdown(report: dict) -> str:
     """report.md: the answer table first, then every detail table and the notes."""
-    answer = Table(answer_title(report), SUMMARY_COLUMNS, summary_table(report), summary_note(report))
-    lines = [f"# dyt-bench: {report['settings']['arch']}", *_md_table(answer)]
+    answer = Table(answer_title(report), SUMMARY_COLUMNS, summary_table(report))
+    lines = [f"# dyt-bench: {report['settings']['arch']}", *_md_table(answer), "", summary_note(report)]
     for table in detail_tables(report):
         lines += _md_table(table)
     for note in report.get("notes", []):
@@ -348,9 +348,10 @@ def bar_chart(title: str, bars: list[tuple[str, float, float, float]], unit: str
 
 def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str,
                colors: dict[str, str] | None = None) -> str:
-    """One line with a dot per point for each series of (x, y) points, x ticks at the x values, a
-    legend; colours as in :func:`bar_chart`. Empty string when there are no points."""
-    width, height, pad = 640, 300, 50
+    """One line with a dot per point for each series of (x, y) points, x ticks at the x values, the
+    legend right of the plot area (never over a line); colours as in :func:`bar_chart`. Empty string
+    when there are no points."""
+    width, height, pad, right = 640, 300, 50, 480  # plot area: pad..right across, pad..height-pad down
     points = [p for s in series.values() for p in s]
     if not points:
         return ""
@@ -358,12 +359,12 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
     y_max = max(p[1] for p in points) * 1.1 or 1.0
 
     def at(p: tuple[float, float]) -> tuple[float, float]:
-        return pad + p[0] / x_max * (width - 2 * pad), height - pad - p[1] / y_max * (height - 2 * pad)
+        return pad + p[0] / x_max * (right - pad), height - pad - p[1] / y_max * (height - 2 * pad)
 
     parts = [*_svg_open(title, width, height),
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{right}" y2="{height - pad}" stroke="black"/>',
              f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
-             f'<text x="{width / 2}" y="{height - 10}">{html.escape(x_label)}</text>',
+             f'<text x="{(pad + right) / 2}" y="{height - 10}">{html.escape(x_label)}</text>',
              f'<text x="4" y="{pad - 8}">{html.escape(y_label)} (max {y_max / 1.1:.3g})</text>']
     for x in sorted({p[0] for p in points}):
         parts.append(f'<text x="{at((x, 0))[0] - 4:.1f}" y="{height - pad + 16}">{x:g}</text>')
@@ -374,10 +375,10 @@ def line_chart(title: str, series: dict[str, list[tuple[float, float]]], x_label
                      f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in xy)}"/>')
         parts += [f'<circle class="mark" data-series="{label}" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{color}"/>'
                   for x, y in xy]
-        legend_y = pad + 16 * i  # top left: latency grows with batch, so the lines rarely pass there
-        parts += [f'<line class="legend" data-series="{label}" x1="{pad + 10}" x2="{pad + 28}" '
+        legend_y = pad + 16 * i
+        parts += [f'<line class="legend" data-series="{label}" x1="{right + 16}" x2="{right + 34}" '
                   f'y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{color}" stroke-width="3"/>',
-                  f'<text class="legend" data-series="{label}" x="{pad + 34}" y="{legend_y}" '
+                  f'<text class="legend" data-series="{label}" x="{right + 40}" y="{legend_y}" '
                   f'fill="{color}">{label}</text>']
     parts.append("</svg>")
     return "".join(parts)
