@@ -9,6 +9,8 @@ module. The unmarked tests do the same with test names that map to tiny configs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +99,17 @@ class Exported:
         return self.checkpoint.with_suffix(".onnx")
 
 
-def export_official(folder: Path, case: Case, *args: str, ema: bool = True) -> Exported:
+def export_official(folder: Path, case: Case, *args: str, ema: bool = True, installed: bool = False) -> Exported:
+    """Write the checkpoint, then run ``dyt-export FILE ARGS``: in this process (the test names are
+    registered here), or ``installed``, the console script a user runs."""
     model = case.state(case.spec, 1)
     averaged = case.state(case.spec, 2) if ema else None
     path = folder / "checkpoint-best.pth"
     torch.save(official_checkpoint(model, averaged, case.timm_name, case.spec.num_classes), path)
+    if installed:
+        done = subprocess.run([str(Path(sys.executable).parent / "dyt-export"), str(path), *args],
+                              capture_output=True, text=True, timeout=600)
+        return Exported(case, path, model, averaged, done.returncode, done.stdout + done.stderr)
     result = CliRunner().invoke(export_app, [str(path), *args])
     return Exported(case, path, model, averaged, result.exit_code, result.output)
 
@@ -169,8 +177,9 @@ def test_weights_model_exports_the_trained_weights_and_dyt_check_follows(tmp_pat
 
 @pytest.fixture(scope="module", params=sorted(FULL))
 def full_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Exported:
-    """One export per full-size model for the whole module (each takes tens of seconds)."""
-    return export_official(tmp_path_factory.mktemp(request.param), FULL[request.param])
+    """One export per full-size model for the whole module, by the installed ``dyt-export`` (each takes
+    20-70 s here, writing the checkpoint included)."""
+    return export_official(tmp_path_factory.mktemp(request.param), FULL[request.param], installed=True)
 
 
 @pytest.mark.slow
