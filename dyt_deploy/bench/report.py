@@ -159,9 +159,14 @@ def summary_block(report: dict) -> list[dict]:
     entries = []
     for (device, runtime, shape), rows in sorted(_best_rows(report).items(), key=lambda kv: _place_key(kv[0])):
         for variant, reference in pairs:
-            if variant in rows and reference in rows:
+            if variant in rows and reference in rows and _timed(rows[variant]) and _timed(rows[reference]):
                 entries.append(_entry(device, runtime, shape, rows[variant], rows[reference], s["baseline"]))
     return entries
+
+
+def _timed(row: dict) -> bool:
+    """A median above zero (a clock too coarse for the call reads 0: no ratio to take)."""
+    return row["summary"]["median_ms"] > 0 and min(row["median_ci_ms"]) > 0
 
 
 def _place_key(place: tuple[str, str, str]) -> tuple:
@@ -468,7 +473,8 @@ def _answer_html(report: dict) -> str:
     body = "".join(f'<tr class="{_VERDICT_CLASS[e["verdict"]]}">' + "".join(f"<td>{html.escape(c)}</td>" for c in row)
                    + "</tr>" for e, row in zip(entries, summary_table(report), strict=True))
     if not entries:
-        body = f'<tr><td colspan="{len(SUMMARY_COLUMNS)}">no pair of variants ran on the same runtime</td></tr>'
+        body = (f'<tr><td colspan="{len(SUMMARY_COLUMNS)}">no variant could be compared with a twin timed on the same '
+                'runtime</td></tr>')
     return (f"<h2>{html.escape(answer_title(report))}</h2><table id=\"summary\"><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table><p>{html.escape(summary_note(report))}</p>")
 

@@ -242,3 +242,12 @@ def test_a_layernorm_model_gets_each_twin_against_it_and_the_untimed_variant_is_
     assert "Not timed: dyt-folded (its export does not match)." in md.split("## Every runner")[0]
     assert "- dyt: twin: 4 layernorm layers converted to dyt" in md
     assert "- ort-transformers: not applied (no fusions for convnext models)" in md
+
+
+def test_a_median_of_zero_gives_no_ratio_instead_of_failing_the_report(tmp_path):
+    report = report_from(synthetic_timings((1,), {"torch": {"layernorm": 1.0, "dyt": 0.9}}), ["layernorm", "dyt"])
+    row = next(r for r in report["results"] if r["variant"] == "layernorm")
+    row["summary"]["median_ms"], row["median_ci_ms"] = 0.0, [0.0, 0.0]
+    assert summary_block(report) == []
+    page = write_reports(report, tmp_path)["html"].read_text()
+    assert "no variant could be compared with a twin timed on the same runtime" in page
