@@ -155,7 +155,7 @@ def load_checkpoint(
 
 def _from_torch_file(ask: _Ask, kind: FileKind, trust_pickle: bool) -> LoadedModel:
     if not kind.torch_loadable:
-        raise CheckpointError(not_a_checkpoint(ask.path, kind))
+        raise CheckpointError(_not_a_checkpoint(ask.path, kind))
     if ask.path.suffix == ".safetensors":  # torch.load would read it as safetensors, by its name
         raise CheckpointError(f"{ask.path}: it is {kind.description}, not a safetensors file; name it .pt")
     obj = _torch_load(ask.path, trust_pickle, kind)
@@ -287,7 +287,7 @@ def _arg(args: object, name: str) -> Any:
 def _arch_and_overrides(ask: _Ask, name: str | None) -> tuple[str | None, dict[str, Any]]:
     """The zoo architecture to build: ``arch=`` if given, else the one the recorded ``name`` maps to
     (with that name's config overrides, also when ``arch=`` names the same architecture)."""
-    found = zoo_arch_for(name) if name is not None else None
+    found = _zoo_arch_for(name) if name is not None else None
     if ask.arch is not None or name is None:
         return ask.arch, found[1] if found is not None and found[0] == ask.arch else {}
     if found is None:
@@ -299,7 +299,7 @@ def _arch_and_overrides(ask: _Ask, name: str | None) -> tuple[str | None, dict[s
     return found
 
 
-def zoo_arch_for(name: str) -> tuple[str, dict[str, Any]] | None:
+def _zoo_arch_for(name: str) -> tuple[str, dict[str, Any]] | None:
     """The zoo architecture and config overrides for a recorded model name: a zoo name as it is,
     a timm name through the registry's map; None for names the zoo cannot build."""
     from .models import list_models
@@ -502,7 +502,7 @@ def _sniff_text(path: Path, head: bytes) -> FileKind | None:
     return FileKind("text", f"a text file (starts {first!r})" if first else "a text file of blank lines")
 
 
-def not_a_checkpoint(path: Path, kind: FileKind) -> str:
+def _not_a_checkpoint(path: Path, kind: FileKind) -> str:
     """The one-line message for a file that is no checkpoint: what it is, what was expected, what to do."""
     hints = {
         "onnx": "; dyt-export and dyt-check take the PyTorch model an ONNX file was exported from "
