@@ -299,7 +299,11 @@ def _md_table(table: Table, level: str = "##") -> list[str]:
 def markdown(report: dict) -> str:
     """report.md: the answer table first, then every detail table and the notes."""
     answer = Table(answer_title(report), SUMMARY_COLUMNS, summary_table(report))
-    lines = [f"# dyt-bench: {report['settings']['arch']}", *_md_table(answer), "", summary_note(report)]
+    lines = [f"# dyt-bench: {report['settings']['arch']}", *_md_table(answer)]
+    if not answer.rows:
+        lines.append("| " + " | ".join(["no variant could be compared with a twin timed on the same runtime",
+                                          *[""] * (len(SUMMARY_COLUMNS) - 1)]) + " |")
+    lines += ["", summary_note(report)]
     for table in detail_tables(report):
         lines += _md_table(table)
     for note in report.get("notes", []):

@@ -251,3 +251,4 @@ def test_a_median_of_zero_gives_no_ratio_instead_of_failing_the_report(tmp_path)
     assert summary_block(report) == []
     page = write_reports(report, tmp_path)["html"].read_text()
     assert "no variant could be compared with a twin timed on the same runtime" in page
+    assert "| no variant could be compared with a twin timed on the same runtime |" in markdown(report)
