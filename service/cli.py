@@ -27,6 +27,7 @@ from .settings import API_KEY_ENV, ENV_PREFIX, SETTINGS_ENV, Settings
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Provider = Literal["cpu", "cuda", "tensorrt"]
+Backend = Literal["onnxruntime", "openvino"]
 
 
 @user_errors
@@ -37,7 +38,10 @@ def serve_command(
     port: Annotated[int, typer.Option(help="port (8000, as Triton)")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
     provider: Annotated[Provider, typer.Option(help="onnxruntime provider for .onnx models")] = "cpu",
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads (0: one per core)")] = 0,
+    backend: Annotated[Backend, typer.Option(help=(
+        "what runs .onnx models: onnxruntime (on --provider) or openvino (CPU); OpenVINO folders "
+        "(1/model.xml) always run on OpenVINO"))] = "onnxruntime",
+    threads: Annotated[int, typer.Option(help="onnxruntime / OpenVINO threads per model (0: one per core)")] = 0,
     api_key: Annotated[str | None, typer.Option(envvar=API_KEY_ENV, show_envvar=True, help=(
         "require this key on inference and comparison routes"))] = None,
     max_body_mb: Annotated[float, typer.Option(help="request body limit in MiB (413 above)")] = 64,
@@ -75,7 +79,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
     if not repository.is_dir():
         raise DytDeployError(f"--repository {repository}: no such folder")
     values: dict[str, Any] = {"repository": str(repository.resolve())}
-    for name in ("provider", "threads", "workers", "max_in_flight", "allow_nonfinite"):
+    for name in ("provider", "backend", "threads", "workers", "max_in_flight", "allow_nonfinite"):
         if name in options:
             values[name] = options[name]
     if options.get("api_key"):

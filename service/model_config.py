@@ -26,6 +26,7 @@ class ServingConfig:
     platform: str = DEFAULT_PLATFORM
     max_batch_size: int = 0
     batching: BatchingConfig | None = None
+    backend: str = ""  # Triton's ``backend`` for models named by backend, not platform ("openvino")
 
 
 def read_serving_config(folder: Path) -> ServingConfig:
@@ -37,14 +38,18 @@ def read_serving_config(folder: Path) -> ServingConfig:
     batching = None
     if config.HasField("dynamic_batching") and config.max_batch_size > 0:
         batching = BatchingConfig(config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds)
-    return ServingConfig(config.platform or DEFAULT_PLATFORM, config.max_batch_size, batching)
+    if config.backend and not config.platform:  # an OpenVINO folder: backend "openvino", no platform
+        return ServingConfig(config.backend, config.max_batch_size, batching, config.backend)
+    return ServingConfig(config.platform or DEFAULT_PLATFORM, config.max_batch_size, batching, config.backend)
 
 
 def config_answer(name: str, manifest: dict[str, Any], platform: str, max_batch_size: int,
-                  batching: BatchingConfig | None, gpu: bool) -> dict[str, Any]:
+                  batching: BatchingConfig | None, gpu: bool, backend: str = "") -> dict[str, Any]:
     """The model configuration as Triton's ``GET /v2/models/{m}/config`` returns it (what perf_analyzer
-    reads): the IO signature of ``manifest`` (dyt.json), the batching in force, one instance."""
-    config = build_config(name, manifest["inputs"], manifest["outputs"], platform=platform,
+    reads): the IO signature of ``manifest`` (dyt.json), the batching in force, one instance. A model
+    named by ``backend`` (OpenVINO) has that and no platform, as in its config.pbtxt."""
+    platform_field = None if backend and platform == backend else platform
+    config = build_config(name, manifest["inputs"], manifest["outputs"], platform=platform_field, backend=backend,
                           max_batch_size=max_batch_size, instance_kind="KIND_GPU" if gpu else "KIND_CPU",
                           max_queue_delay_us=batching.max_queue_delay_us if batching is not None else None)
     if batching is not None:

@@ -83,6 +83,7 @@ class ServedModel:
         self.signature: Signature | None = None
         self.config = ServingConfig()
         self.version: str | None = None
+        self.runtime = ""  # the runner's kind once loaded ("ort", "openvino", ...)
         self.batching: BatchingConfig | None = None
         self.batcher: DynamicBatcher | None = None
         self.stats = ModelStats(settings.stats_window)
@@ -130,7 +131,8 @@ class ServedModel:
         self.batching = self._batching_config()
         # several models take turns on the same cores: idle onnxruntime threads must not spin
         runner = runner_for_folder(self.folder, self.version, provider=self.settings.provider,
-                                   threads=self.settings.threads, spin=False)
+                                   backend=self.settings.backend, threads=self.settings.threads, spin=False)
+        self.runtime = runner.name
         runner.activate()
         self.worker.attach(runner, self.signature.batched)
         for seed in range(self.settings.warmup_runs):
@@ -248,7 +250,8 @@ class ServedModel:
         """The model configuration as Triton's ``/config`` returns it (what perf_analyzer reads)."""
         sig = self.require_signature()
         return config_answer(self.name, self.manifest, self.config.platform, sig.max_batch_size, self.batching,
-                             gpu=self.settings.provider != "cpu")
+                             gpu=self.settings.provider != "cpu" and self.runtime != "openvino",
+                             backend=self.config.backend)
 
     def index_entry(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version or "", "state": self.state, "reason": self.reason}

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     Attributes:
         repository: the model repository folder (Triton layout, one folder per model).
         provider: onnxruntime provider for .onnx models: "cpu", "cuda" or "tensorrt".
+        backend: what runs the .onnx models: "onnxruntime" (default, on ``provider``) or "openvino"
+            (OpenVINO on the CPU). A folder of OpenVINO IR (``1/model.xml``) always runs on OpenVINO.
         threads: onnxruntime intra-op threads per model (0: onnxruntime's default, one per core).
         workers: server processes (dyt-serve --workers), each loading every model.
         warmup_runs: inferences run on each model at load, before it is reported ready.
@@ -75,6 +77,7 @@ class Settings(BaseSettings):
 
     repository: str = "."
     provider: Literal["cpu", "cuda", "tensorrt"] = "cpu"
+    backend: Literal["onnxruntime", "openvino"] = "onnxruntime"
     threads: NonNegativeInt = 0
     workers: PositiveInt = 1
     warmup_runs: NonNegativeInt = 2
