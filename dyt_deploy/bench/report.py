@@ -244,8 +244,14 @@ RESULT_COLUMNS = ["runner / setting", "shape", "variant", "median ms", "p90 ms",
                   "ratio to baseline [95% CI]"]
 
 
+def _shape_sizes(shape: str) -> dict[str, str]:
+    """``batch=1,seq=128`` -> {"batch": "1", "seq": "128"} (parts without ``=`` are left out)."""
+    return dict(p.partition("=")[::2] for p in shape.split(",") if "=" in p)
+
+
 def _shape_key(shape: str) -> tuple:
-    return tuple(int(p.split("=")[1]) if "=" in p else 0 for p in shape.split(","))
+    """Sort key: sizes as numbers, in the label's order (``batch=2`` before ``batch=10``)."""
+    return tuple((int(v) if v.isdigit() else 0, v) for v in _shape_sizes(shape).values())
 
 
 def method_text(report: dict) -> str:
@@ -449,8 +455,8 @@ def _batch_series(results: list[dict], colors: dict[str, str]) -> dict[tuple[str
     """(group, the shape without its batch) -> variant -> [(batch, median ms)], variants in colour order."""
     out: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
     for r in sorted(results, key=lambda r: list(colors).index(r["variant"])):
-        sizes = dict(p.split("=") for p in r["shape"].split(",") if "=" in p)
-        if "batch" not in sizes:
+        sizes = _shape_sizes(r["shape"])
+        if not sizes.get("batch", "").isdigit():
             continue
         rest = ",".join(f"{k}={v}" for k, v in sizes.items() if k != "batch")
         out.setdefault((r["group"], rest), {}).setdefault(r["variant"], []).append(
