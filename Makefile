@@ -58,7 +58,7 @@ gpu-check:
 
 # the GPU suite alone (norm layer vs copy bandwidth, decoder); needs a CUDA GPU and torch with CUDA
 bench-gpu: $(STAMP)
-	$(BIN)/dyt-bench --device cuda -o reports/gpu
+	$(BIN)/dyt-bench --device cuda --suite kernels -o reports/gpu
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -278,19 +278,24 @@ def bench(
     output: Path = typer.Option(Path("reports/bench"), "-o", "--output", help="Report folder."),
     config: list[str] = typer.Option(None, "--set", help="Architecture config override KEY=VALUE, e.g. "
                                      "--set depth=2 --set img_size=64; repeat per key."),
-    device: str = typer.Option("cpu", help="cpu: the model on each runner (above). cuda[:N]: the GPU suite "
-                               "instead -- the norm layer alone (copy, LayerNorm, RMSNorm, DyT eager/compiled/"
-                               "Triton kernel) and a LLaMA-style decoder; --set then sizes the decoder."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N]: where the torch runners run (on CUDA: torch, "
+                               "torch-compile, torch-triton by default, timed with CUDA events, in --dtypes)."),
+    suite: str = typer.Option("model", help="model: MODEL and its twins on each runner. kernels (CUDA): the norm "
+                              "layer alone (copy, LayerNorm, RMSNorm, DyT eager/compiled/Triton kernel) and a "
+                              "LLaMA-style decoder; --set then sizes the decoder."),
     tokens: str = typer.Option(None, help="GPU suite: token counts of the layer cases [default: 4096 at widths "
                                "1024-8192 bf16, 16384x4096 bf16, 4096x4096 fp16/fp32]."),
     widths: str = typer.Option(None, help="GPU suite: layer widths (with --tokens) [default: 4096]."),
-    dtypes: str = typer.Option(None, help="GPU suite: fp32, fp16, bf16 (with --tokens) [default: bf16]."),
+    dtypes: str = typer.Option(None, help="Precisions of the torch runners: fp32, fp16, bf16 [default: fp32 on the "
+                               "CPU, bf16 on CUDA]; kernels suite: of the layer cases (with --tokens)."),
     decoder: bool = typer.Option(True, "--decoder/--no-decoder", help="GPU suite: also time the decoder."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     import os
 
-    if device != "cpu":
+    if suite not in ("model", "kernels"):
+        raise DytDeployError(f"--suite {suite!r}: use model or kernels")
+    if suite == "kernels":
         _gpu_bench(device, tokens, widths, dtypes, decoder, batch, seq, warmup, iters, config, output)
         return
 
@@ -303,7 +308,8 @@ def bench(
     model_path, model = _bench_source(source, model)
     bench_config = BenchConfig.from_options(
         arch=model, model=model_path, model_arch=arch, weights=weights, trust_pickle=trust_pickle,
-        input_shapes=input_shape or None, variants=_names(variants), runners=_names(runners), batches=_ints(batch),
+        input_shapes=input_shape or None, device=device, dtypes=_names(dtypes) or _default_dtypes(device),
+        variants=_names(variants), runners=_names(runners), batches=_ints(batch),
         seqs=_ints(seq),
         optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
         baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config))
@@ -328,6 +334,10 @@ def bench(
     for optimizer, why in report["settings"].get("optimizers_skipped", {}).items():
         err_console.print(f"optimizer {optimizer} skipped: {why}", highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
+
+
+def _default_dtypes(device: str) -> list[str]:
+    return ["fp32"] if device == "cpu" else ["bf16"]
 
 
 def _bench_source(source: str | None, zoo_name: str | None) -> tuple[Path | None, str]:

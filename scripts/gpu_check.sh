@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks, on a host with a CUDA GPU: the Triton kernels' tests compiled for the GPU, the
-# gpu/tensorrt-marked tests, then the GPU benchmark (dyt-bench --device cuda).
+# gpu/tensorrt-marked tests, then the GPU benchmark (dyt-bench --device cuda --suite kernels).
 #
 # Runs in the Python environment it is started in (PYTHON, default python3), which must already
 # hold torch with CUDA, Triton, onnx, onnxruntime, typer, rich and pytest. Nothing is installed:
@@ -42,7 +42,7 @@ timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider te
 echo "== GPU benchmark" | tee "$OUT/bench.txt"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' \
-    --device cuda -o "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.txt"
+    --device cuda --suite kernels -o "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.txt"
 
 echo "== gpu/tensorrt-marked engine tests" | tee "$OUT/pytest-gpu.txt"
 timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/engine \

@@ -15,8 +15,8 @@ import torch
 from ..errors import DytDeployError
 from ..export.api import library_versions
 from ..feeds import random_feed
-from ..runners import Runner, create_runner
-from .config import BENCH_RUNNERS, BenchConfig
+from ..runners import MissingBackendError, Runner, create_runner
+from .config import BENCH_RUNNERS, ONNX_BENCH_RUNNERS, TORCH_BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import median_interval
@@ -78,6 +78,10 @@ def benchmark(config: BenchConfig, progress: Callable[[str, int, int], None] | N
     Runners take turns on the same cores, so onnxruntime sessions run without thread spinning;
     for torch, set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (``dyt-bench`` does).
     """
+    if config.device != "cpu" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise DytDeployError(f"device {config.device}: no CUDA device is visible (PyTorch {torch.__version__} is "
+                             f"{build}); run on a machine with an NVIDIA GPU, or benchmark on the CPU")
     if config.threads:
         torch.set_num_threads(config.threads)
     with tempfile.TemporaryDirectory(prefix="dyt-bench-") as tmp:
@@ -93,41 +97,34 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
     timings, fusions, groups, onnx_files = Timings(), {}, {}, {}
     not_timed: dict[str, str] = {}
     skipped_optimizers: dict[str, str] = {}
-    if "ort" in config.runners:
+    onnx_kinds = [k for k in config.runners if k in ONNX_BENCH_RUNNERS]
+    if onnx_kinds:
         say("export and verify ONNX per variant", 0, 0)
         exported = export_variants(variant_set, work)
         onnx_files, not_timed = exported.files, exported.failed
-        for optimizer in config.optimizers:
-            try:
-                paths = {}
-                for variant, path in onnx_files.items():
-                    paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer,
-                                                                                 variant_set.ort_model)
-            except DytDeployError as err:
-                skipped_optimizers[optimizer] = str(err)
-                continue
-            # many sessions take turns on the same cores: a session's spinning threads would slow the next
-            groups[f"ort/{optimizer}"] = {v: create_runner("ort", p, threads=config.threads, spin=False)
-                                          for v, p in paths.items()}
-    for kind in (k for k in config.runners if k != "ort"):
-        groups[kind] = _torch_runners(variant_set, kind)
-    _check_baseline(config, groups)
+        for kind in onnx_kinds:
+            groups.update(_onnx_groups(kind, onnx_files, config, variant_set, fusions, skipped_optimizers))
+    for kind in (k for k in config.runners if k in TORCH_BENCH_RUNNERS):
+        for dtype in config.dtypes:
+            group = kind if config.dtypes == ("fp32",) else f"{kind}/{dtype}"
+            groups[group] = _torch_runners(variant_set, kind, config, dtype)
+    skipped_runners = _activate_or_skip(groups)
+    _check_baseline(config, groups, skipped_runners)
     everyone = [runner for members in groups.values() for runner in members.values()]
-    for runner in everyone:
-        runner.activate()
     time_all(groups, feeds, config.warmup, config.iters, timings,
              lambda d, t: say("time every runner, interleaved", d, t))
     for runner in everyone:
         runner.deactivate()
     report = _report(config, timings, feeds, fusions)
     report["settings"].update(model=variant_set.source, own_norm=variant_set.own, variants_made=variant_set.made,
-                              not_timed=not_timed, optimizers_skipped=skipped_optimizers)
+                              not_timed=not_timed, optimizers_skipped=skipped_optimizers,
+                              runners_skipped=skipped_runners, device=config.device, dtypes=list(config.dtypes))
     if config.model is not None:  # the report's title names the model
         report["settings"]["arch"] = config.model.name
     if config.layer:
         say("norm layer alone", 0, 0)
         report["layer"] = _layer_section(config, variant_set)
-    if config.profile and onnx_files:
+    if config.profile and onnx_files and "ort" in config.runners:
         say("onnxruntime profile", 0, 0)
         report["profile"] = _profile_section(onnx_files, config, variant_set, next(iter(feeds.values())),
                                              skipped_optimizers)
@@ -144,10 +141,46 @@ def variants_of(config: BenchConfig) -> VariantSet:
                           trust_pickle=config.trust_pickle, input_shapes=list(config.input_shapes) or None)
 
 
-def _check_baseline(config: BenchConfig, groups: dict[str, dict[str, Runner]]) -> None:
+def _onnx_groups(kind: str, onnx_files: dict[str, Path], config: BenchConfig, variant_set: VariantSet,
+                 fusions: dict, skipped_optimizers: dict[str, str]) -> dict[str, dict[str, Runner]]:
+    """Runners of the exported files: per ONNX optimizer for onnxruntime, the plain files for OpenVINO."""
+    if kind == "openvino":
+        return {kind: {v: create_runner(kind, p, threads=config.threads) for v, p in onnx_files.items()}}
+    groups = {}
+    for optimizer in config.optimizers:
+        try:
+            paths = {}
+            for variant, path in onnx_files.items():
+                paths[variant], fusions[f"{variant}/{optimizer}"] = optimize(path, optimizer, variant_set.ort_model)
+        except DytDeployError as err:
+            skipped_optimizers[optimizer] = str(err)
+            continue
+        # many sessions take turns on the same cores: a session's spinning threads would slow the next
+        groups[f"{kind}/{optimizer}"] = {v: create_runner(kind, p, threads=config.threads, spin=False)
+                                         for v, p in paths.items()}
+    return groups
+
+
+def _activate_or_skip(groups: dict[str, dict[str, Runner]]) -> dict[str, str]:
+    """Activate every runner; a group whose backend is missing here is dropped, with why."""
+    skipped = {}
+    for group, members in list(groups.items()):
+        try:
+            for runner in members.values():
+                runner.activate()
+        except MissingBackendError as err:
+            for runner in members.values():
+                runner.deactivate()
+            skipped[group] = str(err)
+            del groups[group]
+    return skipped
+
+
+def _check_baseline(config: BenchConfig, groups: dict[str, dict[str, Runner]], skipped: dict[str, str]) -> None:
     if not any(config.baseline in members for members in groups.values()):
-        raise DytDeployError(f"the baseline variant {config.baseline!r} could not be timed on any runner "
-                             "(see why above); choose another --baseline")
+        why = "; ".join(f"{group}: {reason}" for group, reason in skipped.items())
+        raise DytDeployError(f"the baseline variant {config.baseline!r} could not be timed on any runner"
+                             + (f" ({why})" if why else "") + "; choose other --runners or another --baseline")
 
 
 def _report(config: BenchConfig, timings: Timings, feeds: dict, fusions: dict) -> dict:
@@ -180,9 +213,12 @@ def _feeds(specs, batches: tuple[int, ...], seqs: tuple[int, ...]) -> dict[str, 
     return feeds
 
 
-def _torch_runners(variant_set: VariantSet, kind: str) -> dict[str, Runner]:
+def _torch_runners(variant_set: VariantSet, kind: str, config: BenchConfig, dtype: str) -> dict[str, Runner]:
     names = [s.name for s in variant_set.specs]
-    return {variant: create_runner(kind, module, input_names=names, output_names=variant_set.output_names)
+    # the Triton kernels replace DyT layers: a LayerNorm/RMSNorm variant runs eager in that group
+    return {variant: create_runner(kind if VARIANTS[variant][0] == "dyt" or kind != "torch-triton" else "torch",
+                                   module, input_names=names, output_names=variant_set.output_names,
+                                   device=config.device, dtype=dtype)
             for variant, module in variant_set.models.items()
             # folding is an ONNX rewrite; in PyTorch it is the same module as "dyt"
             if not VARIANTS[variant][1]}

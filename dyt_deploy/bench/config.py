@@ -13,7 +13,14 @@ from typing import Any
 from ..errors import OptionError
 from .variants import OPTIMIZERS, VARIANTS
 
-BENCH_RUNNERS = ("ort", "torch", "torch-compile")
+# runners of the ONNX files (one group per optimizer for ort/ort-cuda) and of the modules themselves
+ONNX_BENCH_RUNNERS = ("ort", "openvino", "ort-cuda")
+TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton")
+BENCH_RUNNERS = ONNX_BENCH_RUNNERS + TORCH_BENCH_RUNNERS
+CPU_ONLY_RUNNERS = ("ort", "openvino")
+CUDA_ONLY_RUNNERS = ("ort-cuda",)
+DEFAULT_RUNNERS = {"cpu": ("ort", "openvino"), "cuda": ("torch", "torch-compile", "torch-triton")}
+BENCH_DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_VARIANTS = ("layernorm", "rmsnorm", "dyt", "dyt-folded")
 
 
@@ -30,7 +37,12 @@ class BenchConfig:
         model_arch, weights, trust_pickle, input_shapes: as dyt-export's ``--arch``, ``--weights``,
             ``--trust-pickle`` and ``--input-shape`` for ``model``.
         variants: layernorm, rmsnorm, dyt, dyt-folded, derf; ``baseline`` must be one of them.
-        runners: "ort" (one group per ONNX optimizer), "torch", "torch-compile".
+        runners: of the exported ONNX: "ort" (one group per ONNX optimizer), "openvino" (CPU),
+            "ort-cuda" (onnxruntime-gpu); of the modules: "torch", "torch-compile", "torch-triton"
+            (eager with the Triton DyT kernels). Empty: the device's defaults (CPU: ort, openvino;
+            CUDA: torch, torch-compile, torch-triton).
+        device: "cpu", "cuda" or "cuda:N": where the torch runners run (on CUDA timed with CUDA events).
+        dtypes: precisions of the torch runners, one group each (fp32, fp16, bf16); ONNX is fp32.
         batches, seqs: shapes to time (seqs only for token models).
         threads: intra-op threads for torch and onnxruntime (0: their defaults).
         warmup: untimed calls per variant and shape; iters: interleaved timed rounds.
@@ -49,7 +61,9 @@ class BenchConfig:
     trust_pickle: bool = False
     input_shapes: tuple[str, ...] = ()
     variants: tuple[str, ...] = DEFAULT_VARIANTS
-    runners: tuple[str, ...] = ("ort", "torch")
+    runners: tuple[str, ...] = ()
+    device: str = "cpu"
+    dtypes: tuple[str, ...] = ("fp32",)
     batches: tuple[int, ...] = (1, 8)
     seqs: tuple[int, ...] = (128,)
     threads: int = 0
@@ -66,8 +80,11 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
-        for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes"):
+        for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes",
+                     "dtypes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.runners:
+            object.__setattr__(self, "runners", DEFAULT_RUNNERS["cpu" if self.device == "cpu" else "cuda"])
         problems = self.problems()
         if problems:
             raise OptionError(problems)
@@ -82,7 +99,9 @@ class BenchConfig:
         """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
         found = [(name, message) for name, known, values in (
             ("variants", VARIANTS, self.variants), ("runners", BENCH_RUNNERS, self.runners),
-            ("optimizers", OPTIMIZERS, self.optimizers)) if (message := _unknown(name, values, known))]
+            ("optimizers", OPTIMIZERS, self.optimizers), ("dtypes", BENCH_DTYPES, self.dtypes))
+            if (message := _unknown(name, values, known))]
+        found += self._device_problems()
         if self.model is not None and not self.model.exists():
             found.append(("model", f"{self.model}: no such file or folder"))
         if self.weights not in (None, "model", "ema"):
@@ -100,6 +119,18 @@ class BenchConfig:
             if getattr(self, name) < low:
                 found.append((name, f"{name} must be at least {low}, not {getattr(self, name)}"))
         return found
+
+
+    def _device_problems(self) -> list[tuple[str, str]]:
+        on_cuda = self.device == "cuda" or self.device.startswith("cuda:") and self.device[5:].isdigit()
+        if self.device != "cpu" and not on_cuda:
+            return [("device", f"device must be cpu, cuda or cuda:N, not {self.device!r}")]
+        wrong = [r for r in self.runners if r in (CUDA_ONLY_RUNNERS if self.device == "cpu" else CPU_ONLY_RUNNERS)]
+        if wrong:
+            return [("runners", f"{', '.join(wrong)} cannot run on {self.device}; on the CPU: "
+                                f"{', '.join(r for r in BENCH_RUNNERS if r not in CUDA_ONLY_RUNNERS)}; on CUDA: "
+                                f"{', '.join(r for r in BENCH_RUNNERS if r not in CPU_ONLY_RUNNERS)}")]
+        return []
 
 
 def _unknown(what: str, values: tuple[str, ...], known: Any) -> str | None:

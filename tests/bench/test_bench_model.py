@@ -135,3 +135,31 @@ def test_a_model_without_norm_layers_has_nothing_to_compare(tmp_path: Path) -> N
 
     with pytest.raises(DytDeployError, match="no LayerNorm, RMSNorm or DyT layers"):
         model_variants(path, ["layernorm", "dyt"], trust_pickle=True, input_shapes=["x=1,4"])
+
+
+def test_torch_runners_per_precision_with_the_triton_kernels(official_vit: Path, tmp_path: Path) -> None:
+    # the code --device cuda runs, on the CPU: torch-triton through Triton's interpreter (tests/conftest.py)
+    out = tmp_path / "report"
+
+    code, output = bench(str(official_vit), "--runners", "torch,torch-triton", "--dtypes", "fp32,bf16",
+                         "--variants", "layernorm,dyt", "--batch", "1", "--warmup", "1", "--iters", "2",
+                         "--no-layer", "--no-profile", "-o", str(out))
+
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    groups = {(r["group"], r["variant"]) for r in report["results"]}
+    assert groups == {(f"{runner}/{dtype}", variant) for runner in ("torch", "torch-triton")
+                      for dtype in ("fp32", "bf16") for variant in ("layernorm", "dyt")}
+    assert report["settings"]["dtypes"] == ["fp32", "bf16"] and report["settings"]["runners_skipped"] == {}
+    assert report["settings"]["device"] == "cpu"
+
+
+def test_runner_and_device_mismatches_are_config_errors() -> None:
+    with pytest.raises(OptionError, match="ort-cuda cannot run on cpu"):
+        BenchConfig(runners=("ort", "ort-cuda"))
+    with pytest.raises(OptionError, match="openvino cannot run on cuda"):
+        BenchConfig(device="cuda", runners=("openvino",))
+    with pytest.raises(OptionError, match="device must be cpu, cuda or cuda:N"):
+        BenchConfig(device="tpu")
+    assert BenchConfig(device="cuda:1").runners == ("torch", "torch-compile", "torch-triton")
+    assert BenchConfig().runners == ("ort", "openvino")
