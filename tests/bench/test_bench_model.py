@@ -28,7 +28,7 @@ from dyt_deploy.nn import DynamicTanh
 from dyt_deploy.nn.convert import norm_kind_of
 
 TINY_VIT = "test_vit_bench_patch16_32"
-QUICK = ["--runners", "ort,torch", "--batch", "1", "--warmup", "1", "--iters", "3", "--threads", "1",
+QUICK = ["--runners", "ort,openvino,torch", "--batch", "1", "--warmup", "1", "--iters", "3", "--threads", "1",
          "--no-layer", "--no-profile"]
 
 
@@ -65,6 +65,7 @@ def test_official_checkpoint_against_its_twins_on_ort_and_torch(official_vit: Pa
     assert settings["not_timed"] == {}
     timed = {(r["group"], r["variant"]) for r in report["results"]}
     assert {v for g, v in timed if g == "ort/none"} == {"layernorm", "rmsnorm", "dyt", "dyt-folded"}
+    assert {v for g, v in timed if g == "openvino"} == {"layernorm", "rmsnorm", "dyt", "dyt-folded"}
     assert {v for g, v in timed if g == "torch"} == {"layernorm", "rmsnorm", "dyt"}
     assert {r["shape"] for r in report["results"]} == {"batch=1"}  # shapes from the model: pixel_values 3x32x32
     assert all(r["summary"]["count"] == 3 for r in report["results"])
@@ -109,7 +110,7 @@ def test_hugging_face_folder_with_sequence_override(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path / "bert-dyt")
     out = tmp_path / "report"
 
-    code, output = bench(str(tmp_path / "bert-dyt"), *QUICK, "--runners", "ort", "--seq", "8",
+    code, output = bench(str(tmp_path / "bert-dyt"), *QUICK, "--runners", "ort,openvino", "--seq", "8",
                          "--optimizers", "none,ort-transformers", "-o", str(out))
 
     assert code == 0, output
@@ -117,7 +118,7 @@ def test_hugging_face_folder_with_sequence_override(tmp_path: Path) -> None:
     assert report["settings"]["own_norm"] == "dyt"
     assert {r["shape"] for r in report["results"]} == {"batch=1,seq=8"}
     assert {r["variant"] for r in report["results"]} == {"layernorm", "rmsnorm", "dyt", "dyt-folded"}
-    assert {r["group"] for r in report["results"]} == {"ort/none", "ort/ort-transformers"}
+    assert {r["group"] for r in report["results"]} == {"ort/none", "ort/ort-transformers", "openvino"}
 
 
 def test_model_and_zoo_name_are_told_apart(tmp_path: Path) -> None:
