@@ -315,7 +315,7 @@ def bench(
         baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config))
 
     from .bench.api import benchmark
-    from .bench.report import RESULT_COLUMNS, results_table, write_reports
+    from .bench.report import RESULT_COLUMNS, SUMMARY_COLUMNS, results_table, summary_table, write_reports
 
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task("preparing", total=None)
@@ -325,14 +325,18 @@ def bench(
 
         report = benchmark(bench_config, progress)
     paths = write_reports(report, output)
-    table = Table(*RESULT_COLUMNS, title=f"{report['settings']['arch']}: median latency, ratio to {baseline}")
-    for row in results_table(report):
-        table.add_row(*row)
-    console.print(table)
-    for variant, why in report["settings"].get("not_timed", {}).items():
-        err_console.print(f"not timed: {variant}: {why}", highlight=False)
-    for optimizer, why in report["settings"].get("optimizers_skipped", {}).items():
-        err_console.print(f"optimizer {optimizer} skipped: {why}", highlight=False)
+    name = report["settings"]["arch"]
+    tables = ((f"{name}: the answer", SUMMARY_COLUMNS, summary_table(report)),
+              (f"{name}: median latency, ratio to {baseline}", RESULT_COLUMNS, results_table(report)))
+    for title, columns, rows in tables:
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    skipped = {"not timed": "not_timed", "optimizer skipped": "optimizers_skipped", "runner skipped": "runners_skipped"}
+    for label, key in skipped.items():
+        for what, why in report["settings"].get(key, {}).items():
+            err_console.print(f"{label}: {what}: {why}", highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
 
 

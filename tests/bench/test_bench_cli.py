@@ -31,6 +31,7 @@ def test_short_real_run_writes_valid_reports(tmp_path):
     assert {(row["tokens"], row["width"]) for row in report["layer"]["rows"]} == {(64, 192), (64, 1024)}
     assert (out / "report.html").read_text().count("<svg") >= 3
     assert "ratio to layernorm" in result.output
+    assert result.output.index("the answer") < result.output.index("median latency")  # the answer first
 
 
 def test_bad_arguments_are_clear_errors(tmp_path):
