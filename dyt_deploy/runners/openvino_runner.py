@@ -8,6 +8,7 @@ dyt_deploy.DynamicTanh"), so a ``function``-form file is inlined here before it 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def read_model(core: Any, path: str | Path) -> Any:
 def _wrap_read(read: Any, path: Path) -> Any:
     try:
         return read()
-    except RuntimeError as err:  # OpenVINO's frontends raise RuntimeError with a long report
+    except (RuntimeError, ValueError) as err:  # OpenVINO's frontends raise these with a long report
         reason = " ".join(line.strip() for line in str(err).splitlines() if "conversion rule" in line or
                           "Unsupported" in line) or str(err).strip().splitlines()[-1]
         raise RunnerError(f"{path}: OpenVINO cannot read this model ({reason})") from None
@@ -90,11 +91,16 @@ def onnx_output_names(path: Path) -> list[str] | None:
 
 
 def convert_onnx_to_ir(onnx_path: str | Path, xml_path: str | Path) -> Path:
-    """Write OpenVINO IR (``xml_path`` and the ``.bin`` beside it) for an .onnx file, weights kept
-    in their precision (``compress_to_fp16=False``: OpenVINO's default would halve fp32 weights)."""
+    """Write OpenVINO IR (``xml_path`` and the ``.bin`` beside it) for an .onnx file with
+    ``ov.convert_model`` (function form inlined first), weights kept in their precision
+    (``compress_to_fp16=False``: OpenVINO's default would halve fp32 weights)."""
     openvino = import_openvino()
-    model = read_model(openvino.Core(), onnx_path)
-    xml_path = Path(xml_path)
+    onnx_path, xml_path = Path(onnx_path), Path(xml_path)
+    if not onnx_path.is_file():
+        raise RunnerError(f"{onnx_path}: no such ONNX file")
+    inlined = _inlined_onnx_bytes(onnx_path)
+    source = io.BytesIO(inlined) if inlined is not None else str(onnx_path)
+    model = _wrap_read(lambda: openvino.convert_model(source), onnx_path)
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     openvino.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path
