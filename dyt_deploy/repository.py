@@ -1,9 +1,9 @@
 """The model repository on disk, in Triton Inference Server's layout.
 
 ```
-repo/<name>/config.pbtxt     Triton model config (platform onnxruntime_onnx)
-repo/<name>/dyt.json         dyt-deploy manifest (family, norm, form, IO signature, parity, ...)
-repo/<name>/1/model.onnx
+repo/<name>/config.pbtxt     Triton model config (platform onnxruntime_onnx, or backend "openvino")
+repo/<name>/dyt.json         dyt-deploy manifest (family, norm, form, backend, IO signature, parity, ...)
+repo/<name>/1/model.onnx     (an OpenVINO folder: 1/model.xml + 1/model.bin, OpenVINO IR)
 ```
 Folders are staged beside their final place and renamed into it, so a reader never sees a
 half-written model and a failed write leaves the previous one intact.
