@@ -28,6 +28,7 @@ _EXPORTS = {
     "ExportConfig": "export",
     "create_runner": "runners",
     "runner_for_folder": "runners",
+    "optimize": "optimize_model",
 }
 
 __all__ = sorted(_EXPORTS)

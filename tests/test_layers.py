@@ -26,6 +26,7 @@ ALLOWED = {
     "runners": {"dtypes", "engine", "errors", "kernels", "models", "repository"},
     "export": {"checkpoint", "dtypes", "errors", "feeds", "models", "nn", "parity", "repository", "runners", "specs"},
     "cli_common": {"errors"},
+    "optimize_model": {"errors", "kernels", "nn"},  # optimize(model): fold, kernels, torch.compile
 }
 TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
 ALLOWED_SERVICE = {"cli", "demo"}

@@ -46,12 +46,14 @@ class _PointwiseNorm(nn.Module):
             self.register_parameter("bias", None)
 
     def _affine(self, y: torch.Tensor) -> torch.Tensor:
+        """``y * weight + bias``; either may be None (``weight`` is None once folded into the next layer)."""
         weight, bias = self.weight, self.bias
         if not self.channels_last:
             trailing = (1,) * (y.dim() - 2)
-            weight = weight.view(-1, *trailing)
+            weight = None if weight is None else weight.view(-1, *trailing)
             bias = None if bias is None else bias.view(-1, *trailing)
-        y = y * weight
+        if weight is not None:
+            y = y * weight
         return y if bias is None else y + bias
 
     def extra_repr(self) -> str:
