@@ -23,7 +23,7 @@ ALLOWED = {
     "hf": {"checkpoint", "errors", "models", "nn", "specs"},  # Hugging Face folders; checkpoint dispatches to it
     "kernels": {"errors", "nn"},
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
-    "runners": {"dtypes", "engine", "errors", "kernels", "models", "repository"},
+    "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "repository"},
     "export": {"checkpoint", "dtypes", "errors", "feeds", "models", "nn", "parity", "repository", "runners", "specs"},
     "cli_common": {"errors"},
     "optimize_model": {"errors", "kernels", "nn"},  # optimize(model): fold, kernels, torch.compile

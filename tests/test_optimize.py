@@ -141,3 +141,17 @@ def test_unknown_mode_lists_the_modes() -> None:
     with pytest.raises(dyt_deploy.DytDeployError, match="unknown optimize mode 'fast'"):
         optimize(nn.Linear(2, 2), mode="fast")
     assert MODES == ("eager", "default", "reduce-overhead", "max-autotune")
+
+
+def test_the_torch_optimize_runner_is_the_optimized_model_on_the_runner_interface() -> None:
+    from dyt_deploy.runners import create_runner
+
+    model = trained_like(create_model("llama_tiny", norm="dyt", **SMALL["llama_tiny"]))
+    feed = {name: t.numpy() for name, t in model.example_inputs(seed=4).items()}
+    names = list(feed)
+
+    with create_runner("torch", model, input_names=names, output_names=["logits"]) as eager, \
+            create_runner("torch-optimize", model, input_names=names, output_names=["logits"], optimize="eager",
+                          warmup_feed=feed) as optimized:
+        torch.testing.assert_close(optimized.infer(feed)["logits"], eager.infer(feed)["logits"], rtol=1e-4, atol=1e-4)
+        assert len(optimized.optimize_report.folded) == 5 and optimized.name == "torch-optimize/eager"

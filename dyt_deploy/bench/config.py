@@ -15,7 +15,7 @@ from .variants import OPTIMIZERS, VARIANTS
 
 # runners of the ONNX files (one group per optimizer for ort/ort-cuda) and of the modules themselves
 ONNX_BENCH_RUNNERS = ("ort", "openvino", "ort-cuda")
-TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton")
+TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton", "torch-optimize")
 BENCH_RUNNERS = ONNX_BENCH_RUNNERS + TORCH_BENCH_RUNNERS
 CPU_ONLY_RUNNERS = ("ort", "openvino")
 CUDA_ONLY_RUNNERS = ("ort-cuda",)
@@ -39,7 +39,8 @@ class BenchConfig:
         variants: layernorm, rmsnorm, dyt, dyt-folded, derf; ``baseline`` must be one of them.
         runners: of the exported ONNX: "ort" (one group per ONNX optimizer), "openvino" (CPU),
             "ort-cuda" (onnxruntime-gpu); of the modules: "torch", "torch-compile", "torch-triton"
-            (eager with the Triton DyT kernels). Empty: the device's defaults (CPU: ort, openvino;
+            (eager with the Triton DyT kernels), "torch-optimize" (``dyt_deploy.optimize``: folded,
+            kernels, compiled; the best PyTorch path of each variant). Empty: the device's defaults (CPU: ort, openvino;
             CUDA: torch, torch-compile, torch-triton).
         device: "cpu", "cuda" or "cuda:N": where the torch runners run (on CUDA timed with CUDA events).
         dtypes: precisions of the torch runners, one group each (fp32, fp16, bf16); ONNX is fp32.

@@ -47,6 +47,15 @@ def _torch_triton(model: Any, **options: Any) -> Runner:
     return TorchRunner(model, kernels=True, **options)
 
 
+def _torch_optimize(model: Any, optimize: str | None = None, **options: Any) -> Runner:
+    """``optimize``: the mode (default: reduce-overhead, i.e. CUDA graphs, on a GPU; default on the CPU)."""
+    from .torch_runner import TorchRunner
+
+    device = options.get("device", "cpu")
+    return TorchRunner(model, optimize=optimize or ("reduce-overhead" if device.startswith("cuda") else "default"),
+                       **options)
+
+
 def _onnxruntime(provider: str) -> Callable[..., Runner]:
     def build(path: str | Path, **options: Any) -> Runner:
         from .onnxruntime_runner import OnnxRuntimeRunner
@@ -73,6 +82,8 @@ RUNNERS: dict[str, RunnerKind] = {kind.name: kind for kind in (
     RunnerKind("torch", MODULE, _torch(), "PyTorch eager"),
     RunnerKind("torch-compile", MODULE, _torch(compile=True), "torch.compile (Inductor)"),
     RunnerKind("torch-triton", MODULE, _torch_triton, "PyTorch eager with the Triton DyT kernels"),
+    RunnerKind("torch-optimize", MODULE, _torch_optimize, "dyt_deploy.optimize: DyT folded, the kernels, "
+               "compiled (CUDA graphs on a GPU)"),
     RunnerKind("ort", ONNX, _onnxruntime("cpu"), "onnxruntime, CPU"),
     RunnerKind("ort-cuda", ONNX, _onnxruntime("cuda"), "onnxruntime-gpu, CUDA execution provider"),
     RunnerKind("ort-trt", ONNX, _onnxruntime("tensorrt"), "onnxruntime-gpu, TensorRT execution provider"),

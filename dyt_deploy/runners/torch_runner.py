@@ -20,6 +20,8 @@ class TorchRunner(Runner):
     the device before the clock starts (and kept there while the same feed comes back, as in a
     benchmark's rounds); on CUDA it is measured with CUDA events.
 
+    ``optimize=MODE`` runs ``dyt_deploy.optimize(model, mode=MODE)`` on a copy (gamma/beta folded,
+    the kernels where they run, compiled in that ``torch.compile`` mode; "eager" compiles nothing).
     ``compile=True`` wraps the module in ``torch.compile`` (compiled on the first inference, which
     ``activate`` runs when given ``warmup_feed``). ``kernels=True`` runs a copy of the module with
     every DynamicTanh swapped for the Triton kernel module (``dyt_deploy.kernels.use_kernels``);
@@ -28,13 +30,17 @@ class TorchRunner(Runner):
 
     def __init__(self, model: nn.Module, input_names: list[str], output_names: list[str], *,
                  compile: bool = False, device: str = "cpu", warmup_feed: dict[str, np.ndarray] | None = None,
-                 kernels: bool = False, dtype: str = "fp32") -> None:
+                 kernels: bool = False, dtype: str = "fp32", optimize: str | None = None) -> None:
         from ..dtypes import torch_dtype
 
         super().__init__()
         if compile and kernels:
             raise ValueError("choose compile or kernels: torch.compile generates its own DyT kernels")
-        self.name = "torch-compile" if compile else "torch-triton" if kernels else "torch"
+        if optimize is not None and (compile or kernels):
+            raise ValueError("optimize compiles and picks the kernels itself: not with compile or kernels")
+        self.name = ("torch-compile" if compile else "torch-triton" if kernels
+                     else f"torch-optimize/{optimize}" if optimize else "torch")
+        self.optimize = optimize
         self.model, self.input_names, self.output_names = model, input_names, output_names
         self.compile, self.kernels, self.device, self.warmup_feed = compile, kernels, device, warmup_feed
         self.dtype, self._torch_dtype = dtype, torch_dtype(dtype)
@@ -54,9 +60,25 @@ class TorchRunner(Runner):
             module = (module if self.kernels else copy.deepcopy(module)).to(self._torch_dtype)
         if self.kernels:
             module = self._with_kernels(module)
+        if self.optimize is not None:
+            module = self._optimized(module)
         self._callable = torch.compile(module) if self.compile else module
         if self.warmup_feed is not None:
             self._infer(self.warmup_feed)
+
+    def _optimized(self, module: nn.Module) -> nn.Module:
+        """``dyt_deploy.optimize`` on a copy: fold sites found on the warm-up feed (or the zoo model's own inputs)."""
+        from ..optimize_model import optimize
+
+        example = None
+        if self.warmup_feed is not None:
+            example = tuple(self._on_device(self.warmup_feed))
+        elif callable(getattr(module, "example_inputs", None)):
+            example = tuple(t.to(self.device) for t in module.example_inputs().values())
+            example = tuple(t.to(self._torch_dtype) if t.is_floating_point() else t for t in example)
+        optimized, self.optimize_report = optimize(module, mode=self.optimize, example_inputs=example)
+        self._feed = None
+        return optimized
 
     def _with_kernels(self, module: nn.Module) -> nn.Module:
         from .. import kernels
