@@ -89,9 +89,9 @@ def test_requirements_script_reads_pyproject() -> None:
     tomllib = pytest.importorskip("tomllib")
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     script = [sys.executable, str(DOCKER / "requirements.py"), "--pyproject", str(ROOT / "pyproject.toml")]
-    cpu = subprocess.run(script, capture_output=True, text=True, check=True).stdout.split()
+    cpu = subprocess.run(script, capture_output=True, text=True, check=True).stdout.splitlines()
     gpu = subprocess.run([*script, "--without", "onnxruntime", "--extra", "gpu"], capture_output=True, text=True,
-                         check=True).stdout.split()
+                         check=True).stdout.splitlines()
     assert cpu == dependencies
     assert not any(r.startswith("onnxruntime>") for r in gpu) and any(r.startswith("onnxruntime-gpu") for r in gpu)
 
