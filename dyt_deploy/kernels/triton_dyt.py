@@ -21,11 +21,14 @@ the kernels run on CPU tensors through Triton's interpreter (slow; for tests).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from .reference import result_dtypes, uses_fast_tanh
 
 # tanh in float32, accurate to a few ulps over the whole range:
 # * |z| < 0.5: the odd Taylor series through z^15 (the first term left out, z^17, is below 1e-8
@@ -55,12 +58,20 @@ def _tanh(z):
 
 
 @triton.jit
+def _tanh_approx(z):
+    # the GPU's own tanh (one MUFU instruction, sm_75 and later): max relative error about 2^-11,
+    # far below a 16-bit store's rounding and several times cheaper than _tanh
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [z], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
 def _dyt_fwd_kernel(
     X, R, H, Y, ALPHA, W, B,
     M, N,
     stride_x, stride_r, stride_h, stride_y,
     HAS_RESIDUAL: tl.constexpr, STORE_SUM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    W_SCALAR: tl.constexpr, B_SCALAR: tl.constexpr,
+    W_SCALAR: tl.constexpr, B_SCALAR: tl.constexpr, FAST_TANH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # Program (i, j) covers rows [i*BLOCK_M, +BLOCK_M) and columns [j*BLOCK_N, +BLOCK_N) of the
@@ -82,7 +93,10 @@ def _dyt_fwd_kernel(
         x = h
 
     alpha = tl.load(ALPHA).to(tl.float32)
-    y = _tanh(alpha * x.to(tl.float32))
+    if FAST_TANH:
+        y = _tanh_approx(alpha * x.to(tl.float32))
+    else:
+        y = _tanh(alpha * x.to(tl.float32))
     # weight/bias: one value (W_SCALAR) or one per column; as constexprs, so the per-column loads
     # are known to be contiguous and compile to vector loads
     if HAS_WEIGHT:
@@ -109,12 +123,14 @@ class LaunchConfig:
     num_warps: int
 
 
+@functools.lru_cache(maxsize=1024)
 def default_config(n_rows: int, n_cols: int, element_size: int) -> LaunchConfig:
     """A tile of about 16 KiB of input per program, at most 4096 columns wide.
 
     Memory-bound elementwise work wants each program to move enough bytes to hide latency
     (16-byte vector loads, several per thread) while leaving enough programs to fill every SM.
-    ``dyt-bench --device cuda`` sweeps other tiles next to this one.
+    ``dyt-bench --device cuda`` sweeps other tiles next to this one. Cached per shape: it is
+    asked on every launch.
     """
     block_n = min(triton.next_power_of_2(max(n_cols, 1)), 4096)
     elements = max(16 * 1024 // element_size, block_n)
@@ -151,6 +167,7 @@ def dyt_forward(
     out: torch.Tensor | None = None,
     residual_out: torch.Tensor | None = None,
     keep_sum: bool = True,
+    precise: bool = False,
     config: LaunchConfig | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel over the last dim of ``x`` (channels-last DyT).
@@ -160,7 +177,9 @@ def dyt_forward(
     when x's or the residual's dtype can hold it).
     ``out``/``residual_out`` are written in place when given (their dtypes decide the stored
     types); otherwise new tensors get the dtype eager PyTorch would give (type promotion of
-    the inputs and parameters). Runs on ``x``'s device and current stream.
+    the inputs and parameters). An fp16/bf16 ``y`` is computed with the hardware tanh unless
+    ``precise`` (default False) or ``DYT_PRECISE_TANH=1`` asks for the accurate one (see the
+    module docstring for the error). Runs on ``x``'s device and current stream.
     """
     n_cols = x.shape[-1] if x.dim() else 1
     if alpha.numel() != 1:
@@ -169,26 +188,21 @@ def dyt_forward(
         raise ValueError(f"residual shape {list(residual.shape)} differs from x {list(x.shape)}")
     w, stride_w = _param(weight, n_cols, "weight")
     b, stride_b = _param(bias, n_cols, "bias")
+    sum_dtype, y_dtype = result_dtypes(x, alpha, weight, bias, residual)
 
     x2 = _rows(x, n_cols)
     n_rows = x2.shape[0]
     store_sum = True
+    r2 = None
     if residual is not None:
         r2 = _rows(residual, n_cols)
-        sum_dtype = torch.promote_types(x.dtype, residual.dtype)
         if residual_out is None and not keep_sum and sum_dtype in (x.dtype, residual.dtype):
             store_sum = False  # an input of the sum's dtype stands in for h's (unwritten) buffer
         elif residual_out is None:
             residual_out = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
-        src_dtype = sum_dtype if residual_out is None else residual_out.dtype
-    else:
-        r2 = None
-        src_dtype = x.dtype
     if out is None:
-        y_dtype = torch.promote_types(src_dtype, alpha.dtype)
-        for p in (weight, bias):
-            if p is not None:
-                y_dtype = torch.promote_types(y_dtype, p.dtype)
+        if residual_out is not None and residual_out.dtype != sum_dtype:  # the caller's h type feeds DyT
+            y_dtype = result_dtypes(residual_out, alpha, weight, bias)[1]
         out = torch.empty(x.shape, dtype=y_dtype, device=x.device)
     for name, t in (("out", out), ("residual_out", residual_out)):
         if t is not None and (t.shape != x.shape or not t.is_contiguous()):
@@ -201,7 +215,7 @@ def dyt_forward(
         grid = (triton.cdiv(n_rows, cfg.block_m), triton.cdiv(n_cols, cfg.block_n))
         dummy = x2  # stands in for absent pointers; never read (the constexpr flags drop the loads)
         if h2 is None and r2 is not None:  # sum not stored: h's dtype still sets its rounding
-            h2 = x2 if x2.dtype == src_dtype else r2
+            h2 = x2 if x2.dtype == sum_dtype else r2
         _dyt_fwd_kernel[grid](
             x2, r2 if r2 is not None else dummy, h2 if h2 is not None else dummy, y2,
             alpha, w if w is not None else dummy, b if b is not None else dummy,
@@ -209,7 +223,7 @@ def dyt_forward(
             x2.stride(0), r2.stride(0) if r2 is not None else 0, h2.stride(0) if h2 is not None else 0,
             y2.stride(0),
             HAS_RESIDUAL=r2 is not None, STORE_SUM=store_sum, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-            W_SCALAR=stride_w == 0, B_SCALAR=stride_b == 0,
+            W_SCALAR=stride_w == 0, B_SCALAR=stride_b == 0, FAST_TANH=uses_fast_tanh(out.dtype, precise),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         )
     if residual is None or not keep_sum:

@@ -1,7 +1,8 @@
 """The kernel compiled ahead of time for Ampere and Hopper, with no GPU: Triton's own ptxas builds the cubin.
 
 Checks what the CPU interpreter cannot: that the source lowers for real targets (jit rules the
-interpreter does not enforce), and that aligned tensors get 128-bit vector loads and stores.
+interpreter does not enforce), that aligned tensors get 128-bit vector loads and stores, and that
+16-bit storage computes tanh with the hardware instruction (``tanh.approx.f32``) unless asked not to.
 Runs in a child process, because compiling needs TRITON_INTERPRET unset.
 """
 
@@ -18,14 +19,18 @@ CHILD = r"""
 import json
 from dyt_deploy.kernels.aot import compile_dyt
 out = {}
-for dtype, residual, weight, bias, arch, aligned in [
-        ("bf16", False, True, True, 90, True), ("bf16", True, True, False, 90, True),
-        ("fp16", False, False, False, 90, True), ("fp32", True, True, True, 90, True),
-        ("bf16", True, True, True, 80, True), ("bf16", False, True, True, 90, False)]:
-    c = compile_dyt(dtype, residual=residual, weight=weight, bias=bias, arch=arch, aligned=aligned)
-    key = f"{dtype}-res{int(residual)}-w{int(weight)}-b{int(bias)}-sm{arch}-{'aligned' if aligned else 'any'}"
+for dtype, residual, weight, bias, arch, aligned, precise in [
+        ("bf16", False, True, True, 90, True, False), ("bf16", True, True, False, 90, True, False),
+        ("fp16", False, False, False, 90, True, False), ("fp32", True, True, True, 90, True, False),
+        ("bf16", True, True, True, 80, True, False), ("bf16", False, True, True, 90, False, False),
+        ("fp16", True, True, True, 80, True, False), ("fp32", False, True, True, 80, True, False),
+        ("bf16", False, True, True, 90, True, True), ("fp16", False, True, True, 80, True, True)]:
+    c = compile_dyt(dtype, residual=residual, weight=weight, bias=bias, arch=arch, aligned=aligned, precise=precise)
+    key = (f"{dtype}-res{int(residual)}-w{int(weight)}-b{int(bias)}-sm{arch}-{'aligned' if aligned else 'any'}"
+           + ("-precise" if precise else ""))
     out[key] = {"accesses": sorted(c.global_accesses()), "cubin": len(c.cubin), "warps": c.num_warps,
-                "shared": c.shared_bytes,
+                "shared": c.shared_bytes, "tanh_approx": c.ptx.count("tanh.approx.f32"),
+                "exp2_div": sum(c.ptx.count(i) for i in ("ex2.approx", "div.rn.f32", "div.full.f32", "rcp.")),
                 "target": [l for l in c.ptx.splitlines() if l.startswith(".target")][0]}
 print(json.dumps(out))
 """
@@ -44,7 +49,7 @@ def compiled() -> dict:
 
 
 def test_every_form_compiles_to_a_cubin_for_its_target(compiled):
-    assert len(compiled) == 6
+    assert len(compiled) == 10
     for key, c in compiled.items():
         assert c["cubin"] > 1000 and c["warps"] == 8, key
         assert c["target"].startswith(".target sm_80" if "sm80" in key else ".target sm_90"), key
@@ -63,3 +68,20 @@ def test_aligned_tensors_get_128_bit_vector_loads_and_stores(compiled):
 def test_without_alignment_the_compiler_must_fall_back_to_scalar_accesses(compiled):
     """The control: the vector accesses above come from the alignment, not from the kernel alone."""
     assert compiled["bf16-res0-w1-b1-sm90-any"]["accesses"] == ["ld.global.b16", "st.global.b16"]
+
+
+def test_16_bit_storage_computes_tanh_with_the_hardware_instruction(compiled):
+    fast = [k for k in compiled if k.split("-")[0] in ("bf16", "fp16") and not k.endswith("precise")]
+    assert {k.split("-")[0] for k in fast} == {"bf16", "fp16"} and {"sm80", "sm90"} <= {k.split("-")[4] for k in fast}
+    for key in fast:
+        assert compiled[key]["tanh_approx"] > 0, key
+        # the accurate tanh's exp2 and division are gone with it
+        assert compiled[key]["exp2_div"] == 0, key
+
+
+def test_fp32_and_precise_keep_the_accurate_tanh(compiled):
+    accurate = [k for k in compiled if k.startswith("fp32") or k.endswith("precise")]
+    assert len(accurate) == 4 and {"sm80", "sm90"} <= {k.split("-")[4] for k in accurate}
+    for key in accurate:
+        assert compiled[key]["tanh_approx"] == 0, key
+        assert compiled[key]["exp2_div"] > 0, key  # exp2, then (1 - e) / (1 + e): the control for the check above
