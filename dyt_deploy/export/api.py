@@ -51,7 +51,11 @@ class VerificationFailed(DytDeployError):
 
 @dataclass
 class ExportResult:
-    """What an export produced: paths, form, folding, parity and the manifest it wrote."""
+    """What an export produced: paths, form, folding, parity and the manifest it wrote.
+
+    For backend openvino, ``onnx_path`` is where the ONNX was verified (not kept: the folder holds
+    the IR at ``ir_path``), ``parity`` the ONNX's and ``ir_parity`` the IR's.
+    """
 
     onnx_path: Path
     model_dir: Path | None
@@ -173,7 +177,7 @@ def _to_openvino(staged_onnx: Path, reference: nn.Module, specs: list[TensorSpec
     if config.verify:
         with steps(f"verify the IR against PyTorch ({config.samples} samples, OpenVINO CPU)"):
             result.ir_parity = verify_onnx(xml, reference, specs, config.dtype, config.samples, config.atol,
-                                           config.rtol, runner="openvino")
+                                           config.rtol, kind="openvino")
     return {"1/model.xml": xml, "1/model.bin": xml.with_suffix(".bin")}
 
 
@@ -278,12 +282,11 @@ def save_onnx(model: ir.Model, path: Path) -> None:
 
 
 def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], dtype: str, samples: int,
-                atol: float | None, rtol: float | None, runner: str = "ort") -> ParityReport:
-    """Run the model file in ``runner`` (default: onnxruntime CPU; "openvino" also takes IR .xml)
-    and PyTorch (fp32) on ``samples`` seeded inputs."""
+                atol: float | None, rtol: float | None, kind: str = "ort") -> ParityReport:
+    """Run the model file in a runner of ``kind`` (default: onnxruntime CPU; "openvino" also takes
+    IR .xml) and PyTorch (fp32) on ``samples`` seeded inputs."""
     from ..runners import create_runner
 
-    kind = runner
     report = ParityReport(*default_tolerances(dtype, atol, rtol))
     with create_runner(kind, onnx_path) as runner:
         for index in range(samples):
