@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# GPU checks, on a host with a CUDA GPU: the Triton kernels' tests compiled for the GPU, the
-# gpu/tensorrt-marked tests, then the GPU benchmark (dyt-bench --device cuda --suite kernels).
+# GPU checks, on a host with a CUDA GPU: the Triton kernels' tests compiled for the GPU, the GPU
+# benchmark (dyt-bench --device cuda --suite kernels), the model-level comparison (vit_base, a
+# LLaMA-style decoder: DyT vs LayerNorm/RMSNorm on every PyTorch path), timm parity (where timm is
+# installed), then the gpu/tensorrt-marked tests.
 #
 # Runs in the Python environment it is started in (PYTHON, default python3), which must already
 # hold torch with CUDA, Triton, onnx, onnxruntime, typer, rich and pytest. Nothing is installed:
@@ -43,6 +45,24 @@ echo "== GPU benchmark" | tee "$OUT/bench.txt"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options
 timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' \
     --device cuda --suite kernels -o "$OUT" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT/bench.txt"
+
+echo "== model-level comparison: best DyT path vs best LayerNorm/RMSNorm path, bf16" | tee "$OUT/models.txt"
+# torch eager, torch.compile, eager with the Triton kernels, and dyt_deploy.optimize (folded, kernels, CUDA graphs);
+# vit_base at batch 1 and 64, the LLaMA-style decoder (dim 2048, 8 layers) at 1 and 4096 tokens
+MODEL_ARGS="--device cuda --dtypes bf16 --runners torch,torch-compile,torch-triton,torch-optimize --no-layer --no-profile"
+# shellcheck disable=SC2086
+timeout "${MODEL_TIMEOUT:-600}" "$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' \
+    --model vit_base --variants layernorm,dyt --batch 1,64 $MODEL_ARGS -o "$OUT/model-vit_base" 2>&1 \
+    | tee -a "$OUT/models.txt"
+# shellcheck disable=SC2086
+timeout "${MODEL_TIMEOUT:-600}" "$PYTHON" -c 'from dyt_deploy.cli import bench_app; bench_app()' \
+    --model llama_small --set dim=2048 --set heads=16 --set ffn_dim=5632 --set vocab_size=32000 \
+    --variants rmsnorm,dyt --baseline rmsnorm --batch 1 --seq 1,4096 $MODEL_ARGS -o "$OUT/model-llama" 2>&1 \
+    | tee -a "$OUT/models.txt"
+
+echo "== timm parity: official DyT conversion of timm models loads into the zoo with equal outputs" \
+    | tee "$OUT/timm.txt"
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" scripts/timm_parity.py 2>&1 | tee -a "$OUT/timm.txt"
 
 echo "== gpu/tensorrt-marked engine tests" | tee "$OUT/pytest-gpu.txt"
 timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/engine \
