@@ -166,3 +166,17 @@ def latest_version(folder: Path) -> str:
 def list_model_folders(repository: Path) -> list[Path]:
     """Model folders of a repository: subfolders holding a dyt.json, sorted by name."""
     return sorted(p for p in Path(repository).iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the packages a model folder's manifest and a benchmark report record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("dyt-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
+                    "openvino"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found

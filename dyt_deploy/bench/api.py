@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..errors import DytDeployError
-from ..export.api import library_versions
 from ..feeds import random_feed
+from ..repository import library_versions
 from ..runners import MissingBackendError, Runner, create_runner
 from .config import BENCH_RUNNERS, ONNX_BENCH_RUNNERS, TORCH_BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all

@@ -25,7 +25,15 @@ from ..errors import DytDeployError, first_line
 from ..feeds import random_feed, random_tensors
 from ..nn.convert import norm_kind_of
 from ..parity import ParityReport, default_tolerances
-from ..repository import config_pbtxt, refuse_existing, sha256_file, staged_file, staged_folder, write_manifest
+from ..repository import (
+    config_pbtxt,
+    library_versions,
+    refuse_existing,
+    sha256_file,
+    staged_file,
+    staged_folder,
+    write_manifest,
+)
 from ..specs import TensorSpec
 from . import signature as sig
 from .config import DEFAULT_OPSET, ExportConfig
@@ -354,19 +362,6 @@ def _to_dict(parity: ParityReport | None) -> dict[str, Any] | None:
 def _guess_norm(model: nn.Module) -> str | None:
     kinds = Counter(k for m in model.modules() if (k := norm_kind_of(m)) is not None)
     return kinds.most_common(1)[0][0] if kinds else None
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("dyt-deploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnx-ir",
-                    "openvino"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
 
 
 def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: dict[str, Any],
