@@ -6,9 +6,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="Triton not installed (pip install 'dyt-deploy[test]')")
-from kernel_testlib import DEVICE, ULP, within_ulps  # noqa: E402
+from kernel_testlib import DEVICE, FAST_TANH_ULPS, ULP, kernel_ulps, within_ulps  # noqa: E402
 
-from dyt_deploy.kernels import dyt_add_reference, dyt_reference, interpreting  # noqa: E402
+from dyt_deploy.kernels import dyt_add_reference, dyt_reference, interpreting, uses_fast_tanh  # noqa: E402
 from dyt_deploy.kernels import triton_dyt as T  # noqa: E402
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -27,16 +27,6 @@ def params(width: int, dtype: torch.dtype, form: str, seed: int = 0):
 def data(shape, dtype, seed=1, scale=3.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(shape, generator=g) * scale).to(DEVICE, dtype)
-
-
-def kernel_ulps(dtype):
-    """How far the kernel may be from the correctly rounded result, in units of the dtype's eps.
-
-    fp16/bf16: one rounding from float32 math that is far more precise than the storage, so 1.
-    fp32: the float32 tanh (series, or exp2 and a division: up to about 5 ulps with a GPU's
-    approximate exp2 and division) and the multiply-add each add rounding error.
-    """
-    return 8 if dtype == torch.float32 else 1
 
 
 def term_scale(x, alpha, w, b):
@@ -97,7 +87,8 @@ def test_out_buffer_sets_the_stored_dtype():
     out = torch.full_like(x, float("nan"))
     returned = T.dyt_forward(x, alpha, w, b, out=out)
     assert returned is out
-    within_ulps(out, dyt_reference(x.float(), alpha, w, b).to(torch.float16), torch.float16, ulps=1)
+    within_ulps(out, dyt_reference(x.float(), alpha, w, b).to(torch.float16), torch.float16,
+                ulps=kernel_ulps(torch.float16) + 0.5, scale=term_scale(x, alpha, w, b))
 
 
 def test_saturation_zero_and_nan_behave_like_tanh():
@@ -179,3 +170,76 @@ def test_post_norm_form_with_mixed_storage_types_still_rounds_the_sum_like_eager
     expected = dyt_reference(residual + x, alpha, w, b)
     assert y.dtype == expected.dtype == torch.float32
     torch.testing.assert_close(y, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---- the hardware tanh: when it is chosen, and its error on a GPU ----
+
+
+@pytest.fixture
+def compiled_launches(monkeypatch):
+    """As on a GPU: no interpreter, no DYT_PRECISE_TANH (only uses_fast_tanh's choice is asked here)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.delenv("DYT_PRECISE_TANH", raising=False)
+
+
+def test_the_hardware_tanh_is_chosen_for_16_bit_results_only(compiled_launches, monkeypatch):
+    assert uses_fast_tanh(torch.bfloat16) and uses_fast_tanh(torch.float16)
+    assert not uses_fast_tanh(torch.float32) and not uses_fast_tanh(torch.float64)
+    assert not uses_fast_tanh(torch.bfloat16, precise=True)
+    monkeypatch.setenv("DYT_PRECISE_TANH", "1")
+    assert not uses_fast_tanh(torch.float16)
+    monkeypatch.setenv("DYT_PRECISE_TANH", "0")
+    assert uses_fast_tanh(torch.float16)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter cannot run inline PTX
+    assert not uses_fast_tanh(torch.float16)
+
+
+@pytest.fixture
+def tanh_choices(monkeypatch):
+    """Every (stored dtype, precise) a launch asked uses_fast_tanh about; the real answer is returned."""
+    seen: list[tuple[torch.dtype, bool]] = []
+    real = T.uses_fast_tanh
+
+    def recording(out_dtype, precise=False):
+        seen.append((out_dtype, precise))
+        return real(out_dtype, precise)
+
+    monkeypatch.setattr(T, "uses_fast_tanh", recording)
+    return seen
+
+
+@pytest.mark.parametrize("precise", [False, True])
+def test_precise_reaches_every_launch_from_the_module_path(tanh_choices, precise):
+    from dyt_deploy.kernels import use_kernels
+    from dyt_deploy.models import create_model
+
+    model = create_model("llama_tiny", "dyt", seed=0, depth=2).eval().to(DEVICE, torch.bfloat16)
+    use_kernels(model, precise=precise)
+    ids = torch.randint(0, model.config["vocab_size"], (2, 6), device=DEVICE)
+    with torch.no_grad():
+        model(ids)
+        torch.compile(model, fullgraph=True, backend="eager")(ids)  # through the custom ops
+    assert len(tanh_choices) == 2 * (2 * 2 + 1)  # every norm, eager then compiled
+    assert set(tanh_choices) == {(torch.bfloat16, precise)}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or interpreting(),
+                    reason="needs a CUDA GPU: the hardware tanh runs only in compiled kernels")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_hardware_tanh_stays_within_its_documented_bound(dtype):
+    """Against float64, over a dense sweep of alpha * x (saturation included) and random gamma/beta."""
+    x = torch.linspace(-8, 8, 256 * 4096, device=DEVICE).reshape(256, 4096).to(dtype)
+    x = torch.cat([x, data((256, 4096), dtype, seed=7)])
+    alpha, w, b = params(4096, dtype, "plain")
+    assert uses_fast_tanh(dtype) and not uses_fast_tanh(dtype, precise=True)
+    fast = T.dyt_forward(x, alpha, w, b)
+    precise = T.dyt_forward(x, alpha, w, b, precise=True)
+    expected, scale = exact(x, alpha, w, b), term_scale(x, alpha, w, b)
+    err = ((fast.double() - expected.double()).abs() / (ULP[dtype] * scale.clamp(min=1.0))).max().item()
+    print(f"hardware tanh, {dtype}: max error {err:.2f} eps (bound {FAST_TANH_ULPS[dtype]})")
+    within_ulps(fast, expected, dtype, ulps=FAST_TANH_ULPS[dtype], scale=scale)
+    within_ulps(precise, expected, dtype, ulps=1, scale=scale)
+    assert not torch.equal(fast, precise), "the hardware instruction ran (its rounding differs somewhere)"
+    t_only = T.dyt_forward(x, alpha)  # the folded form: tanh alone, relative to |tanh| (absolute below 1)
+    within_ulps(t_only, exact(x, alpha, None, None), dtype, ulps=FAST_TANH_ULPS[dtype])
