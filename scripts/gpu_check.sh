@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks, on a host with a CUDA GPU: the Triton kernels' tests compiled for the GPU, the GPU
+# GPU checks, on a host with a CUDA GPU: the Triton kernels' tests compiled for the GPU (with the
+# hardware tanh's error against float64), the per-call host cost of norm layers
+# (benchmarks/kernel_call_cost.py: F.rms_norm, F.layer_norm, eager DyT, the kernel paths), the GPU
 # benchmark (dyt-bench --device cuda --suite kernels), the model-level comparison (vit_base, a
 # LLaMA-style decoder: DyT vs LayerNorm/RMSNorm on every PyTorch path), timm parity (where timm is
 # installed), then the gpu/tensorrt-marked tests.
@@ -7,10 +9,12 @@
 # Runs in the Python environment it is started in (PYTHON, default python3), which must already
 # hold torch with CUDA, Triton, onnx, onnxruntime, typer, rich and pytest. Nothing is installed:
 # the project runs from this checkout through PYTHONPATH, so the check also works offline.
-#   scripts/gpu_check.sh                       # writes gpu-check/: facts, pytest logs, gpu_report.*
+#   scripts/gpu_check.sh                       # writes gpu-check/: facts, pytest logs, tanh-error.txt,
+#                                              # call_cost.{json,md}, gpu_report.*
 #   OUT=somewhere BENCH_ARGS="--iters 20" scripts/gpu_check.sh
 # Each step has a time limit (TEST_TIMEOUT, BENCH_TIMEOUT seconds), so one hang cannot eat a
-# rented GPU's time. Order: kernel tests, the benchmark, then the other GPU tests.
+# rented GPU's time. Order: kernel tests, tanh error, per-call cost, the benchmark, the model
+# comparison, timm parity, then the other GPU tests.
 # Exit status: 0 when every test passed (the benchmark's goals are reported, not enforced).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +44,17 @@ timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider te
     tests/bench/test_gpu_bench.py tests/engine/test_engine_plugin.py tests/runners 2>&1 \
     | tee -a "$OUT/pytest-kernels.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+echo "== hardware tanh: max error on the stored result vs float64 (bound: 1 bf16 eps, 3 fp16 eps)" \
+    | tee "$OUT/tanh-error.txt"
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -s -p no:cacheprovider tests/kernels/test_triton_dyt.py \
+    -k hardware_tanh_stays_within 2>&1 | tee -a "$OUT/tanh-error.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+echo "== per-call host cost: F.rms_norm, F.layer_norm, eager DyT, the kernel (Python call, module, custom op)" \
+    | tee "$OUT/call-cost.txt"
+timeout "${BENCH_TIMEOUT:-420}" "$PYTHON" benchmarks/kernel_call_cost.py --device cuda --shapes 1x4096,128x4096 \
+    --dtype bf16 -o "$OUT" 2>&1 | tee -a "$OUT/call-cost.txt"
 
 echo "== GPU benchmark" | tee "$OUT/bench.txt"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of options

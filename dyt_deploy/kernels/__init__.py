@@ -89,7 +89,12 @@ def will_use_kernel(x: torch.Tensor, *params: torch.Tensor | None, residual: tor
     """
     if not kernel_fits(x, residual):
         return False
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, residual, *params)))
+    if not torch.is_grad_enabled():
+        return True
+    for t in (x, residual, *params):  # a loop, not any(generator): asked on every eager call
+        if t is not None and t.requires_grad:
+            return False
+    return True
 
 
 def _tracing(x: torch.Tensor) -> bool:
