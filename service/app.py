@@ -3,8 +3,10 @@
 Models are discovered when the app is made (a missing repository fails at once), then loaded and
 warmed in the lifespan, off the event loop; a model that fails to load is reported and the others
 serve. The app's shared state is one :class:`~service.state.ServiceState` (``app.state.service``),
-which routes reach through the ``StateDep`` dependency. Middleware (outermost first): in-flight
-bound, request timeout, body limit.
+which routes reach through the ``StateDep`` dependency. Middleware (outermost first): the API key
+(before any body is read), the body gate (the whole body read on a deadline, size and bytes in
+flight bounded; see service.admission), the in-flight bound (requests with a complete body), the
+processing timeout.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import dyt_deploy
 from dyt_deploy.errors import DytDeployError
 
+from .admission import ApiKeyGate, BodyGate
 from .errors import ServiceError
-from .middleware import BodyLimit, InFlightLimit, RequestTimeout
+from .middleware import InFlightLimit, RequestTimeout
 from .routes_extra import router as extra_router
 from .routes_v2 import router as v2_router
 from .schemas import add_infer_request_body, validation_errors_are_400
@@ -65,9 +68,11 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
     app.include_router(v2_router)
     app.include_router(extra_router)
     add_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=state.metrics)
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
+                       metrics=state.metrics)
+    app.add_middleware(BodyGate, settings=settings, metrics=state.metrics)
+    app.add_middleware(ApiKeyGate, api_key=settings.api_key, public_metrics=settings.public_metrics,
                        metrics=state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,10 +1,11 @@
 """ASGI middleware that keeps bad or excessive traffic from hurting the server.
 
-* :class:`BodyLimit`: 413 for a body over the limit, by Content-Length before reading, or while
-  streaming (uvicorn itself has no limit).
 * :class:`InFlightLimit`: 503 with Retry-After when the bound of requests in flight is reached
-  (health probes and /metrics are always answered).
+  (health probes and /metrics are always answered). Behind service.admission.BodyGate, a request
+  counts only once its body is complete.
 * :class:`RequestTimeout`: 408 when the body has not arrived in time, 504 when handling took too long.
+
+Body limits, body deadlines and the API key are service.admission's.
 
 All answer ``{"error": "..."}`` as the Open Inference Protocol asks.
 """
@@ -17,7 +18,6 @@ from typing import Any
 
 import anyio
 
-from .errors import PayloadTooLarge
 from .metrics import ServiceMetrics
 
 Scope = MutableMapping[str, Any]
@@ -46,35 +46,6 @@ def has_body(scope: Scope) -> bool:
     """Whether the request announces a body (a non-zero Content-Length, or chunked transfer)."""
     length = header(scope, b"content-length")
     return (length is not None and length != "0") or header(scope, b"transfer-encoding") is not None
-
-
-class BodyLimit:
-    """Refuse request bodies over ``max_bytes`` with 413."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await send_error(send, 413, self._message(int(declared)))
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise PayloadTooLarge(self._message(received, at_least=True))
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self, size: int, at_least: bool = False) -> str:
-        return (f"request body of {'at least ' if at_least else ''}{size} bytes is over the limit of "
-                f"{self.max_bytes} bytes")
 
 
 class InFlightLimit:

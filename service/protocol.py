@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +169,9 @@ def parse_json_header(header: bytes) -> dict[str, Any]:
         raise BadRequest(f"request body is not valid JSON: {err}") from None
     except RecursionError:
         raise BadRequest("request JSON is nested too deeply") from None
+    except ValueError as err:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise BadRequest(f"request JSON has a number too long to read ({err}); integers may have at most "
+                         f"{sys.get_int_max_str_digits()} digits") from None
     if not isinstance(value, dict):
         raise BadRequest(f"request JSON must be an object, got {type(value).__name__}")
     return value
@@ -211,7 +215,7 @@ _FIELD_MESSAGES: dict[tuple[str, ...], str] = {
     ("parameters",): "request 'parameters' must be an object",
     ("parameters", "binary_data_output"): "request parameter 'binary_data_output' must be true or false",
     ("parameters", "timeout"): "request parameter 'timeout' must be a non-negative integer number of microseconds "
-                               "(0: no limit), got {value!r}",
+                               "up to 2^64 - 1 (0: no limit), got {value!r}",
     ("inputs",): "request needs a non-empty 'inputs' list",
     _INPUT: "inputs[{index}] must be an object",
     (*_INPUT, "name"): "inputs[{index}] needs a string 'name'",

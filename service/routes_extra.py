@@ -2,26 +2,53 @@
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import logging
+import re
+from collections.abc import Coroutine
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
+from pydantic import ValidationError
 
-from . import compare
+from . import compare, protocol
 from .auth import require_api_key
 from .errors import BadRequest, Conflict, NotFound
 from .schemas import ERROR_RESPONSES, CompareRequest
 from .state import StateDep
 
+log = logging.getLogger("dyt_deploy.service")
 router = APIRouter()
+T = TypeVar("T")
 
 
 @router.get("/", response_class=HTMLResponse, tags=["dashboard"])
 async def dashboard() -> HTMLResponse:
-    """The dashboard: live latency per variant, DyT/LN ratios, and the controlled comparison."""
-    return HTMLResponse(resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8"))
+    """The dashboard: live latency per variant, DyT/LN ratios, and the controlled comparison. Sent
+    with a Content-Security-Policy that runs only its own inline script (by hash) and talks only to
+    this server, and headers that forbid framing and content sniffing."""
+    page = dashboard_page()
+    return HTMLResponse(page, headers=security_headers(page))
+
+
+@functools.cache
+def dashboard_page() -> str:
+    return resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+def security_headers(page: str) -> dict[str, str]:
+    """CSP (the page's inline scripts allowed by their SHA-256), no framing, no sniffing, no referrer."""
+    scripts = re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL)
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s.encode()).digest()).decode()}'" for s in scripts)
+    policy = (f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+              "img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+    return {"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer"}
 
 
 @router.get("/api/live", tags=["comparison"])
@@ -34,14 +61,22 @@ async def live(state: StateDep) -> dict[str, Any]:
     return report
 
 
-@router.post("/api/compare", tags=["comparison"], responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[400]})
-async def run_compare(body: CompareRequest, state: StateDep, _: None = Depends(require_api_key)) -> dict[str, Any]:
+COMPARE_BODY = {"required": True, "content": {"application/json": {"schema": CompareRequest.model_json_schema()}}}
+
+
+@router.post("/api/compare", tags=["comparison"], openapi_extra={"requestBody": COMPARE_BODY},
+             responses={**ERROR_RESPONSES, 409: ERROR_RESPONSES[400]})
+async def run_compare(request: Request, state: StateDep, _: None = Depends(require_api_key)) -> dict[str, Any]:
     """Controlled comparison: the family's ready variants timed on the same synthetic inputs,
     interleaved and rotated round by round (dyt-bench's method). One runs at a time (409 when busy);
-    each timed call waits its turn on the model's worker like a request."""
+    each timed call waits its turn on the model's worker like a request; it stops (and nothing is
+    kept) when its client disconnects."""
+    body = compare_request(await request.body())
     settings, comparisons = state.settings, state.comparisons
     if body.rounds > settings.compare_max_rounds:
         raise BadRequest(f"rounds {body.rounds} is over the limit of {settings.compare_max_rounds}")
+    if body.dims.get("batch", 1) > settings.compare_max_batch:
+        raise BadRequest(f"batch {body.dims['batch']} is over the comparison's limit of {settings.compare_max_batch}")
     models = compare.comparison_models(state.registry, body.family)
     compare.check_dims(models, body.dims, settings.compare_max_elements)
     if comparisons.lock.locked():
@@ -49,11 +84,45 @@ async def run_compare(body: CompareRequest, state: StateDep, _: None = Depends(r
     async with comparisons.lock:
         comparisons.running = body.family
         try:
-            report = await compare.run_comparison(models, body.dims, body.rounds, body.warmup)
+            report = await until_disconnected(request, compare.run_comparison(models, body.dims, body.rounds,
+                                                                              body.warmup))
         finally:
             comparisons.running = None
+    if report is None:
+        log.info("comparison of %s stopped: its client disconnected", body.family)
+        return {}
     comparisons.reports[body.family] = report
     return report
+
+
+def compare_request(body: bytes) -> CompareRequest:
+    """The comparison's JSON body, validated; every problem is one 400."""
+    raw = protocol.parse_json_header(body)
+    try:
+        return CompareRequest.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+        raise BadRequest(f"invalid comparison request: {problems}") from None
+
+
+async def until_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """``work``'s result, or None when the client disconnects first (``work`` is then cancelled;
+    a backend call under way finishes unseen)."""
+    result: list[T] = []
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            result.append(await work)
+            group.cancel_scope.cancel()
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            group.cancel_scope.cancel()
+
+        group.start_soon(run)
+        group.start_soon(watch)
+    return result[0] if result else None
 
 
 @router.get("/api/compare/{family}", tags=["comparison"], responses=ERROR_RESPONSES)

@@ -20,6 +20,7 @@ Datatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16
                    "FP16", "FP32", "FP64", "BF16", "BYTES"]
 DATATYPES: tuple[str, ...] = Datatype.__args__  # type: ignore[attr-defined]
 REQUEST_ERROR = "bad_request"
+MAX_TIMEOUT_US = (1 << 64) - 1
 
 
 class ErrorBody(BaseModel):
@@ -70,8 +71,9 @@ class RequestParameters(StrictModel):
     model_config = ConfigDict(extra="allow")
 
     binary_data_output: bool = Field(False, description="return every output as raw bytes (binary extension)")
-    timeout: NonNegativeInt | None = Field(None, description="microseconds this request may wait for its answer "
-                                                             "(504 past it); 0 or absent: no limit of its own")
+    timeout: Annotated[int, Field(ge=0, le=MAX_TIMEOUT_US)] | None = Field(
+        None, description="microseconds this request may wait for its answer (504 past it); 0 or absent: no "
+                          "limit of its own; at most 2^64 - 1, as Triton's uint64")
 
 
 class InputParameters(StrictModel):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +38,7 @@ from .worker import ModelWorker, batch_items
 log = logging.getLogger("dyt_deploy.service")
 
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+")  # the folders of an absolute path
 INLINE_BYTES = 1 << 16  # bodies and outputs below this are coded on the event loop, larger ones in a thread
 T = TypeVar("T")
 
@@ -64,6 +67,22 @@ def inflate_body(body: bytes, encoding: str, limit: int) -> bytes:
     if len(inflated) > limit:
         raise PayloadTooLarge(f"inflated request body is over the limit of {limit} bytes")
     return inflated
+
+
+def without_server_paths(text: str, repository: Path) -> str:
+    """``text`` as clients may see it: paths inside the repository relative to it, other absolute
+    paths cut to their last part (answers never show where the server keeps its files)."""
+    for root in {str(repository.resolve()), str(repository.absolute())}:
+        text = text.replace(root + os.sep, "").replace(root, ".")
+    return ABSOLUTE_PATH.sub("", text)
+
+
+def check_json_size(body: bytes, header_length: str | None, limit: int) -> None:
+    """413 for an inflated body that is all JSON and over ``limit`` (the gate saw it compressed)."""
+    if header_length is None and len(body) > limit:
+        raise PayloadTooLarge(f"inflated JSON request body of {len(body)} bytes is over the limit of {limit} bytes "
+                              "for a JSON body; send large tensors with the binary tensor extension "
+                              "(Inference-Header-Content-Length; tritonclient: binary_data=True)")
 
 
 async def timed_work(work: Callable[[], T], in_thread: bool) -> tuple[T, float]:
@@ -117,7 +136,8 @@ class ServedModel:
         try:
             self._load()
         except Exception as err:  # a broken model must not take the others down
-            self.state, self.reason = UNAVAILABLE, f"{type(err).__name__}: {err}"[:2000]
+            self.state = UNAVAILABLE
+            self.reason = without_server_paths(f"{type(err).__name__}: {err}", self.folder.parent)[:2000]
             log.warning("model %s failed to load: %s", self.name, self.reason)
             return
         self.state, self.reason = READY, ""
@@ -162,7 +182,10 @@ class ServedModel:
         """One inference request, start to end: inflate, decode and check, run, encode; the
         request's stage times go to the model's statistics and the service's metrics."""
         self.require_ready()
-        body = inflate_body(body, headers.get("content-encoding", "identity"), self.settings.max_body_bytes)
+        encoding = headers.get("content-encoding", "identity")
+        if encoding.lower() != "identity":
+            body = await anyio.to_thread.run_sync(inflate_body, body, encoding, self.settings.max_body_bytes)
+            check_json_size(body, headers.get(protocol.HEADER_LENGTH), self.settings.max_json_bytes)
         started = time.perf_counter()
         try:
             content, extra, timing, items = await self._answer(body, headers.get(protocol.HEADER_LENGTH))

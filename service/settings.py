@@ -57,17 +57,25 @@ class Settings(BaseSettings):
         workers: server processes (dyt-serve --workers), each loading every model.
         warmup_runs: inferences run on each model at load, before it is reported ready.
         max_body_bytes: request body limit (413 above it); 64 MiB is Triton's default.
-        max_in_flight: requests handled at once (503 with Retry-After above it); health and
-            metrics routes are not counted.
-        request_timeout_s: a request still unanswered after this gets 408 (body not yet received)
-            or 504 (processing).
-        api_key: when set, inference and comparison routes need ``Authorization: Bearer KEY`` or
-            ``X-API-Key: KEY`` (environment: ``$DYT_SERVE_API_KEY``).
+        max_json_bytes: limit of an inference body that is all JSON (413 above it, pointing to the
+            binary tensor extension): decoding JSON costs several times its size.
+        max_inflight_bytes: bound on the body bytes of the requests being received or handled (503
+            with Retry-After above it); a JSON inference body counts 6 times its size.
+        max_in_flight: requests handled at once, counted once their body is complete (503 with
+            Retry-After above it); health and metrics routes are not counted.
+        body_timeout_s: a request body must arrive completely within this (408 otherwise).
+        max_body_reads: request bodies being received at once, from all clients (503 above it).
+        max_body_reads_per_client: request bodies being received at once from one client address.
+        request_timeout_s: a request still unanswered after this gets 504 (processing).
+        api_key: when set, every route but ``/v2/health/live`` and ``/v2/health/ready`` needs
+            ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (environment: ``$DYT_SERVE_API_KEY``).
+        public_metrics: with an API key set, leave ``/metrics`` open (for a Prometheus scraper).
         batching: dynamic batching per model name; key "*" applies to every batchable model.
             A model whose config.pbtxt has ``dynamic_batching`` gets it too.
         allow_nonfinite: accept NaN/Inf in floating-point inputs.
         stats_window: served requests per model kept for the live percentiles.
         compare_max_rounds: bound on the rounds of one controlled comparison.
+        compare_max_batch: bound on the batch of one controlled comparison.
         compare_max_elements: bound on the elements of one input of a controlled comparison.
         retry_after_s: the Retry-After of a 503 over the in-flight bound.
     """
@@ -82,14 +90,21 @@ class Settings(BaseSettings):
     workers: PositiveInt = 1
     warmup_runs: NonNegativeInt = 2
     max_body_bytes: PositiveInt = 64 << 20
+    max_json_bytes: PositiveInt = 8 << 20
+    max_inflight_bytes: PositiveInt = 512 << 20
     max_in_flight: PositiveInt = 64
+    body_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    max_body_reads: PositiveInt = 32
+    max_body_reads_per_client: PositiveInt = 8
     request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     api_key: str | None = Field(None, validation_alias=API_KEY_ENV)
+    public_metrics: bool = False
     batching: dict[str, BatchingConfig] = Field(default_factory=dict)
     allow_nonfinite: bool = False
     stats_window: PositiveInt = 2048
-    compare_max_rounds: PositiveInt = 1000
-    compare_max_elements: PositiveInt = 1 << 24
+    compare_max_rounds: PositiveInt = 200
+    compare_max_batch: PositiveInt = 8
+    compare_max_elements: PositiveInt = 1 << 22
     retry_after_s: NonNegativeInt = 1
 
     def __init__(self, **values: Any) -> None:

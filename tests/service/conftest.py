@@ -3,7 +3,7 @@ servers on loopback (threads of the test process, each on a port the OS picks).
 
 * ``server``: the two good models, default limits.
 * ``strict_server``: a good model beside a broken one and a folder without dyt.json, with an API
-  key, small body and in-flight limits, a short timeout and dynamic batching on ``vit-dyt``.
+  key, small body and in-flight limits, short timeouts and dynamic batching on ``vit-dyt``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from service_testlib import (
     API_KEY,
     BATCH_DELAY_US,
     STRICT_BODY_LIMIT,
+    STRICT_BODY_TIMEOUT_S,
     STRICT_IN_FLIGHT,
     STRICT_TIMEOUT_S,
     BackgroundServer,
@@ -72,6 +73,7 @@ def server(repository: Path) -> Iterator[BackgroundServer]:
 def strict_server(broken_repository: Path) -> Iterator[BackgroundServer]:
     settings = Settings(threads=1, warmup_runs=1, api_key=API_KEY, max_body_bytes=STRICT_BODY_LIMIT,
                         max_in_flight=STRICT_IN_FLIGHT, request_timeout_s=STRICT_TIMEOUT_S,
+                        body_timeout_s=STRICT_BODY_TIMEOUT_S,
                         batching={"vit-dyt": BatchingConfig(max_batch_size=8, max_queue_delay_us=BATCH_DELAY_US)})
     with serve_in_thread(create_app(broken_repository, settings)) as running:
         yield running

@@ -134,7 +134,7 @@ def test_compare_route_validates_its_body(client: httpx.Client) -> None:
              ({"rounds": 3}, 400, "family"),
              ({"family": "vit_tiny", "rounds": 100000}, 400, "over the limit"),
              ({"family": "vit_tiny", "dims": {"seq": 4}}, 400, "unknown dim(s) seq"),
-             ({"family": "vit_tiny", "dims": {"batch": 64}}, 400, "max_batch_size"),
+             ({"family": "vit_tiny", "dims": {"batch": 64}}, 400, "comparison's limit of 8"),
              ({"family": "nope"}, 404, "unknown family 'nope'")]
     for body, status, message in cases:
         response = client.post("/api/compare", json=body)

@@ -1,0 +1,228 @@
+"""Admission: what a request must pass before the app sees it, as two ASGI middlewares.
+
+* :class:`ApiKeyGate`: with an API key set, every route but the health probes (and ``/metrics``
+  with ``public_metrics``) answers 401 to a request without the key, before its body is read.
+* :class:`BodyGate`: reads the whole body first, on a short deadline (408), with a bounded number
+  of bodies being read at once, in all and per client (503), a size limit (413; a smaller one for
+  JSON inference bodies, whose decoding costs several times their size) and a bound on the bytes
+  of all requests in flight (503). Only a complete body reaches the app, so a slow client holds a
+  body-read slot, never an inference slot (the in-flight bound counts requests past this gate).
+
+Every refusal answers ``{"error": "..."}`` as the Open Inference Protocol asks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import anyio
+
+from .auth import key_problem
+from .metrics import ServiceMetrics
+from .middleware import ASGIApp, Message, Receive, Scope, Send, header, send_error
+from .protocol import HEADER_LENGTH
+from .settings import Settings
+
+log = logging.getLogger("dyt_deploy.service")
+
+PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
+SMALL_BODY_BYTES = 64 << 10  # bodies of routes other than inference (repository index, comparison)
+JSON_MEMORY_FACTOR = 6  # a JSON inference body costs about this many times its size while decoded
+MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is over every limit (and int() of it is costly)
+
+
+class ApiKeyGate:
+    """401 for a request without the server's API key (none set: every request passes). Open:
+    the health probes, and ``/metrics`` when ``public_metrics``."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, public_metrics: bool, metrics: ServiceMetrics) -> None:
+        self.app, self.api_key, self.metrics = app, api_key, metrics
+        self.open_paths = PROBE_PATHS | ({"/metrics"} if public_metrics else set())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.api_key is None or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        given = header(scope, b"x-api-key")
+        authorization = header(scope, b"authorization")
+        if given is None and authorization is not None and authorization[:7].lower() == "bearer ":
+            given = authorization[7:].strip()
+        problem = key_problem(given, self.api_key)
+        if problem is None:
+            return await self.app(scope, receive, send)
+        self.metrics.rejected.labels("api_key").inc()
+        await send_error(send, 401, problem, {"WWW-Authenticate": "Bearer"})
+
+
+@dataclass(frozen=True)
+class BodyRules:
+    """How much body a request may send and what a 413 says about it."""
+
+    limit: int
+    cost_factor: int
+    advice: str
+
+
+class BodyRefused(Exception):
+    """The body cannot be admitted: ``status`` and ``message`` are the answer."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+class ClientGone(Exception):
+    """The client disconnected before its body was complete."""
+
+
+class BodyGate:
+    """Read each request body completely (deadline, count and byte bounds) before the app runs."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
+        self.app, self.settings, self.metrics = app, settings, metrics
+        self.reading = 0
+        self.reading_by_client: dict[str, int] = {}
+        self.bytes_in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not announces_body(scope):
+            return await self.app(scope, receive, send)
+        rules = self.rules(scope)
+        charged = 0
+        try:
+            declared = declared_length(scope)
+            self.check_size(declared, rules)
+            charged = self.charge(declared or 0, rules)
+            body = await self.read_body(scope, receive, rules)
+            charged += self.charge(len(body) - (declared or 0), rules) if len(body) > (declared or 0) else 0
+        except BodyRefused as refused:
+            self.metrics.rejected.labels(refused.reason).inc()
+            self.bytes_in_flight -= charged
+            retry = {"Retry-After": str(self.settings.retry_after_s)} if refused.status == 503 else None
+            return await send_error(send, refused.status, refused.message, retry)
+        except ClientGone:
+            self.bytes_in_flight -= charged
+            log.info("client %s disconnected before its request body was complete (%s %s)",
+                     client_of(scope), scope.get("method"), scope["path"])
+            return None
+        try:
+            await self.app(scope, replay(body, receive), send)
+        finally:
+            self.bytes_in_flight -= charged
+
+    def rules(self, scope: Scope) -> BodyRules:
+        """The body limit of this request: inference bodies up to max_body_bytes (JSON-only ones
+        up to max_json_bytes), other routes' bodies up to 64 KiB."""
+        settings = self.settings
+        if not scope["path"].endswith("/infer"):
+            return BodyRules(min(SMALL_BODY_BYTES, settings.max_body_bytes), 1, "")
+        if header(scope, HEADER_LENGTH.encode()) is not None or header(scope, b"content-encoding") is not None:
+            return BodyRules(settings.max_body_bytes, 1, "")
+        return BodyRules(min(settings.max_json_bytes, settings.max_body_bytes), JSON_MEMORY_FACTOR,
+                         json_advice(settings.max_json_bytes))
+
+    def check_size(self, declared: int | None, rules: BodyRules) -> None:
+        if declared is not None and declared > rules.limit:
+            raise BodyRefused(413, f"request body of {declared} bytes is over the limit of {rules.limit} bytes"
+                              + rules.advice, "body_size")
+
+    def charge(self, size: int, rules: BodyRules) -> int:
+        """Count ``size`` body bytes (times the rules' cost factor) as in flight; 503 over the bound."""
+        cost = size * rules.cost_factor
+        bound = self.settings.max_inflight_bytes
+        if cost and self.bytes_in_flight + cost > bound:
+            raise BodyRefused(503, f"server busy: {self.bytes_in_flight} bytes of requests in flight, this one "
+                              f"would add {cost} (limit {bound}); retry later", "inflight_bytes")
+        self.bytes_in_flight += cost
+        return cost
+
+    async def read_body(self, scope: Scope, receive: Receive, rules: BodyRules) -> bytes:
+        """The whole body, read while holding a body-read slot, within body_timeout_s."""
+        client = client_of(scope)
+        self.take_read_slot(client)
+        try:
+            with anyio.move_on_after(self.settings.body_timeout_s):
+                return await self.receive_all(receive, rules)
+            raise BodyRefused(408, f"request timed out after {self.settings.body_timeout_s:g} s while receiving "
+                              "the request body", "timeout_body")
+        finally:
+            self.release_read_slot(client)
+
+    async def receive_all(self, receive: Receive, rules: BodyRules) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > rules.limit:
+                raise BodyRefused(413, f"request body of at least {size} bytes is over the limit of {rules.limit} "
+                                  "bytes" + rules.advice, "body_size")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def take_read_slot(self, client: str) -> None:
+        settings = self.settings
+        if self.reading >= settings.max_body_reads:
+            raise BodyRefused(503, f"server busy: {self.reading} request bodies being received (limit "
+                              f"{settings.max_body_reads}); retry later", "body_reads")
+        if self.reading_by_client.get(client, 0) >= settings.max_body_reads_per_client:
+            raise BodyRefused(503, f"too many request bodies being received from {client} at once (limit "
+                              f"{settings.max_body_reads_per_client}); retry later", "body_reads_client")
+        self.reading += 1
+        self.reading_by_client[client] = self.reading_by_client.get(client, 0) + 1
+
+    def release_read_slot(self, client: str) -> None:
+        self.reading -= 1
+        left = self.reading_by_client[client] - 1
+        if left:
+            self.reading_by_client[client] = left
+        else:
+            del self.reading_by_client[client]
+
+
+def json_advice(max_json_bytes: int) -> str:
+    return (f" for a JSON body ({max_json_bytes} bytes); send large tensors with the binary tensor extension "
+            "(Inference-Header-Content-Length; tritonclient: binary_data=True)")
+
+
+def announces_body(scope: Scope) -> bool:
+    """Whether the request announces a body (a non-zero Content-Length, or chunked transfer)."""
+    length = header(scope, b"content-length")
+    return (length is not None and length.strip("0 ") != "") or header(scope, b"transfer-encoding") is not None
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The Content-Length (None when absent); one too long to be real counts as over every limit."""
+    value = header(scope, b"content-length")
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit():
+        raise BodyRefused(400, f"Content-Length {value[:40]!r} is not a number of bytes", "bad_length")
+    return int(value) if len(value) <= MAX_LENGTH_DIGITS else 10**MAX_LENGTH_DIGITS
+
+
+def client_of(scope: Scope) -> str:
+    """The client's address (host only: one client, many ports)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the complete body once, then whatever the connection says next
+    (``http.disconnect`` when the client leaves)."""
+    given = False
+
+    async def replayed() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
