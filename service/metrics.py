@@ -4,16 +4,25 @@ several apps in one process).
 Latency histograms use exponential buckets from 20 µs to about 2.6 s (factor 2): the defaults of
 prometheus_client start at 5 ms, too coarse for sub-millisecond inference. Labels: ``model``,
 ``family`` and ``variant`` (the norm: layernorm, dyt, ...), never request ids.
+
+With several worker processes (``dyt-serve --workers N``) prometheus_client runs in its
+multiprocess mode: ``$PROMETHEUS_MULTIPROC_DIR`` is set before the workers start, each writes its
+values to files there, and /metrics adds up every worker's (gauges: in-flight summed over live
+workers, readiness the minimum over them).
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .stats import RequestTiming
 
 LATENCY_BUCKETS = tuple(20e-6 * 2**k for k in range(18))
 MODEL_LABELS = ("model", "family", "variant")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class ServiceMetrics:
@@ -31,11 +40,11 @@ class ServiceMetrics:
         self.compute_seconds = self._histogram("dyt_compute_infer_duration_seconds",
                                                "Backend compute time (the runner's last_inference_time).")
         self.in_flight = Gauge("dyt_requests_in_flight", "HTTP requests being handled (health/metrics excluded).",
-                               registry=self.registry)
+                               registry=self.registry, multiprocess_mode="livesum")
         self.rejected = Counter("dyt_requests_rejected", "Requests refused before handling, by reason.",
                                 ("reason",), registry=self.registry)
         self.model_ready = Gauge("dyt_model_ready", "1 when the model is loaded and warmed, else 0.",
-                                 MODEL_LABELS, registry=self.registry)
+                                 MODEL_LABELS, registry=self.registry, multiprocess_mode="livemin")
 
     def _histogram(self, name: str, documentation: str) -> Histogram:
         return Histogram(name, documentation, MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -50,4 +59,10 @@ class ServiceMetrics:
         self.requests.labels(*labels, "fail").inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this registry's, or every worker's in multiprocess mode."""
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        combined = CollectorRegistry()
+        MultiProcessCollector(combined, path=folder)
+        return generate_latest(combined)
