@@ -53,7 +53,7 @@ def live_family(models: list[ServedModel]) -> dict[str, Any]:
     baseline = pick_baseline(models)
     samples = {m.name: m.stats.samples() for m in models}
     variants = [{"model": m.name, "variant": m.variant, "state": m.state, "reason": m.reason,
-                 "count": len(samples[m.name][0]), "total_count": m.stats.stages["success"].count,
+                 "count": len(samples[m.name][0]), "total_count": m.stats.success_count,
                  "compute_ms": percentiles(samples[m.name][0]), "e2e_ms": percentiles(samples[m.name][1])}
                 for m in models]
     base_compute, base_e2e = samples[baseline.name]
