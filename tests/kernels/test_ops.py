@@ -178,26 +178,40 @@ def test_fake_tensors_give_shapes_and_dtypes_without_running_anything():
     assert (h.shape, h.dtype, y.dtype) == ((7, 64), torch.bfloat16, torch.float32)  # fp32 alpha promotes y
 
 
+class PreNorm(nn.Module):
+    """Two pre-norm residual blocks and a final norm: after fusion one dyt, one dyt_add, one dyt_of_sum."""
+
+    def __init__(self, dim: int = 256) -> None:
+        super().__init__()
+        self.n1, self.n2, self.n3 = DynamicTanh(dim), DynamicTanh(dim), DynamicTanh(dim, bias=False)
+        self.f1, self.f2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.f1(self.n1(x))
+        x = x + self.f2(self.n2(x))
+        return self.n3(x)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs, Inductor's GPU code)")
-def test_cuda_graph_capture_and_inductor_run_the_op_on_the_gpu():
-    model = create_model("llama_tiny", "dyt", seed=0, depth=2).eval().to(DEVICE, torch.bfloat16)
-    ids = torch.randint(0, model.config["vocab_size"], (2, 16), device=DEVICE)
+def test_cuda_graph_capture_and_inductor_run_the_ops_on_the_gpu():
+    model = PreNorm().eval().to(DEVICE, torch.bfloat16)
+    x = torch.randn(8, 256, device=DEVICE, dtype=torch.bfloat16)
     with torch.no_grad():
-        expected = model(ids)
-        K.use_kernels(model)
-        eager = model(ids)
-        compiled = torch.compile(model, fullgraph=True)(ids)
+        expected = model(x)
+        assert K.use_kernels(model)[1] == 3
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            model(ids)  # warm-up outside capture: the Triton compile must not happen inside it
+            model(x)  # warm-up outside capture: nothing may compile inside it
         torch.cuda.current_stream().wait_stream(stream)
         with torch.cuda.graph(graph):
-            captured = model(ids)
+            captured = model(x)
         graph.replay()
         torch.cuda.synchronize()
-    torch.testing.assert_close(eager.float(), expected.float(), rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(eager.float(), expected.float(), rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(compiled.float(), eager.float(), rtol=1e-2, atol=1e-2)
     assert torch.equal(captured, eager)
