@@ -1,0 +1,256 @@
+"""Admission against a real uvicorn server on loopback, with raw sockets where a client misbehaves:
+slow bodies hold body-read slots (per client and in all), never inference slots, and time out
+with 408; requests without the key are refused before their body is read; every route but the
+probes needs the key; huge integers and timeouts are precise 400s; bytes in flight are bounded;
+a JSON body over its limit is told about the binary extension; a comparison whose client leaves
+stops; answers show no server paths.
+
+Clients come from different loopback addresses (127.0.0.2, ...) where the per-client bound matters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from service_testlib import API_KEY, BackgroundServer, images, json_request, serve_in_thread
+
+from service.admission import ApiKeyGate
+from service.app import create_app
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+KEY = {"x-api-key": API_KEY}
+INFER = "/v2/models/vit-dyt/infer"
+BODY_TIMEOUT_S = 1.0
+READS, READS_PER_CLIENT = 6, 3
+JSON_LIMIT, BODY_LIMIT, INFLIGHT_BYTES = 256 << 10, 2 << 20, 4 << 20
+MAX_ROUNDS = 20_000
+
+
+@pytest.fixture(scope="module")
+def gated(repository: Path) -> Iterator[BackgroundServer]:
+    settings = Settings(threads=1, warmup_runs=1, api_key=API_KEY, body_timeout_s=BODY_TIMEOUT_S,
+                        max_body_reads=READS, max_body_reads_per_client=READS_PER_CLIENT, max_json_bytes=JSON_LIMIT,
+                        max_body_bytes=BODY_LIMIT, max_inflight_bytes=INFLIGHT_BYTES, compare_max_rounds=MAX_ROUNDS)
+    with serve_in_thread(create_app(repository, settings)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(gated: BackgroundServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gated.url, timeout=30) as client:
+        yield client
+
+
+def connect(address: str, source: str = "127.0.0.1") -> socket.socket:
+    host, port = address.split(":")
+    return socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0))
+
+
+def start_request(address: str, path: str, length: int, start: bytes = b"{", source: str = "127.0.0.1",
+                  headers: dict[str, str] | None = None) -> socket.socket:
+    """A POST announcing ``length`` body bytes, of which only ``start`` is sent."""
+    raw = connect(address, source)
+    lines = "".join(f"{k}: {v}\r\n" for k, v in (headers if headers is not None else KEY).items())
+    raw.sendall(f"POST {path} HTTP/1.1\r\nHost: {address}\r\n{lines}Content-Type: application/json\r\n"
+                f"Content-Length: {length}\r\n\r\n".encode() + start)
+    return raw
+
+
+def reply_of(raw: socket.socket, timeout_s: float = 10) -> tuple[int, bytes]:
+    """The status and body of the server's answer (read until complete or closed)."""
+    raw.settimeout(timeout_s)
+    reply = b""
+    while chunk := raw.recv(65536):
+        reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        if length and len(body) >= int(length.group(1)):
+            break
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    for raw in sockets:
+        raw.close()
+
+
+def test_slow_bodies_hold_body_slots_only_and_time_out(gated: BackgroundServer, http: httpx.Client) -> None:
+    held = [start_request(gated.address, INFER, 1000, source="127.0.0.2") for _ in range(READS_PER_CLIENT)]
+    try:
+        extra = start_request(gated.address, INFER, 1000, source="127.0.0.2")
+        status, body = reply_of(extra, timeout_s=BODY_TIMEOUT_S / 2)  # refused at once, not at the deadline
+        extra.close()
+        assert status == 503 and b"from 127.0.0.2" in body
+        assert http.post(INFER, json=json_request(images(1)), headers=KEY).status_code == 200  # another client
+        held += [start_request(gated.address, INFER, 1000, source="127.0.0.3") for _ in range(READS - len(held))]
+        time.sleep(0.2)
+        status, body = reply_of(start_request(gated.address, INFER, 1000, source="127.0.0.4"), BODY_TIMEOUT_S / 2)
+        assert status == 503 and f"limit {READS}".encode() in body
+        assert http.get("/v2/models/vit-dyt", headers=KEY).status_code == 200  # no body: never waits for a slot
+        assert http.get("/v2/health/live").status_code == 200
+        started = time.monotonic()
+        replies = [reply_of(raw) for raw in held]
+        assert all(status == 408 for status, _ in replies) and b"receiving the request body" in replies[0][1]
+        assert time.monotonic() - started < BODY_TIMEOUT_S + 2
+    finally:
+        close_all(held)
+    assert http.post(INFER, json=json_request(images(1)), headers=KEY).status_code == 200
+
+
+@pytest.mark.parametrize("path", [INFER, "/v2/repository/index", "/api/compare"])
+def test_a_request_without_the_key_is_refused_before_its_body(gated: BackgroundServer, path: str) -> None:
+    started = time.monotonic()
+    raw = start_request(gated.address, path, 1000, headers={})
+    try:
+        status, body = reply_of(raw, timeout_s=BODY_TIMEOUT_S / 2)
+    finally:
+        raw.close()
+    assert status == 401 and b"needs an API key" in body
+    assert time.monotonic() - started < BODY_TIMEOUT_S / 2
+
+
+def concrete(path: str) -> str:
+    return (path.replace("{model_name}", "vit-dyt").replace("{model_version}", "1")
+            .replace("{family}", "vit_tiny"))
+
+
+def test_every_route_but_the_probes_needs_the_key(gated: BackgroundServer, http: httpx.Client) -> None:
+    documented = [(concrete(path), method.upper()) for path, operations in gated.app.openapi()["paths"].items()
+                  for method in operations]
+    routes = documented + [(r.path, "GET") for r in gated.app.routes if getattr(r, "methods", None)]
+    assert len(routes) >= 20 and ("/docs", "GET") in routes and ("/openapi.json", "GET") in routes
+    probes = {"/v2/health/live", "/v2/health/ready"}
+    for path, method in routes:
+        bare = http.request(method, path)
+        assert (bare.status_code == 401) == (path not in probes), (method, path, bare.status_code)
+        if path not in probes:
+            assert bare.json() == {"error": "this route needs an API key: send 'Authorization: Bearer KEY' "
+                                            "or 'X-API-Key: KEY'"}
+        keyed = http.request(method, path, headers={"authorization": f"Bearer {API_KEY}"})
+        assert keyed.status_code != 401, (method, path)
+
+
+def test_public_metrics_opens_metrics_only() -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    for public, expected in ((True, 200), (False, 401)):
+        gate = ApiKeyGate(app, API_KEY, public_metrics=public, metrics=ServiceMetrics())
+        with serve_in_thread(gate) as running, httpx.Client(base_url=running.url) as client:
+            assert client.get("/metrics").status_code == expected
+            assert client.get("/v2").status_code == 401
+            assert client.get("/v2/health/live").status_code == 200
+
+
+def test_answers_show_no_server_paths(strict_client: httpx.Client, broken_repository: Path) -> None:
+    index = strict_client.post("/v2/repository/index", headers=KEY).text
+    answers = [index, strict_client.get("/v2/health/ready").text,
+               strict_client.get("/v2/models/vit-broken/ready", headers=KEY).text]
+    reasons = {m["name"]: m["reason"] for m in json.loads(index)}
+    assert "vit-broken" in reasons["vit-broken"] or "model.onnx" in reasons["vit-broken"]
+    for text in answers:
+        assert str(broken_repository.resolve()) not in text and str(broken_repository) not in text
+        assert not re.search(r"(?<![\w.])/(tmp|home|usr|var|work|root)/", text), text
+
+
+def huge(digits: int = 5000) -> str:
+    return "9" * digits
+
+
+def with_huge(text: str) -> str:
+    """``text`` with HUGE replaced by an integer of more digits than Python converts by default."""
+    return text.replace("HUGE", huge())
+
+
+@pytest.mark.parametrize(("path", "body", "message"), [
+    (INFER, with_huge('{"inputs":[{"name":"pixel_values","shape":[1],"datatype":"FP32","data":[HUGE]}]}'),
+     "integers may have at most"),
+    (INFER, with_huge('{"id":HUGE,"inputs":[]}'), "integers may have at most"),
+    ("/v2/repository/index", with_huge('{"ready":HUGE}'), "integers may have at most"),
+    ("/api/compare", with_huge('{"family":"vit_tiny","rounds":HUGE}'), "integers may have at most"),
+    (INFER, json.dumps({**json_request(images(1)), "parameters": {"timeout": 10**400}}), "up to 2^64 - 1"),
+    ("/api/compare", json.dumps({"family": "vit_tiny", "rounds": 10**400}), "rounds"),
+])
+def test_huge_numbers_are_precise_400s(http: httpx.Client, caplog: pytest.LogCaptureFixture, path: str, body: str,
+                                       message: str) -> None:
+    with caplog.at_level(logging.INFO):
+        response = http.post(path, content=body, headers={**KEY, "content-type": "application/json"})
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_huge_length_headers_are_refused(gated: BackgroundServer, http: httpx.Client) -> None:
+    raw = start_request(gated.address, INFER, 0, start=b"")
+    raw.close()
+    raw = connect(gated.address)
+    try:
+        raw.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nContent-Length: {huge()}\r\n\r\n{{"
+                    .encode())
+        status, body = reply_of(raw)
+    finally:
+        raw.close()
+    assert status in (400, 413), body  # uvicorn's parser may refuse it first
+    header = http.post(INFER, content=b"{}", headers={**KEY, "inference-header-content-length": huge()})
+    assert header.status_code == 400 and "Inference-Header-Content-Length" in header.json()["error"]
+
+
+def test_a_json_body_over_its_limit_points_to_the_binary_extension(http: httpx.Client) -> None:
+    body = b"[" + b"0.0," * (JSON_LIMIT // 4) + b"0.0]"
+    response = http.post(INFER, content=body, headers={**KEY, "content-type": "application/json"})
+    assert response.status_code == 413 and "binary tensor extension" in response.json()["error"]
+    binary = http.post(INFER, content=b"{}" + body, headers={**KEY, "inference-header-content-length": "2"})
+    assert binary.status_code == 400  # a binary-extension body of that size is read (and refused as malformed)
+
+
+def test_bytes_in_flight_are_bounded(gated: BackgroundServer, http: httpx.Client) -> None:
+    binary = {**KEY, "Inference-Header-Content-Length": "2"}
+    held = [start_request(gated.address, INFER, BODY_LIMIT, b"{}", f"127.0.0.{5 + i}", binary) for i in range(2)]
+    try:
+        time.sleep(0.2)
+        late = start_request(gated.address, INFER, 1 << 20, b"{}", "127.0.0.7", binary)
+        status, body = reply_of(late, timeout_s=BODY_TIMEOUT_S / 2)
+        late.close()
+        assert status == 503 and b"bytes of requests in flight" in body
+        # a small JSON body counts six times its size: it fits only once the big ones are gone
+        assert http.post(INFER, json=json_request(images(1)), headers=KEY).status_code == 503
+    finally:
+        close_all(held)
+    deadline = time.monotonic() + 5
+    while http.post(INFER, json=json_request(images(1)), headers=KEY).status_code != 200:
+        assert time.monotonic() < deadline, "the bytes of closed requests were not released"
+        time.sleep(0.05)
+
+
+def comparison_running(http: httpx.Client) -> str | None:
+    return http.get("/api/live", headers=KEY).json()["comparison_running"]
+
+
+def test_a_comparison_stops_when_its_client_leaves(gated: BackgroundServer, http: httpx.Client) -> None:
+    assert http.post("/api/compare", json={"family": "vit_tiny", "rounds": MAX_ROUNDS + 1},
+                     headers=KEY).status_code == 400
+    assert http.post("/api/compare", json={"family": "vit_tiny", "dims": {"batch": 9}}, headers=KEY).status_code == 400
+    body = json.dumps({"family": "vit_tiny", "rounds": MAX_ROUNDS, "warmup": 0}).encode()
+    raw = start_request(gated.address, "/api/compare", len(body), body)
+    deadline = time.monotonic() + 10
+    while comparison_running(http) is None:
+        assert time.monotonic() < deadline, "the comparison did not start"
+        time.sleep(0.02)
+    raw.close()  # MAX_ROUNDS rounds of two variants would take tens of seconds
+    left = time.monotonic()
+    while comparison_running(http) is not None:
+        assert time.monotonic() - left < 3, "the comparison went on after its client left"
+        time.sleep(0.02)
+    assert http.get("/api/compare/vit_tiny", headers=KEY).status_code == 404  # nothing kept of it
+    again = http.post("/api/compare", json={"family": "vit_tiny", "rounds": 3, "warmup": 0}, headers=KEY)
+    assert again.status_code == 200 and again.json()["rounds"] == 3
