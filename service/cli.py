@@ -180,8 +180,12 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     from .app import create_app
-    if settings.workers == 1:
-        uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
+    from .background import make_server
+    if settings.workers == 1:  # a clean drain after SIGTERM exits 0; malformed HTTP gets a JSON 400
+        server = make_server(create_app(settings=settings), host, port, log_level)
+        server.run()
+        if not server.started:
+            raise DytDeployError(f"dyt-serve could not start on {host}:{port} (see the log above)")
         return
     os.environ[SETTINGS_ENV] = settings.to_json()
     folder = shared_folder()
