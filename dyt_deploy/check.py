@@ -1,8 +1,8 @@
 """``dyt-check``: the PyTorch reference and each runner on the same seeded inputs.
 
 The target is a model.pt (ONNX-based runners then get a fresh, unverified export in a temporary
-folder) or a model folder of a repository (its ``1/model.onnx``, ``1/model.plan`` and the
-model.pt its manifest names as source).
+folder) or a model folder of a repository (its ``1/model.onnx``, ``1/model.plan``, ``1/model.pt2`` and
+the model.pt its manifest names as source).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .feeds import random_feed
 from .parity import ParityReport, default_tolerances
 from .repository import MANIFEST_NAME, read_manifest
 from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
+from .runners.registry import PT2
 from .specs import TensorSpec
 
 
@@ -37,6 +38,7 @@ class CheckTarget:
     dtype: str = "fp32"
     onnx_path: Path | None = None  # or an OpenVINO folder's model.xml, which only the openvino runner takes
     plan_path: Path | None = None
+    package_path: Path | None = None  # an AOTInductor model.pt2
     model_path: Path | None = None
     load_options: dict[str, Any] = field(default_factory=dict)  # how model_path was loaded (arch, weights, ...)
 
@@ -69,10 +71,13 @@ def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> Che
     loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle, weights=weights)
     specs = [TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in manifest["inputs"]]
     specs = _with_value_ranges(specs, loaded.model)
-    plan, ir = folder / "1" / "model.plan", folder / "1" / "model.xml"
+    plan, ir, package = (folder / "1" / name for name in ("model.plan", "model.xml", "model.pt2"))
     model_file = ir if ir.is_file() else folder / "1" / "model.onnx"  # an OpenVINO folder holds IR, no ONNX
+    if package.is_file() and not model_file.is_file():  # an AOTInductor folder: ONNX runners get a fresh export
+        model_file = None
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
-                       model_file, plan if plan.is_file() else None, Path(source))
+                       model_file, plan if plan.is_file() else None, package if package.is_file() else None,
+                       Path(source))
 
 
 def _weights_choice(recorded: str | None) -> str | None:
@@ -93,6 +98,8 @@ def _with_value_ranges(specs: list[TensorSpec], model: nn.Module) -> list[Tensor
 
 
 def default_runners(target: CheckTarget) -> list[str]:
+    if target.package_path is not None:
+        return ["aoti"]
     if target.onnx_path is None:
         return ["torch-compile", "ort"]
     if target.onnx_path.suffix == ".xml":
@@ -111,10 +118,21 @@ def runner_for_target(kind: str, target: CheckTarget, workdir: Path) -> Runner:
         if target.plan_path is None:
             raise DytDeployError(f"runner {kind} needs a TensorRT engine: build one with dyt-build REPO/NAME")
         return create_runner(kind, target.plan_path)
+    if takes == PT2:
+        return create_runner(kind, _package_for(target, workdir))
     model_file = _onnx_for(target, workdir)
     if model_file.suffix == ".xml" and kind != "openvino":
         raise DytDeployError(f"runner {kind} needs ONNX; {model_file} is OpenVINO IR: use --runners openvino")
     return create_runner(kind, model_file)
+
+
+def _package_for(target: CheckTarget, workdir: Path) -> Path:
+    """The target's AOTInductor package; for a model.pt, one compiled (unverified, fp32, CPU) into ``workdir``."""
+    if target.package_path is None:
+        from .export.aoti import compile_package
+
+        target.package_path = compile_package(target.reference, target.specs, workdir / "model.pt2").path
+    return target.package_path
 
 
 def _onnx_for(target: CheckTarget, workdir: Path) -> Path:
@@ -139,7 +157,7 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
     reports: dict[str, ParityReport] = {}
     with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
         for kind in runners or default_runners(target):
-            precision = "fp32" if kind.startswith("torch") else target.dtype
+            precision = _precision(kind, target, Path(workdir))
             report = ParityReport(*default_tolerances(precision, atol, rtol))
             with runner_for_target(kind, target, Path(workdir)) as runner:
                 for feed, ref in zip(feeds, expected, strict=True):
@@ -148,6 +166,14 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
                                       {k: v.shape for k, v in feed.items()})
             reports[kind] = report
     return reports
+
+
+def _precision(kind: str, target: CheckTarget, workdir: Path) -> str:
+    """The torch runners and a fresh ONNX export into ``workdir`` (of a folder without one) run
+    fp32; the folder's own files run in its dtype."""
+    takes = runner_kind(kind).takes
+    fresh_onnx = takes not in (MODULE, PLAN, PT2) and (target.onnx_path is None or workdir in target.onnx_path.parents)
+    return "fp32" if takes == MODULE or fresh_onnx else target.dtype
 
 
 def _reference(target: CheckTarget, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # (atol, rtol) by precision. fp16 has ~3 decimal digits; errors add up over a network's depth.
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2)}
+# bf16 keeps 8 significant bits to fp16's 11 (fp32's exponent range), so its rounding is 8x coarser.
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (5e-2, 5e-2)}
 _REL_FLOOR = 1e-6  # denominators below this count as this, so zeros in the reference stay finite
 
 
 def default_tolerances(dtype: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:
-    """``(atol, rtol)`` for ``dtype`` ("fp32"/"fp16"), each replaced by the caller's value if given."""
+    """``(atol, rtol)`` for ``dtype`` ("fp32", "fp16", "bf16"), each replaced by the caller's value if given."""
     base_atol, base_rtol = DEFAULT_TOLERANCES[dtype]
     return (base_atol if atol is None else atol, base_rtol if rtol is None else rtol)
 

@@ -30,9 +30,13 @@ ALLOWED = {
 }
 TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
 ALLOWED_SERVICE = {"cli", "demo"}
+# command-line modules that live inside a package but belong to the top layer: dyt-build beside the engine
+COMMAND_LINE = {"engine/cli.py": "cli"}
 
 
 def unit_of(path: Path) -> str:
+    if path.relative_to(PACKAGE).as_posix() in COMMAND_LINE:
+        return COMMAND_LINE[path.relative_to(PACKAGE).as_posix()]
     parts = path.relative_to(PACKAGE).parts
     return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
 

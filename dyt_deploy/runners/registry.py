@@ -2,8 +2,8 @@
 ``runner_for_folder(model_dir)``.
 
 Every kind is one :class:`RunnerKind` entry: what it runs (``takes``: an ``nn.Module``, an
-.onnx file or a TensorRT .plan) and a builder that imports its backend only when called. A new
-backend is one module in ``runners/`` and one entry in :data:`RUNNERS`.
+.onnx file, a TensorRT .plan or an AOTInductor .pt2 package) and a builder that imports its
+backend only when called. A new backend is one module in ``runners/`` and one entry in :data:`RUNNERS`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import DytDeployError, unknown_name
 from .base import Runner
 
-MODULE, ONNX, PLAN = "module", "onnx", "plan"
+MODULE, ONNX, PLAN, PT2 = "module", "onnx", "plan", "pt2"
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,13 @@ def _openvino(path: str | Path, spin: bool | None = None, **options: Any) -> Run
     return OpenVinoRunner(path, **options)
 
 
+def _aoti(path: str | Path, spin: bool | None = None, **options: Any) -> Runner:
+    """``spin`` is onnxruntime's thread setting (callers that pass it to any runner): AOTInductor has none."""
+    from .aoti_runner import AotiRunner
+
+    return AotiRunner(path, **options)
+
+
 def _tensorrt(path: str | Path, **options: Any) -> Runner:
     from .tensorrt import TensorRTRunner
 
@@ -89,6 +96,7 @@ RUNNERS: dict[str, RunnerKind] = {kind.name: kind for kind in (
     RunnerKind("ort-trt", ONNX, _onnxruntime("tensorrt"), "onnxruntime-gpu, TensorRT execution provider"),
     RunnerKind("openvino", ONNX, _openvino, "OpenVINO, CPU (an .onnx file or an IR model.xml)"),
     RunnerKind("trt", PLAN, _tensorrt, "a TensorRT engine (model.plan)"),
+    RunnerKind("aoti", PT2, _aoti, "an AOTInductor package (model.pt2, dyt-build --backend aoti), CPU or CUDA"),
 )}
 RUNNER_KINDS = tuple(RUNNERS)
 # onnxruntime provider name (as dyt-serve's --provider takes it) -> runner kind
@@ -110,15 +118,16 @@ def create_runner(kind: str, source: Any, **options: Any) -> Runner:
 
     ``source`` is what the kind takes (``runner_kind(kind).takes``): an ``nn.Module`` for the torch
     kinds (with ``input_names`` and ``output_names`` options), an .onnx path for the onnxruntime
-    kinds, an .onnx or IR .xml path for ``openvino``, a .plan path for ``trt``. ``options`` go to
-    the runner's constructor.
+    kinds, an .onnx or IR .xml path for ``openvino``, a .plan path for ``trt``, a .pt2 path for
+    ``aoti``. ``options`` go to the runner's constructor.
     """
     return runner_kind(kind).build(source, **options)
 
 
 def runner_for_folder(model_dir: str | Path, version: str | None = None, *, provider: str = "cpu",
                       backend: str = "onnxruntime", **options: Any) -> Runner:
-    """A runner for a repository model folder: ``VERSION/model.xml`` (an OpenVINO folder) in OpenVINO;
+    """A runner for a repository model folder: ``VERSION/model.pt2`` (an AOTInductor folder) in the
+    ``aoti`` runner; ``VERSION/model.xml`` (an OpenVINO folder) in OpenVINO;
     ``VERSION/model.onnx`` in onnxruntime on ``provider`` ("cpu", "cuda", "tensorrt"), or in OpenVINO
     with ``backend="openvino"``; else ``VERSION/model.plan`` in TensorRT. ``version`` defaults to the
     latest numeric version folder (Triton's default policy). ``options`` go to the runner."""
@@ -128,6 +137,8 @@ def runner_for_folder(model_dir: str | Path, version: str | None = None, *, prov
         raise unknown_name("backend for model.onnx", backend, ONNX_BACKENDS)
     model_dir = Path(model_dir)
     version_dir = model_dir / (version or latest_version(model_dir))
+    if (version_dir / "model.pt2").is_file():
+        return create_runner("aoti", version_dir / "model.pt2", **options)
     if (version_dir / "model.xml").is_file():
         return create_runner("openvino", version_dir / "model.xml", **options)
     if (version_dir / "model.onnx").is_file():
@@ -138,4 +149,4 @@ def runner_for_folder(model_dir: str | Path, version: str | None = None, *, prov
         return create_runner(ORT_KIND_BY_PROVIDER[provider], version_dir / "model.onnx", **options)
     if (version_dir / "model.plan").is_file():
         return create_runner("trt", version_dir / "model.plan")
-    raise DytDeployError(f"{version_dir}: no model.onnx, model.xml or model.plan")
+    raise DytDeployError(f"{version_dir}: no model.onnx, model.xml, model.plan or model.pt2")
