@@ -151,22 +151,32 @@ def default_config(n_rows: int, n_cols: int, element_size: int) -> LaunchConfig:
     return LaunchConfig(block_m, block_n, num_warps)
 
 
-def _rows(t: torch.Tensor, n_cols: int) -> torch.Tensor:
-    """A (M, N) view of ``t`` with unit column stride (a copy only when no such view exists)."""
+def _rows(t: torch.Tensor, n_cols: int) -> tuple[torch.Tensor, int]:
+    """``t`` as rows of ``n_cols`` with unit column stride, and its row stride: ``t`` itself when
+    contiguous (no view made: every call counts), else a (M, N) view, or a copy when none exists."""
+    if t.is_contiguous():
+        return t, n_cols
     t2 = t.reshape(-1, n_cols)
-    return t2 if t2.stride(1) == 1 or t2.shape[0] * t2.shape[1] == 0 else t2.contiguous()
+    if t2.stride(1) != 1 and t2.numel():
+        t2 = t2.contiguous()
+    return t2, t2.stride(0)
 
 
 def _param(p: torch.Tensor | None, n_cols: int, name: str) -> tuple[torch.Tensor | None, int]:
     """weight/bias as a flat vector and its stride: ``(C,)`` per channel (stride 1) or one value (stride 0)."""
     if p is None:
         return None, 0
-    flat = p.reshape(-1)
-    if flat.numel() == 1:
-        return flat, 0
-    if flat.numel() != n_cols:
-        raise ValueError(f"{name} has {flat.numel()} values; DyT over the last dim needs 1 or {n_cols}")
-    return flat.contiguous(), 1
+    numel = p.numel()
+    if numel == 1:
+        return p, 0
+    if numel != n_cols:
+        raise ValueError(f"{name} has {numel} values; DyT over the last dim needs 1 or {n_cols}")
+    return (p if p.is_contiguous() else p.contiguous()), 1  # (C,), or (1, 1, C): one row either way
+
+
+def _check_buffer(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.shape != x.shape or not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous with x's shape {list(x.shape)}")
 
 
 def dyt_forward(
@@ -202,38 +212,36 @@ def dyt_forward(
     b, stride_b = _param(bias, n_cols, "bias")
     sum_dtype, y_dtype = result_dtypes(x, alpha, weight, bias, residual)
 
-    x2 = _rows(x, n_cols)
-    n_rows = x2.shape[0]
+    x2, stride_x = _rows(x, n_cols)
+    n_rows = x.numel() // n_cols if n_cols else 0
     store_sum = True
-    r2 = None
+    r2, stride_r = None, 0
     if residual is not None:
-        r2 = _rows(residual, n_cols)
+        r2, stride_r = _rows(residual, n_cols)
         if residual_out is None and not keep_sum and sum_dtype in (x.dtype, residual.dtype):
             store_sum = False  # an input of the sum's dtype stands in for h's (unwritten) buffer
         elif residual_out is None:
             residual_out = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
+        else:
+            _check_buffer("residual_out", residual_out, x)
     if out is None:
         if residual_out is not None and residual_out.dtype != sum_dtype:  # the caller's h type feeds DyT
             y_dtype = result_dtypes(residual_out, alpha, weight, bias)[1]
         out = torch.empty(x.shape, dtype=y_dtype, device=x.device)
-    for name, t in (("out", out), ("residual_out", residual_out)):
-        if t is not None and (t.shape != x.shape or not t.is_contiguous()):
-            raise ValueError(f"{name} must be contiguous with x's shape {list(x.shape)}")
-    y2 = out.view(-1, n_cols)
-    h2 = residual_out.view(-1, n_cols) if residual_out is not None else None
+    else:
+        _check_buffer("out", out, x)
 
     if n_rows and n_cols:
         cfg = config or default_config(n_rows, n_cols, x.element_size())
-        grid = (triton.cdiv(n_rows, cfg.block_m), triton.cdiv(n_cols, cfg.block_n))
-        dummy = x2  # stands in for absent pointers; never read (the constexpr flags drop the loads)
+        grid = (-(-n_rows // cfg.block_m), -(-n_cols // cfg.block_n))  # ceil division, no Triton helper call
+        h2 = residual_out  # out and residual_out are contiguous: row stride n_cols
         if h2 is None and r2 is not None:  # sum not stored: h's dtype still sets its rounding
             h2 = x2 if x2.dtype == sum_dtype else r2
+        dummy = x2  # stands in for absent pointers; never read (the constexpr flags drop the loads)
         _dyt_fwd_kernel[grid](
-            x2, r2 if r2 is not None else dummy, h2 if h2 is not None else dummy, y2,
+            x2, r2 if r2 is not None else dummy, h2 if h2 is not None else dummy, out,
             alpha, w if w is not None else dummy, b if b is not None else dummy,
-            n_rows, n_cols,
-            x2.stride(0), r2.stride(0) if r2 is not None else 0, h2.stride(0) if h2 is not None else 0,
-            y2.stride(0),
+            n_rows, n_cols, stride_x, stride_r, n_cols if residual_out is not None else 0, n_cols,
             HAS_RESIDUAL=r2 is not None, STORE_SUM=store_sum, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
             W_SCALAR=stride_w == 0, B_SCALAR=stride_b == 0, FAST_TANH=uses_fast_tanh(out.dtype, precise),
             BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,

@@ -243,3 +243,15 @@ def test_hardware_tanh_stays_within_its_documented_bound(dtype):
     assert not torch.equal(fast, precise), "the hardware instruction ran (its rounding differs somewhere)"
     t_only = T.dyt_forward(x, alpha)  # the folded form: tanh alone, relative to |tanh| (absolute below 1)
     within_ulps(t_only, exact(x, alpha, None, None), dtype, ulps=FAST_TANH_ULPS[dtype])
+
+
+def test_row_strided_inputs_are_read_in_place_and_outputs_are_contiguous():
+    """Slices of wider rows (x and residual) need no copy: the kernel takes their row stride."""
+    wide, wide_r = data((2, 3, 80), torch.float32), data((2, 3, 80), torch.float32, seed=8)
+    x, residual = wide[..., :64], wide_r[..., 16:]
+    assert not x.is_contiguous() and x.reshape(-1, 64).data_ptr() == x.data_ptr()
+    alpha, w, b = params(64, torch.float32, "plain")
+    h, y = T.dyt_forward(x, alpha, w, b, residual=residual)
+    h_eager, y_eager = dyt_add_reference(x, residual, alpha, w, b)
+    assert h.is_contiguous() and y.is_contiguous() and torch.equal(h, h_eager)
+    torch.testing.assert_close(y, y_eager, rtol=1e-6, atol=1e-6)
