@@ -42,7 +42,7 @@ $(VENV)/.installed-mutation: $(STAMP)
 
 # the standard latency comparison: vit_small, onnxruntime CPU and torch, batch 1 and 8
 bench: $(STAMP)
-	$(BIN)/dyt-bench --model vit_small --runners ort,torch --batch 1,8 --warmup 5 --iters 30 -o reports/bench
+	$(BIN)/dyt-bench --model vit_small --runners ort,openvino,torch --batch 1,8 --threads 2 --warmup 5 --iters 30 -o reports/bench
 
 # export + verify wall time and peak memory for vit_base (figures in the README)
 bench-export: $(STAMP)
