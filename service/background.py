@@ -11,6 +11,7 @@ uvicorn's default where it is installed; the pure-Python h11 parser keeps uvicor
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -75,9 +76,16 @@ def json_error_protocol() -> Any:
 
 
 def make_server(app: Any, host: str, port: int, log_level: str = "info", **config: Any) -> DrainingServer:
-    """The server ``dyt-serve`` runs ``app`` on (see the module's docstring)."""
-    return DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, http=json_error_protocol(),
-                                         **config))
+    """The server ``dyt-serve`` runs ``app`` on (see the module's docstring); the service's own log
+    lines (models loaded, clients gone mid-body, ...) go where uvicorn's go, at ``log_level``."""
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           http=json_error_protocol(), **config))
+    service_log = logging.getLogger("dyt_deploy")
+    service_log.setLevel(log_level.upper())
+    for handler in logging.getLogger("uvicorn").handlers:
+        if handler not in service_log.handlers:
+            service_log.addHandler(handler)
+    return server
 
 
 @contextmanager
