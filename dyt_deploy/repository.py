@@ -6,15 +6,20 @@ repo/<name>/dyt.json         dyt-deploy manifest (family, norm, form, backend, I
 repo/<name>/1/model.onnx     (an OpenVINO folder: 1/model.xml + 1/model.bin, OpenVINO IR)
 ```
 Folders are staged beside their final place and renamed into it, so a reader never sees a
-half-written model and a failed write leaves the previous one intact.
+half-written model and a failed write leaves the previous one intact. A staging folder's name
+holds its owner (``.NAME.staging-HOST-PID-xxxx``): one left by a process that was killed is removed,
+with a warning, by the next write to that place once that process is gone.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +32,9 @@ from .triton_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_text
 MANIFEST_NAME = "dyt.json"
 MANIFEST_FORMAT = "dyt-deploy/manifest"
 MANIFEST_VERSION = 1
+STAGING_KINDS = ("staging", "old")  # .NAME.staging-OWNER-xxxx (being written), .NAME.old-OWNER-xxxx (being replaced)
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -45,7 +53,8 @@ def _stage_beside(final: Path) -> Iterator[Path]:
     """
     new_parents = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    remove_stale_staging(final)
+    stage = Path(tempfile.mkdtemp(prefix=_staging_prefix(final, "staging"), dir=final.parent))
     stage.chmod(0o777 & ~current_umask())
     succeeded = False
     try:
@@ -58,6 +67,51 @@ def _stage_beside(final: Path) -> Iterator[Path]:
                 folder.rmdir()
             except OSError:
                 break
+
+
+def _staging_prefix(final: Path, kind: str) -> str:
+    """``.NAME.KIND-HOST-PID-``: the start of a staging name, naming the process that owns it."""
+    return f".{final.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this host (one we may not signal still runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def _dead_owner(path: Path, final: Path, kind: str) -> int | None:
+    """The pid that owned the staging sibling ``path`` when it is provably gone: a process of
+    this host that no longer runs. None otherwise (another host's, a live process's, an old name)."""
+    owner = path.name[len(f".{final.name}.{kind}-"):].rsplit("-", 2)
+    if len(owner) != 3 or owner[0] != socket.gethostname() or not owner[1].isdigit():
+        return None
+    pid = int(owner[1])
+    return pid if pid != os.getpid() and _process_gone(pid) else None
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove the staging siblings of ``final`` (``.NAME.staging-*``, ``.NAME.old-*``) whose owner
+    process is gone (a killed export), each with a warning; the others are left alone. Returns
+    the paths removed."""
+    removed = []
+    for kind in STAGING_KINDS:
+        for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.{kind}-*")):
+            pid = _dead_owner(path, final, kind)
+            if pid is None:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+            log.warning("removed %s: left by process %d, which is gone (an interrupted write)", path, pid)
+    return removed
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -116,7 +170,7 @@ def _swap_into_place(stage: Path, final: Path) -> None:
     if not final.exists():
         os.replace(stage, final)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    old = Path(tempfile.mkdtemp(prefix=_staging_prefix(final, "old"), dir=final.parent))
     os.replace(final, old / final.name)
     try:
         os.replace(stage, final)
