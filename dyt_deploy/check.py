@@ -8,6 +8,8 @@ the model.pt its manifest names as source).
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from .repository import MANIFEST_NAME, read_manifest
 from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
 from .runners.registry import PT2
 from .specs import TensorSpec
+
+Progress = Callable[[str, str, float], None]  # ("start" | "done", step, seconds)
 
 
 @dataclass
@@ -146,10 +150,11 @@ def _onnx_for(target: CheckTarget, workdir: Path) -> Path:
 
 def check_model(source: str | Path, runners: list[str] | None = None, samples: int = 3, atol: float | None = None,
                 rtol: float | None = None, arch: str | None = None, trust_pickle: bool = False,
-                weights: str | None = None) -> dict[str, ParityReport]:
+                weights: str | None = None, progress: Progress | None = None) -> dict[str, ParityReport]:
     """Parity of each runner against the PyTorch reference; every runner is checked before returning.
 
-    ``weights``: see :func:`check_target`.
+    ``weights``: see :func:`check_target`. ``progress(event, step, seconds)``: called with "start"
+    and "done" (and the step's seconds) around each runner, export or compile included.
     """
     target = check_target(source, arch=arch, trust_pickle=trust_pickle, weights=weights)
     feeds = [random_feed(target.specs, sample_sizes(index, target.specs), index) for index in range(samples)]
@@ -157,6 +162,9 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
     reports: dict[str, ParityReport] = {}
     with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
         for kind in runners or default_runners(target):
+            step, started = f"runner {kind}", time.perf_counter()
+            if progress is not None:
+                progress("start", step, 0.0)
             precision = _precision(kind, target, Path(workdir))
             report = ParityReport(*default_tolerances(precision, atol, rtol))
             with runner_for_target(kind, target, Path(workdir)) as runner:
@@ -165,6 +173,8 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
                     report.add_sample(ref, {k: np.asarray(v, np.float32) for k, v in got.items()},
                                       {k: v.shape for k, v in feed.items()})
             reports[kind] = report
+            if progress is not None:
+                progress("done", step, time.perf_counter() - started)
     return reports
 
 

@@ -218,12 +218,32 @@ def check(
     from .check import check_model
 
     kinds = [k.strip() for k in runners.split(",") if k.strip()] if runners else None
-    reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle, weights=weights)
+    times: dict[str, float] = {}
+    show = _progress_printer()
+
+    def progress(event: str, step: str, seconds: float) -> None:
+        show(event, step, seconds)
+        if event == "done":
+            times[step.removeprefix("runner ")] = seconds
+
+    reports = check_model(model, kinds, samples, atol, rtol, arch=arch, trust_pickle=trust_pickle, weights=weights,
+                          progress=progress)
     for kind, report in reports.items():
         print_parity(report, f"{kind} vs PyTorch")
+    _name_the_slow_runner(times)
     if json_path:
         json_path.write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=2) + "\n")
     sys.exit(0 if all(r.passed for r in reports.values()) else 1)
+
+
+def _name_the_slow_runner(times: dict[str, float], slow_s: float = 10.0) -> None:
+    """With several runners, name the slowest when it took over ``slow_s`` and how to leave it out."""
+    if len(times) < 2 or max(times.values()) < slow_s:
+        return
+    slowest = max(times, key=times.__getitem__)
+    others = ",".join(k for k in times if k != slowest)
+    err_console.print(f"slowest: {slowest} ({times[slowest]:.1f} s of {sum(times.values()):.1f} s); "
+                      f"leave it out with --runners {others}", highlight=False)
 
 
 bench_app = new_app("Latency of DyT vs LayerNorm vs RMSNorm variants of one model.")
