@@ -29,6 +29,10 @@ _EXPORTS = {
     "create_runner": "runners",
     "runner_for_folder": "runners",
     "optimize": "optimize_model",
+    "generate": "generation",
+    "Generator": "generation",
+    "GenerationSettings": "generation",
+    "load_tokenizer": "tokenizer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -77,6 +77,7 @@ class ExportResult:
     backend: str = "onnxruntime"
     ir_path: Path | None = None  # backend openvino: the folder's 1/model.xml (the ONNX is not kept)
     ir_parity: ParityReport | None = None  # backend openvino: the IR in OpenVINO vs PyTorch
+    decoding: dict[str, Any] | None = None  # task text-generation: greedy decoding in ONNX vs PyTorch
 
 
 def export_onnx(
@@ -101,6 +102,7 @@ def export_onnx(
     trust_pickle: bool = False,
     weights: str | None = None,
     backend: str = "onnxruntime",
+    task: str = "default",
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``model_path`` to ONNX with DyT in ``form``, verify it against PyTorch, then write it.
@@ -112,7 +114,7 @@ def export_onnx(
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=dynamic, input_shapes=input_shapes,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
                           repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
-                          weights=weights, backend=backend)
+                          weights=weights, backend=backend, task=task)
     return export_model(model_path, output, config, progress)
 
 
@@ -126,6 +128,10 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
     """
     started = time.perf_counter()
     config = config or ExportConfig()
+    if config.task == "text-generation":
+        from .decoder import export_decoder
+
+        return export_decoder(model_path, output, config, progress)
     steps = _Steps(progress)
     if config.repository is None or config.name is not None:  # the target is known before loading: fail fast
         early_dir, early_file = _targets(None, model_path, output, config)

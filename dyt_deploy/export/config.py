@@ -19,6 +19,8 @@ EXPORT_DTYPES = ("fp32", "fp16")
 # what a model folder is written for: onnxruntime (1/model.onnx) or OpenVINO (1/model.xml + model.bin, IR)
 BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_OPSET = 20
+# what the graph is for: one forward pass ("default"), or incremental decoding with past key/values
+TASKS = ("default", "text-generation")
 MIN_OPSET = 18  # torch.onnx's dynamo exporter emits opset 18 and newer
 
 
@@ -48,6 +50,8 @@ class ExportConfig:
             converted from the verified ONNX and verified itself; Triton's ``backend: "openvino"``).
             OpenVINO needs ``repository``, fp32 (its inference precision is a runtime choice) and a
             form it can read (pattern or function).
+        task: "default" (one forward pass, the model's own inputs) or "text-generation" (a zoo
+            decoder with past key/values, verified by greedy decoding; see ``export.decoder``).
     """
 
     arch: str | None = None
@@ -68,6 +72,7 @@ class ExportConfig:
     trust_pickle: bool = False
     weights: str | None = None
     backend: str = "onnxruntime"
+    task: str = "default"
 
     def __post_init__(self) -> None:
         if self.input_shapes is not None:
@@ -100,9 +105,21 @@ class ExportConfig:
                 found.append((field, f"{field} must be a non-negative number, not {value}"))
         if self.weights is not None and self.weights not in WEIGHTS:
             found.append(("weights", f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}"))
-        found += self._backend_problems()
+        found += self._backend_problems() + self._task_problems()
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
+        return found
+
+    def _task_problems(self) -> list[tuple[str, str]]:
+        if self.task not in TASKS:
+            return [("task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")]
+        if self.task == "default":
+            return []
+        found = []
+        if self.backend != "onnxruntime":
+            found.append(("backend", "task text-generation writes ONNX for onnxruntime (and onnxruntime-genai)"))
+        if self.input_shapes or self.dynamic is not None:
+            found.append(("dynamic", "task text-generation fixes its inputs (batch, sequence and past are dynamic)"))
         return found
 
     def _backend_problems(self) -> list[tuple[str, str]]:

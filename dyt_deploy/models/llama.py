@@ -2,6 +2,11 @@
 
 With ``norm="dyt"`` it follows the DyT paper's LLaMA: no beta, and alpha initialised per site
 by model width (``paper_alpha_init``) unless ``alpha_init`` is given.
+
+``forward(input_ids) -> logits`` is the plain causal LM every exporter and runner uses;
+``forward_cached`` is the incremental one for generation: it takes the key/value cache of the
+tokens seen so far (one ``(key, value)`` pair per layer, each ``(batch, heads, past, head_dim)``)
+and returns the logits of the new tokens with the cache grown by them.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from torch import nn
 
 from ..nn import create_norm, paper_alpha_init
 from .base import TensorSpec, ZooModel
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (key, value), each (batch, heads, length, head_dim)
 
 
 def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +54,24 @@ class CausalAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.wo(out.transpose(1, 2).reshape(batch, seq, dim))
 
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
+                       mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Attention of the new tokens ``x`` over ``past`` keys/values and themselves.
+
+        ``cos``/``sin``: (batch, 1, seq, head_dim/2) at the new tokens' positions; ``mask``: boolean
+        (batch, 1, seq, past + seq), True where a query may attend. Returns the output and the grown cache.
+        """
+        batch, seq, dim = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(batch, seq, self.heads, dim // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.wq(x)), split(self.wk(x)), split(self.wv(x))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.wo(out.transpose(1, 2).reshape(batch, seq, dim)), (k, v)
+
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
@@ -75,6 +100,12 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
         return x + self.ffn(self.ffn_norm(x))
+
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past: tuple[torch.Tensor, ...],
+                       mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attended, present = self.attn.forward_cached(self.attn_norm(x), cos, sin, past, mask)
+        x = x + attended
+        return x + self.ffn(self.ffn_norm(x)), present
 
 
 class LlamaDecoder(ZooModel):
@@ -115,8 +146,51 @@ class LlamaDecoder(ZooModel):
             x = layer(x, cos, sin)
         return self.lm_head(self.norm(x))
 
+    def forward_cached(self, input_ids: torch.Tensor, past: KVCache | None = None,
+                       attention_mask: torch.Tensor | None = None,
+                       position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Logits of the new tokens ``input_ids`` (batch, seq) and the cache grown by them.
+
+        Args:
+            past: the cache of the tokens before (None or empty tensors: a prefill).
+            attention_mask: (batch, past + seq), 1 for real tokens, 0 for padding; None: all real.
+            position_ids: (batch, seq) rotary positions; None: ``past .. past + seq - 1``.
+        """
+        batch, seq = input_ids.shape
+        past = past or self.empty_cache(batch)
+        past_len = past[0][0].shape[2]
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + seq, device=input_ids.device).expand(batch, seq)
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, past_len + seq, dtype=torch.int64, device=input_ids.device)
+        cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
+        mask = causal_mask(attention_mask, seq)
+        x = self.embed(input_ids)
+        present = []
+        for layer, layer_past in zip(self.layers, past, strict=True):
+            x, kv = layer.forward_cached(x, cos, sin, layer_past, mask)
+            present.append(kv)
+        return self.lm_head(self.norm(x)), present
+
+    def empty_cache(self, batch: int) -> KVCache:
+        """A cache with no tokens: per layer (key, value) of shape (batch, heads, 0, head_dim)."""
+        heads, dim = self.config["heads"], self.config["dim"]
+        weight = self.embed.weight
+        empty = torch.zeros(batch, heads, 0, dim // heads, dtype=weight.dtype, device=weight.device)
+        return [(empty, empty) for _ in self.layers]
+
     def input_specs(self) -> list[TensorSpec]:
         return [TensorSpec("input_ids", ("batch", "seq"), "int64", 0, self.config["vocab_size"])]
 
     def output_specs(self) -> list[TensorSpec]:
         return [TensorSpec("logits", ("batch", "seq", self.config["vocab_size"]))]
+
+
+def causal_mask(attention_mask: torch.Tensor, seq: int) -> torch.Tensor:
+    """Boolean (batch, 1, seq, total) mask: the last ``seq`` of ``total`` positions attend to real
+    tokens at or before themselves, and always to themselves (so a padded query row is never empty)."""
+    total = attention_mask.shape[1]
+    keys = torch.arange(total, device=attention_mask.device)
+    queries = (torch.arange(seq, device=attention_mask.device) + (total - seq)).unsqueeze(1)
+    allowed = (keys.unsqueeze(0) <= queries).unsqueeze(0) & attention_mask.bool().unsqueeze(1)
+    return (allowed | (keys.unsqueeze(0) == queries).unsqueeze(0)).unsqueeze(1)
