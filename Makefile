@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]" "$(TORCH)"
 	touch $@
 
+# make demo PORT=8001 serves the dashboard on another port
+PORT   ?= 8000
 demo: $(STAMP)
-	$(BIN)/python -m dyt_deploy.demo
+	$(BIN)/python -m dyt_deploy.demo --port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not docker"

@@ -11,8 +11,12 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -46,6 +50,28 @@ def build_variants(arch: str, norms: list[str], out_dir: Path, seed: int = 0) ->
     return made
 
 
+def dyt_sites(onnx_path: Path, form: str, counts: dict[str, int]) -> dict[str, int]:
+    """The DyT sites of an exported file, per overload, in every form: the exporter's counts for the
+    function and plugin forms; for the pattern form (plain Mul -> Tanh -> Mul -> Add), the sites the
+    form converter recognises, counted on a copy of the graph."""
+    if form != "pattern" or counts:
+        return dict(counts)
+    import onnx_ir as ir
+
+    from .export.forms import to_form
+
+    return dict(to_form(ir.load(onnx_path), "function"))
+
+
+def command_line(tool: str, *args: Any) -> str:
+    """``tool args`` as a command that works as printed: the bare name when it is on PATH and is
+    this environment's, else its path beside this Python (an inactive virtual environment)."""
+    beside = Path(sys.executable).parent / tool
+    found = shutil.which(tool)
+    program = tool if found and Path(found).resolve() == beside.resolve() else str(beside)
+    return shlex.join([program, *map(str, args)])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", default="vit_small")
@@ -62,14 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     console.print(table)
     console.print("Both variants share every weight outside their norm layers (same seed).")
     console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {args.out / 'repo'}/ ...")
-    exports = Table("model folder", "form", "DynamicTanh nodes", "folded", "max abs err", "cosine", "verdict", "time")
+    exports = Table("model folder", "form", "DyT sites", "folded", "max abs err", "cosine", "verdict", "time")
     jobs = [("layernorm", "pattern", False), ("dyt", "pattern", False), ("dyt", "function", True)]
     for norm, form, fold in jobs:
         name = f"{args.arch}-{norm}" + ("-folded" if fold else "")
         result = export_onnx(args.out / f"{args.arch}-{norm}" / "model.pt", repository=args.out / "repo", name=name,
                              form=form, fold=fold, force=True)
         logits = result.parity.outputs["logits"]
-        exports.add_row(name, form, str(sum(result.form_counts.values())),
+        exports.add_row(name, form, str(sum(dyt_sites(result.onnx_path, result.form, result.form_counts).values())),
                         "-" if result.fold is None else str(result.fold.folded), f"{logits.max_abs:.2e}",
                         f"{logits.cosine:.7f}", "PASSED" if result.parity.passed else "FAILED",
                         f"{result.seconds:.0f} s")
@@ -83,8 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     name = f"{args.arch}-dyt"
     console.print(f"\nDashboard: http://127.0.0.1:{args.port}/   (Ctrl-C stops the service)")
-    console.print(f"Try: curl -s http://127.0.0.1:{args.port}/v2/models/{name} | python -m json.tool")
-    console.print(f"     dyt-check {repo / name} --runners ort,torch")
+    console.print(f"Try: curl -s http://127.0.0.1:{args.port}/v2/models/{name}", highlight=False)
+    console.print(f"     {command_line('dyt-check', repo / name, '--runners', 'ort,torch')}", highlight=False)
     from service.cli import main as serve_main
 
     serve_main(["--repository", str(repo), "--port", str(args.port)])

@@ -1,0 +1,56 @@
+"""The first hour: the DyT sites of a pattern-form export are reported (not "none"), the demo's
+hint command works as printed without an active virtual environment, and ``make demo PORT=``
+chooses the port."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dyt_deploy.checkpoint import save_checkpoint
+from dyt_deploy.cli import export_app
+from dyt_deploy.demo import command_line, dyt_sites
+from dyt_deploy.export import export_onnx
+from dyt_deploy.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sites")
+    return {norm: save_checkpoint(create_model("vit_tiny", norm=norm, depth=2, img_size=32), root / f"{norm}.pt")
+            for norm in ("dyt", "layernorm")}
+
+
+def test_pattern_form_sites_are_counted_like_the_function_form(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    pattern = export_onnx(checkpoints["dyt"], tmp_path / "p.onnx", form="pattern", verify=False)
+    function = export_onnx(checkpoints["dyt"], tmp_path / "f.onnx", form="function", verify=False)
+    sites = dyt_sites(pattern.onnx_path, pattern.form, pattern.form_counts)
+    assert sites == dict(function.form_counts) and sum(sites.values()) == 5  # 2 blocks x 2 norms + the final one
+    layernorm = export_onnx(checkpoints["layernorm"], tmp_path / "ln.onnx", form="pattern", verify=False)
+    assert dyt_sites(layernorm.onnx_path, layernorm.form, layernorm.form_counts) == {}
+
+
+def test_dyt_export_prints_the_pattern_sites(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    result = CliRunner().invoke(export_app, [str(checkpoints["dyt"]), "-o", str(tmp_path / "m.onnx"), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert "form: pattern (DyT sites: 5 full)" in result.output
+
+
+def test_the_hint_command_runs_as_printed_without_the_venv_on_path() -> None:
+    hint = command_line("dyt-check", "--help")
+    bare = {**os.environ, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(shlex.split(hint), capture_output=True, text=True, env=bare, cwd="/", timeout=120)
+    assert done.returncode == 0 and "Usage" in done.stdout, (hint, done.stderr)
+
+
+def test_make_demo_takes_a_port() -> None:
+    done = subprocess.run(["make", "-n", "demo", "PORT=8123", "STAMP=Makefile"], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert "-m dyt_deploy.demo --port 8123" in done.stdout
