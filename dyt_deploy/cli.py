@@ -200,10 +200,11 @@ check_app = new_app("Check runners against the PyTorch reference.")
 @user_errors
 def check(
     model: Path = typer.Argument(..., help="A model.pt, a Hugging Face folder, or a model folder REPO/NAME "
-                                 "written by dyt-export."),
+                                 "written by dyt-export or dyt-build --backend aoti."),
     runners: str = typer.Option(None, help="Comma-separated: torch, torch-compile, torch-triton, ort, ort-cuda, "
-                                "ort-trt, openvino, trt [default: torch-compile,ort for a model.pt; ort (+trt with an "
-                                "engine) for a folder; openvino for an OpenVINO folder]."),
+                                "ort-trt, openvino, trt, aoti [default: torch-compile,ort for a model.pt; ort (+trt "
+                                "with an engine) for a folder; openvino for an OpenVINO folder; aoti for an "
+                                "AOTInductor folder]."),
     samples: int = typer.Option(3, help="Seeded inputs; the first at the export shape, the others at other shapes."),
     atol: float = typer.Option(None, help="Absolute tolerance [default: 1e-4 for fp32 runners, 2e-2 for fp16]."),
     rtol: float = typer.Option(None, help="Relative tolerance [default: 1e-3 for fp32 runners, 2e-2 for fp16]."),
@@ -296,7 +297,9 @@ def bench(
                                           "it does not say them (repeat per input)."),
     variants: str = typer.Option(None, help="layernorm, rmsnorm, dyt, dyt-folded, derf "
                                  "[default: layernorm,rmsnorm,dyt,dyt-folded]."),
-    runners: str = typer.Option(None, help="ort, torch, torch-compile [default: ort,torch]."),
+    runners: str = typer.Option(None, help="ort, openvino, ort-cuda (ONNX); torch, torch-compile, torch-triton, "
+                                "torch-optimize, aoti (AOTInductor packages, compiled per variant) [default: "
+                                "ort,openvino on the CPU; torch,torch-compile,torch-triton on CUDA]."),
     batch: str = typer.Option("1,8", help="Batch sizes."),
     seq: str = typer.Option(None, help="Sequence lengths, for token models [default: 128]."),
     threads: int = typer.Option(0, help="Intra-op threads for torch and onnxruntime [default: theirs]."),

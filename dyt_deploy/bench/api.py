@@ -107,7 +107,9 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
     for kind in (k for k in config.runners if k in TORCH_BENCH_RUNNERS):
         for dtype in config.dtypes:
             group = kind if config.dtypes == ("fp32",) else f"{kind}/{dtype}"
-            groups[group] = _torch_runners(variant_set, kind, config, dtype)
+            if kind == "aoti":
+                say(f"compile an AOTInductor package per variant ({dtype})", 0, 0)
+            groups[group] = _torch_runners(variant_set, kind, config, dtype, work)
     skipped_runners = _activate_or_skip(groups)
     _check_baseline(config, groups, skipped_runners)
     everyone = [runner for members in groups.values() for runner in members.values()]
@@ -213,7 +215,10 @@ def _feeds(specs, batches: tuple[int, ...], seqs: tuple[int, ...]) -> dict[str, 
     return feeds
 
 
-def _torch_runners(variant_set: VariantSet, kind: str, config: BenchConfig, dtype: str) -> dict[str, Runner]:
+def _torch_runners(variant_set: VariantSet, kind: str, config: BenchConfig, dtype: str,
+                   work: Path) -> dict[str, Runner]:
+    if kind == "aoti":
+        return _aoti_runners(variant_set, config, dtype, work)
     names = [s.name for s in variant_set.specs]
     # the Triton kernels replace DyT layers: a LayerNorm/RMSNorm variant runs eager in that group
     return {variant: create_runner(kind if VARIANTS[variant][0] == "dyt" or kind != "torch-triton" else "torch",
@@ -222,6 +227,22 @@ def _torch_runners(variant_set: VariantSet, kind: str, config: BenchConfig, dtyp
             for variant, module in variant_set.models.items()
             # folding is an ONNX rewrite; in PyTorch it is the same module as "dyt"
             if not VARIANTS[variant][1]}
+
+
+def _aoti_runners(variant_set: VariantSet, config: BenchConfig, dtype: str, work: Path) -> dict[str, Runner]:
+    """One AOTInductor package per variant (``work/aoti/VARIANT-DTYPE.pt2``, compiled for the
+    config's device), each in the aoti runner."""
+    from ..export.aoti import compile_package
+
+    device, _, index = config.device.partition(":")
+    runners = {}
+    for variant, module in variant_set.models.items():
+        if not VARIANTS[variant][1]:  # dyt-folded is an ONNX rewrite: the same module as dyt
+            path = work / "aoti" / f"{variant}-{dtype}.pt2"
+            compile_package(module, variant_set.specs, path, device=device, dtype=dtype)
+            runners[variant] = create_runner("aoti", path, threads=config.threads,
+                                             device_index=int(index) if index else -1)
+    return runners
 
 
 def _layer_section(config: BenchConfig, variant_set: VariantSet) -> dict:

@@ -15,7 +15,7 @@ from .variants import OPTIMIZERS, VARIANTS
 
 # runners of the ONNX files (one group per optimizer for ort/ort-cuda) and of the modules themselves
 ONNX_BENCH_RUNNERS = ("ort", "openvino", "ort-cuda")
-TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton", "torch-optimize")
+TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton", "torch-optimize", "aoti")
 BENCH_RUNNERS = ONNX_BENCH_RUNNERS + TORCH_BENCH_RUNNERS
 CPU_ONLY_RUNNERS = ("ort", "openvino")
 CUDA_ONLY_RUNNERS = ("ort-cuda",)
@@ -40,8 +40,10 @@ class BenchConfig:
         runners: of the exported ONNX: "ort" (one group per ONNX optimizer), "openvino" (CPU),
             "ort-cuda" (onnxruntime-gpu); of the modules: "torch", "torch-compile", "torch-triton"
             (eager with the Triton DyT kernels), "torch-optimize" (``dyt_deploy.optimize``: folded,
-            kernels, compiled; the best PyTorch path of each variant). Empty: the device's defaults (CPU: ort, openvino;
-            CUDA: torch, torch-compile, torch-triton).
+            kernels, compiled; the best PyTorch path of each variant), "aoti" (an AOTInductor package
+            of each variant, compiled into ``workdir`` per dtype: slow to build, as a deployment runs
+            it). Empty: the device's defaults (CPU: ort, openvino; CUDA: torch, torch-compile,
+            torch-triton).
         device: "cpu", "cuda" or "cuda:N": where the torch runners run (on CUDA timed with CUDA events).
         dtypes: precisions of the torch runners, one group each (fp32, fp16, bf16); ONNX is fp32.
         batches, seqs: shapes to time (seqs only for token models).
