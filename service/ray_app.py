@@ -1,0 +1,397 @@
+"""The service on Ray Serve: one deployment per model, each with its own replicas, behind one
+ingress that speaks the same Open Inference Protocol v2 (and the dashboard, comparison and stats
+routes).
+
+    serve run service.ray_app:app_builder repository=/models num_replicas=2
+    dyt-serve --engine ray --repository /models --replicas 2
+
+* ``router`` (the ingress, ``@serve.ingress``): routes ``/v2/models/{name}/...`` by model name to
+  that model's deployment, answers health, readiness (every model deployment answering within
+  ``READY_TIMEOUT_S``), server metadata, the repository index, and the statistics, live ratios and
+  controlled comparisons from every replica's numbers.
+* ``model-<name>``: a replica holds the very app ``dyt-serve`` runs (:func:`service.app.create_app`)
+  with that one model loaded in its constructor (a model that fails to load fails the replica,
+  which Serve reports and retries); the request runs through it unchanged, so JSON, binary tensors,
+  errors and limits behave as in ``dyt-serve``. ``check_health`` fails when the model is not ready.
+* ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`; every model replica
+  publishes its cumulative statistics (versioned) and new latency samples after each request, so
+  ``/v2/models/stats`` and ``/api/live`` cover all replicas and count each request once.
+
+Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without it, and
+:func:`build_app` says what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+
+import dyt_deploy
+from dyt_deploy.errors import DytDeployError, MissingBackendError
+
+from . import compare
+from .registry import model_folders
+from .routes_v2 import EXTENSIONS
+from .settings import Settings
+from .stats import MemoryStatsStore, merge_entries
+
+try:  # optional: the ray extra
+    from ray import serve
+except ImportError:  # pragma: no cover - exercised where ray is missing
+    serve = None
+
+READY_TIMEOUT_S = 5.0
+RETRY_AFTER_S = "1"
+HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_deploy.__version__)
+
+
+def require_ray() -> Any:
+    """The ``ray.serve`` module (one clear error when Ray is not installed)."""
+    if serve is None:
+        raise MissingBackendError('Ray Serve is not installed; pip install "dyt-deploy[ray]" (or "ray[serve]")')
+    return serve
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class ModelReplica:
+    """One model's replica: the dyt-serve app with only ``model`` loaded, called in process."""
+
+    def __init__(self, repository: str, model: str, settings_json: str, stats: Any) -> None:
+        import httpx
+
+        from .app import create_app
+
+        self.app = create_app(repository, Settings.from_json(settings_json))
+        registry = self.app.state.service.registry
+        registry.models = {model: registry.get(model)}
+        registry.load_all()
+        if not registry.ready:
+            raise DytDeployError(f"model {model} did not load: {registry.not_ready()}")
+        self.model = registry.models[model]
+        self.stats, self.published, self.started = stats, (0, 0), False
+        self.source = require_ray().get_replica_context().replica_id.unique_id
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica")
+
+    async def forward(self, method: str, path: str, headers: list[tuple[str, str]],
+                      body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """One HTTP request through the replica's app; its status, headers and body. The replica's
+        statistics are published before the answer leaves."""
+        if not self.started:  # batchers need the replica's running event loop
+            self.app.state.service.registry.start()
+            self.started = True
+        sent = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
+        answer = await self.client.request(method, path, headers=sent, content=body)
+        await self.publish()
+        kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in HOP_HEADERS]
+        return answer.status_code, kept, answer.content
+
+    async def publish(self) -> None:
+        """Send this replica's statistics to the stats deployment (nothing when unchanged)."""
+        version, entry, samples = self.model.stats.export(self.published[1])
+        if version == self.published[0]:
+            return
+        await self.stats.publish.remote(self.model.name, self.source, version, entry, samples)
+        self.published = (version, max([self.published[1], *(s[0] for s in samples)]))
+
+    def describe(self) -> dict[str, Any]:
+        """Name, version, family, variant, state and this replica's id."""
+        m = self.model
+        return {"name": m.name, "version": m.version, "family": m.family, "variant": m.variant,
+                "state": m.state, "reason": m.reason, "replica": self.source, "has_manifest": bool(m.manifest)}
+
+    def ready(self) -> bool:
+        return self.model.ready
+
+    async def timed(self, dims: dict[str, int], seed: int = 0) -> float:
+        """Compute time of one call on synthetic inputs of ``dims`` (controlled comparisons)."""
+        settings = self.app.state.service.settings
+        compare.check_dims([self.model], dims, settings.compare_max_elements)
+        return await self.model.timed(self.model.example_feed(dims, seed))
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose model is not ready is restarted."""
+        if not self.model.ready:
+            raise RuntimeError(f"model {self.model.name} is not ready: {self.model.reason}")
+
+
+class StatsCollector:
+    """Every replica's statistics (one replica of its own)."""
+
+    def __init__(self, window: int = 2048) -> None:
+        self.store = MemoryStatsStore(window)
+
+    def publish(self, model: str, source: str, version: int, entry: dict, samples: list) -> None:
+        self.store.publish(model, source, version, entry, samples)
+
+    def snapshot(self, models: list[str], window: int) -> dict[str, Any]:
+        """Per model: every source's entry (by source) and the newest ``window`` samples."""
+        return {m: {"entries": dict(zip(self.store._entries.get(m, {}), self.store.entries(m), strict=True)),
+                    "window": self.store.window(m, window)} for m in models}
+
+
+class RemoteStats:
+    """What :func:`service.compare.live_family` reads of a model's statistics, from a snapshot."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def samples(self) -> tuple[list[float], list[float]]:
+        return [s[2] for s in self.snapshot["window"]], [s[3] for s in self.snapshot["window"]]
+
+    @property
+    def success_count(self) -> int:
+        return sum(e["inference_stats"]["success"]["count"] for e in self.snapshot["entries"].values())
+
+
+class RemoteModel:
+    """A model deployment as the comparison code sees a ServedModel: name, family, variant, state,
+    statistics, and ``timed`` through its handle."""
+
+    def __init__(self, description: dict[str, Any], handle: Any, stats: RemoteStats | None = None) -> None:
+        self.__dict__.update(description)
+        self.handle, self.stats, self.ready = handle, stats, description["state"] == "READY"
+
+    async def timed(self, feed_dims: dict[str, int]) -> float:
+        return await self.handle.timed.remote(feed_dims)
+
+
+class Router:
+    """The ingress: routes by model name, aggregates health and statistics."""
+
+    def __init__(self, models: dict[str, Any], stats: Any, window: int = 2048) -> None:
+        self.models, self.stats, self.window = models, stats, window
+        self.descriptions: dict[str, dict[str, Any]] = {}
+        self.compare_lock = asyncio.Lock()
+        self.running: str | None = None
+        self.reports: dict[str, dict[str, Any]] = {}
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        if name not in self.descriptions:
+            self.descriptions[name] = await self.models[name].describe.remote()
+        return self.descriptions[name]
+
+    async def is_ready(self, name: str) -> bool:
+        try:
+            return await asyncio.wait_for(self.models[name].ready.remote(), READY_TIMEOUT_S)
+        except Exception:  # no replica answered: starting, failed or gone
+            return False
+
+    @api.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> JSONResponse:
+        states = await asyncio.gather(*(self.is_ready(n) for n in self.models))
+        missing = [n for n, ok in zip(self.models, states, strict=True) if not ok]
+        if not missing:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": f"models not ready: {', '.join(missing)}"}, status_code=503)
+
+    @api.get("/v2")
+    async def server_metadata(self) -> dict[str, Any]:
+        return {"name": "dyt-deploy", "version": dyt_deploy.__version__, "extensions": EXTENSIONS}
+
+    @api.post("/v2/repository/index")
+    async def repository_index(self) -> list[dict[str, Any]]:
+        entries = []
+        for name in self.models:
+            ready = await self.is_ready(name)
+            entry = {"name": name, "version": "", "state": "READY" if ready else "UNAVAILABLE", "reason": ""}
+            if ready:
+                entry["version"] = (await self.describe(name))["version"] or ""
+            entries.append(entry)
+        return entries
+
+    async def merged_stats(self, names: list[str]) -> list[dict[str, Any]]:
+        snapshot = await self.stats.snapshot.remote(names, 1)
+        described = [await self.describe(n) for n in names]
+        return [merge_entries(n, d["version"], list(snapshot[n]["entries"].values()))
+                for n, d in zip(names, described, strict=True)]
+
+    @api.get("/v2/models/stats")
+    async def all_model_stats(self) -> dict[str, Any]:
+        return {"model_stats": await self.merged_stats(list(self.models))}
+
+    @api.get("/api/replicas")
+    async def replicas(self) -> dict[str, dict[str, int]]:
+        """Per model, the requests each replica answered (by replica id)."""
+        snapshot = await self.stats.snapshot.remote(list(self.models), 1)
+        return {name: {source: e["inference_stats"]["success"]["count"] for source, e in s["entries"].items()}
+                for name, s in snapshot.items()}
+
+    @api.api_route("/v2/models/{name}", methods=["GET"])
+    async def model_root(self, name: str, request: Request) -> Response:
+        return await self.route(name, "", request)
+
+    @api.api_route("/v2/models/{name}/{rest:path}", methods=["GET", "POST"])
+    async def model_path(self, name: str, rest: str, request: Request) -> Response:
+        return await self.route(name, "/" + rest, request)
+
+    async def route(self, name: str, rest: str, request: Request) -> Response:
+        """A model route: statistics from every replica here, anything else to one replica."""
+        if name not in self.models:
+            return error(404, f"unknown model {name!r}; known: {', '.join(self.models) or '(none)'}")
+        if rest == "/stats" or (rest.startswith("/versions/") and rest.endswith("/stats")):
+            return JSONResponse({"model_stats": await self.merged_stats([name])})
+        try:
+            status, headers, body = await self.models[name].forward.remote(
+                request.method, request.url.path, request.headers.items(), await request.body())
+        except Exception as err:  # the replica died or none is running: the client may retry
+            return error(503, f"model {name!r} has no replica to answer ({type(err).__name__}); retry",
+                         {"Retry-After": RETRY_AFTER_S})
+        return Response(body, status_code=status, headers=dict(headers))
+
+    @api.get("/", response_class=HTMLResponse)
+    async def dashboard(self) -> HTMLResponse:
+        return HTMLResponse(resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8"))
+
+    async def families(self, with_stats: bool) -> dict[str, list[RemoteModel]]:
+        names = [n for n in self.models if await self.is_ready(n)]
+        snapshot = await self.stats.snapshot.remote(names, self.window) if with_stats else {}
+        grouped: dict[str, list[RemoteModel]] = {}
+        for name in names:
+            description = await self.describe(name)
+            if description["has_manifest"]:
+                stats = RemoteStats(snapshot[name]) if with_stats else None
+                grouped.setdefault(description["family"], []).append(
+                    RemoteModel(description, self.models[name], stats))
+        return grouped
+
+    @api.get("/api/live")
+    async def live_report(self) -> dict[str, Any]:
+        families = await self.families(with_stats=True)
+        report = [compare.live_family(models) for _, models in sorted(families.items())]
+        return {"window": self.window, "families": report, "comparison_running": self.running}
+
+    @api.post("/api/compare")
+    async def run_compare(self, request: Request) -> JSONResponse:
+        """The controlled comparison: each variant's deployment timed in turn, interleaved."""
+        body = await request.json()
+        family, dims = body.get("family"), body.get("dims") or {}
+        rounds, warmup = int(body.get("rounds", 20)), int(body.get("warmup", 3))
+        models = (await self.families(with_stats=False)).get(family, [])
+        if len(models) < 2:
+            return error(404 if not models else 503, f"family {family!r} has {len(models)} ready variant(s); "
+                                                     "a comparison needs two")
+        if self.compare_lock.locked():
+            return error(409, "a comparison is already running; retry when it ends")
+        async with self.compare_lock:
+            self.running = family
+            try:
+                report = await self.comparison(models, dims, rounds, warmup)
+            finally:
+                self.running = None
+        self.reports[family] = report
+        return JSONResponse(report)
+
+    async def comparison(self, models: list[RemoteModel], dims: dict[str, int], rounds: int,
+                         warmup: int) -> dict[str, Any]:
+        from dyt_deploy.bench.stats import interleaved_schedule
+
+        for model in models:
+            for _ in range(warmup):
+                await model.timed(dims)
+        by_name = {m.name: m for m in models}
+        timings: dict[str, list[float]] = {m.name: [] for m in models}
+        for name in interleaved_schedule(list(by_name), rounds):
+            timings[name].append(await by_name[name].timed(dims))
+        return compare.comparison_report(models, timings, dims, rounds, warmup)  # type: ignore[arg-type]
+
+    @api.get("/api/compare/{family}")
+    async def last_compare(self, family: str) -> JSONResponse:
+        if family not in self.reports:
+            return error(404, f"no comparison of family {family!r} has run yet; POST /api/compare")
+        return JSONResponse(self.reports[family])
+
+
+# The ingress is made when the module is imported, in the driver and in each replica alike: Serve
+# binds ``self`` of the routes by patching these functions, which travel to replicas by reference.
+RouterIngress = serve.ingress(api)(Router) if serve is not None else None
+
+
+def deployment_options(num_replicas: int | None = 1, autoscaling: dict[str, Any] | None = None,
+                       num_cpus: float = 1.0, num_gpus: float = 0.0,
+                       max_ongoing_requests: int = 16) -> dict[str, Any]:
+    """Serve options of each model deployment: ``num_replicas`` fixed, or ``autoscaling`` (Serve's
+    autoscaling_config: ``min_replicas``, ``max_replicas``, ``target_ongoing_requests``, ...) when
+    given; CPUs and GPUs reserved per replica (Ray's logical resources)."""
+    options: dict[str, Any] = {"ray_actor_options": {"num_cpus": num_cpus, "num_gpus": num_gpus},
+                               "max_ongoing_requests": max_ongoing_requests}
+    if autoscaling:
+        options["autoscaling_config"] = autoscaling
+    else:
+        options["num_replicas"] = num_replicas
+    return options
+
+
+def build_app(repository: str | Path, settings: Settings | None = None, models: list[str] | None = None,
+              num_replicas: int = 1, autoscaling: dict[str, Any] | None = None, num_cpus: float = 1.0,
+              num_gpus: float = 0.0, max_ongoing_requests: int = 16, router_cpus: float = 0.1) -> Any:
+    """The Serve application over ``repository``: the router, one deployment per model (every model
+    folder, or those named in ``models``) with the given scaling, and the stats deployment.
+
+    ``settings`` are those of dyt-serve (threads, batching, limits...) and apply in each replica;
+    default ``Settings()``. Pass the result to ``serve.run(app, route_prefix="/")``.
+    """
+    serve_module = require_ray()
+    repository = Path(repository).resolve()
+    settings = (settings or Settings()).model_copy(update={"repository": str(repository)})
+    names = models or [f.name for f in model_folders(repository)]
+    unknown = sorted(set(names) - {f.name for f in model_folders(repository)})
+    if unknown or not names:
+        raise DytDeployError(f"no model folder {', '.join(unknown) or ''} in {repository}; "
+                             "export one with dyt-export --repository")
+    replica = serve_module.deployment(ModelReplica)
+    stats = serve_module.deployment(StatsCollector, name="stats", num_replicas=1,
+                                    ray_actor_options={"num_cpus": 0}).bind(settings.stats_window)
+    options = deployment_options(num_replicas, autoscaling, num_cpus, num_gpus, max_ongoing_requests)
+    handles = {name: replica.options(name=f"model-{name}", **options).bind(
+        str(repository), name, settings.to_json(), stats) for name in names}
+    router = serve_module.deployment(RouterIngress, name="router",
+                                     ray_actor_options={"num_cpus": router_cpus})
+    return router.bind(handles, stats, settings.stats_window)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For ``serve run service.ray_app:app_builder repository=... num_replicas=2`` and the
+    ``import_path`` of ``serve deploy`` config files: ``args`` are :func:`build_app`'s keywords
+    (strings from the command line are converted); ``threads`` sets the runners' threads."""
+    keywords = dict(args)
+    threads = int(keywords.pop("threads", 0))
+    for key in ("num_replicas", "max_ongoing_requests"):
+        if key in keywords:
+            keywords[key] = int(keywords[key])
+    for key in ("num_cpus", "num_gpus", "router_cpus"):
+        if key in keywords:
+            keywords[key] = float(keywords[key])
+    if isinstance(keywords.get("models"), str):
+        keywords["models"] = keywords["models"].split(",")
+    return build_app(settings=Settings(threads=threads), **keywords)
+
+
+def run(app: Any, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+        num_cpus: float | None = None) -> None:
+    """Start (or join, with ``address``) Ray, start Serve's HTTP proxy on ``host:port`` and run
+    ``app`` until interrupted (what ``dyt-serve --engine ray`` does)."""
+    import ray
+
+    serve_module = require_ray()
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False)
+    serve_module.start(http_options={"host": host, "port": port})
+    serve_module.run(app, name="dyt", route_prefix="/")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve_module.shutdown()
