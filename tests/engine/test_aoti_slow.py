@@ -66,3 +66,17 @@ def test_dyt_bench_times_a_package_per_variant(tmp_path: Path) -> None:
     assert timed == {("aoti", v, f"batch={b}") for v in ("layernorm", "dyt") for b in (1, 2)}
     assert report["settings"]["runners"] == ["aoti"] and not report["settings"]["runners_skipped"]
     json.dumps(report)  # the report stays JSON
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of PyTorch")
+def test_cuda_package_builds_loads_and_matches(tmp_path: Path) -> None:
+    """On the H200 host with torch 2.11 (cu130) loading a CUDA package crashed the process with a
+    segmentation fault, even for Linear+tanh (issue 15). The runner loads CUDA packages in a child
+    process first, so there this test fails with the child's signal instead of killing pytest."""
+    save_checkpoint(create_model("vit_tiny", norm="dyt", **TINY_VIT), tmp_path / "vit.pt")
+    result = build_aoti(tmp_path / "vit.pt", config=AotiConfig(device="cuda", repository=tmp_path / "repo"))
+    assert result.parity.passed and result.manifest["target"]["AOTI_DEVICE_KEY"] == "cuda"
+    with runner_for_folder(result.model_dir) as runner:
+        assert runner.device == "cuda"
+        assert runner.infer({"pixel_values": np.zeros((4, 3, 16, 16), np.float32)})["logits"].shape == (4, 10)
