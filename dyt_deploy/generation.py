@@ -11,6 +11,7 @@ LM (as :func:`dyt_deploy.hf.load_folder` loads it) or a :class:`Decoder` of your
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -139,14 +140,16 @@ class HFDecoder:
         config = model.config
         self.vocab_size = int(config.vocab_size)
         self.max_length = getattr(config, "max_position_embeddings", None)
+        # transformers 5.x names the cache argument and output "cache"; earlier ones "past_key_values"
+        self.cache_key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.cache: Any = None
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=self.cache, use_cache=True, return_dict=True)
-        self.cache = out.past_key_values
-        return out.logits[:, -1].float()
+                         use_cache=True, return_dict=True, **{self.cache_key: self.cache})
+        self.cache = out[self.cache_key]
+        return out["logits"][:, -1].float()
 
 
 def decoder_factory(model: Any) -> Callable[[], Decoder]:

@@ -24,10 +24,10 @@ ALLOWED = {
     "kernels": {"errors", "nn"},
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
     "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "repository"},
-    "export": {"checkpoint", "dtypes", "errors", "feeds", "generation", "models", "nn", "parity", "repository", "runners",
-               "specs"},
+    "export": {"checkpoint", "dtypes", "errors", "feeds", "generation", "models", "nn", "parity", "repository",
+               "runners", "specs"},
     "tokenizer": {"errors"},  # tokenizer.json and bytes, for generation
-    "generation": {"errors", "tokenizer"},  # dyt_deploy.generate: KV-cache generation for zoo decoders, Hugging Face causal LMs, decoders
+    "generation": {"errors", "tokenizer"},  # dyt_deploy.generate: KV-cache decoding of any causal LM
     "cli_common": {"errors"},
     "optimize_model": {"errors", "kernels", "nn"},  # optimize(model): fold, kernels, torch.compile
 }
