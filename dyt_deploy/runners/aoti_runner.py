@@ -89,6 +89,7 @@ class AotiRunner(Runner):
             probe_in_child(self.path, self.device_index)
         self._compiled = load_package(self.path, self.device_index)
         self.metadata = {**self.metadata, **self._compiled.get_metadata()}
+        self.device = "cuda" if self.metadata.get(_DEVICE_KEY) == "cuda" else "cpu"  # the loaded package's word
         self._read_signature()
 
     def _require_device(self) -> None:
