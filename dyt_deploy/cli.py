@@ -125,6 +125,9 @@ def export(
     backend: str = typer.Option("onnxruntime", help="With --repository: the folder's runtime, onnxruntime "
                                 "(1/model.onnx) or openvino (1/model.xml + model.bin, OpenVINO IR converted from "
                                 "the verified ONNX and verified in OpenVINO)."),
+    task: str = typer.Option("default", help="default (one forward pass) or text-generation (a zoo llama decoder "
+                             "with past key/values, checked by greedy decoding; -o is a folder with model.onnx and "
+                             "genai_config.json for onnxruntime-genai)."),
 ) -> None:
     """Export MODEL to ONNX with DyT in the chosen form, verify it against PyTorch, and write it.
 
@@ -136,11 +139,13 @@ def export(
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic), input_shapes=input_shape,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
                           repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
-                          weights=weights, backend=backend)
+                          weights=weights, backend=backend, task=task)
     try:
         result = export_model(model, output, config, progress=_progress_printer())
     except VerificationFailed as failure:
-        if failure.result.ir_parity is not None:
+        if failure.result.decoding is not None:
+            _print_decoding(failure.result.decoding)
+        elif failure.result.ir_parity is not None:
             print_parity(failure.result.ir_parity, "OpenVINO IR (CPU) vs PyTorch")
         else:
             print_parity(failure.result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
@@ -161,7 +166,9 @@ def _print_export_summary(result: Any) -> None:
     if result.fold is not None:
         console.print(f"folded: {result.fold.folded} DyT into {result.fold.linear_layers} linear layers, "
                       f"{result.fold.skipped} left (a consumer is not linear)", highlight=False)
-    if result.parity is not None:
+    if result.decoding is not None:
+        _print_decoding(result.decoding)
+    elif result.parity is not None:
         print_parity(result.parity, "ONNX (onnxruntime CPU) vs PyTorch")
         if result.ir_parity is not None:
             print_parity(result.ir_parity, "OpenVINO IR (CPU) vs PyTorch")
@@ -169,6 +176,48 @@ def _print_export_summary(result: Any) -> None:
         console.print("not verified (--no-verify, or the plugin form, which only TensorRT runs)")
     where = result.model_dir or result.onnx_path
     console.print(f"wrote {where} in {result.seconds:.1f} s", highlight=False)
+
+
+def _print_decoding(decoding: dict[str, Any]) -> None:
+    tokens = "equal" if decoding["tokens_equal"] else f"differ from step {decoding['first_difference']}"
+    console.print(f"greedy decoding, {decoding['steps']} tokens, onnxruntime vs PyTorch: tokens {tokens}, "
+                  f"logits max abs diff {decoding['max_abs_diff']:.3g} (atol {decoding['atol']}, rtol "
+                  f"{decoding['rtol']}): {'PASSED' if decoding['passed'] else 'FAILED'}", highlight=False)
+
+
+generate_app = new_app("Generate text with a decoder (zoo llama model.pt or Hugging Face causal LM folder).")
+
+
+@generate_app.command()
+@user_errors
+def generate(
+    model: Path = typer.Argument(..., help="A zoo llama model.pt or a Hugging Face causal LM folder."),
+    prompt: str = typer.Option(..., "-p", "--prompt", help="The text to continue."),
+    max_new_tokens: int = typer.Option(32, "-n", "--max-new-tokens", help="The most tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0: greedy; above 0: sample with this temperature."),
+    top_k: int = typer.Option(0, help="Sample from the K most likely tokens (0: all)."),
+    top_p: float = typer.Option(1.0, help="Sample from the smallest set reaching this probability (1: all)."),
+    seed: int = typer.Option(None, help="Sampling seed (same seed, same text) [default: random]."),
+    stop: list[int] = typer.Option(None, "--stop", help="A token id that ends generation. Repeat for more."),
+    tokenizer: Path = typer.Option(None, help="tokenizer.json or a folder with one [default: MODEL's own for a "
+                                   "folder, else UTF-8 bytes]."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow model.pt files holding pickled objects."),
+) -> None:
+    """Print the prompt's continuation, token by token, then the token count and speed."""
+    from .checkpoint import load_checkpoint
+    from .generation import GenerationSettings, Generator
+    from .tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    loaded = load_checkpoint(model, trust_pickle=trust_pickle)
+    own = model / TOKENIZER_FILE if model.is_dir() and (model / TOKENIZER_FILE).is_file() else None
+    generator = Generator(loaded.model, load_tokenizer(tokenizer or own))
+    settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop or ()))
+    last = None
+    for last in generator.stream(prompt, settings):
+        console.print(last.text, end="", highlight=False, markup=False, soft_wrap=True)
+    count = 0 if last is None else last.index + 1
+    speed = f", {count / last.seconds:.1f} tokens/s" if last is not None and last.seconds > 0 else ""
+    err_console.print(f"\n[{count} tokens{speed}; {last.finish_reason if last else 'stop'}]", highlight=False)
 
 
 form_app = new_app("Convert the DyT form of an ONNX file.")
@@ -449,6 +498,7 @@ app.command("export")(export)
 app.command("form")(convert_form)
 app.command("check")(check)
 app.command("bench")(bench)
+app.command("generate")(generate)
 
 
 def _mount_build() -> None:

@@ -87,6 +87,10 @@ def benchmark(config: BenchConfig, progress: Callable[[str, int, int], None] | N
     with tempfile.TemporaryDirectory(prefix="dyt-bench-") as tmp:
         work = Path(config.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if config.task == "text-generation":
+            from .generate import generation_benchmark
+
+            return generation_benchmark(config, work, progress or (lambda *_: None))
         return _run(config, work, progress or (lambda *_: None))
 
 

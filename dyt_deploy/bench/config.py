@@ -22,6 +22,11 @@ CUDA_ONLY_RUNNERS = ("ort-cuda",)
 DEFAULT_RUNNERS = {"cpu": ("ort", "openvino"), "cuda": ("torch", "torch-compile", "torch-triton")}
 BENCH_DTYPES = ("fp32", "fp16", "bf16")
 DEFAULT_VARIANTS = ("layernorm", "rmsnorm", "dyt", "dyt-folded")
+# task text-generation (``bench.generate``): its own runners, the LLaMA norms, prompt lengths as seqs
+TASKS = ("default", "text-generation")
+GENERATION_RUNNERS = ("torch", "ort", "ort-genai")
+GENERATION_DEFAULTS = {"arch": "llama_small", "variants": ("rmsnorm", "dyt"), "baseline": "rmsnorm",
+                       "seqs": (16, 64, 256), "runners": {"cpu": ("torch", "ort", "ort-genai"), "cuda": ("torch",)}}
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,12 @@ class BenchConfig:
         layer_tokens: token counts of the norm-layer table (widths: the model's and 1024).
         workdir: where model.pt and ONNX files go (None: a temporary folder, removed after).
         overrides: architecture config overrides (``depth=2``).
+        task: "default" (one forward pass per call, as above) or "text-generation" (a zoo llama
+            decoder: prefill/time to first token at prompt lengths ``seqs``, decode tokens/s at
+            ``batches``; runners torch, ort, ort-genai; see ``bench.generate``). Fields left at their
+            defaults take the task's: llama_small, variants rmsnorm and dyt, baseline rmsnorm,
+            prompts 16, 64 and 256.
+        decode_tokens: text-generation: decode steps per timed call (each step is one sample).
     """
 
     arch: str = "vit_small"
@@ -79,8 +90,12 @@ class BenchConfig:
     profile: bool = True
     workdir: Path | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    task: str = "default"
+    decode_tokens: int = 32
 
     def __post_init__(self) -> None:
+        if self.task == "text-generation":
+            self._generation_defaults()
         if self.model is not None:
             object.__setattr__(self, "model", Path(self.model))
         for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes",
@@ -92,6 +107,15 @@ class BenchConfig:
         if problems:
             raise OptionError(problems)
 
+    def _generation_defaults(self) -> None:
+        """Fields still at the latency benchmark's defaults take text generation's."""
+        for name in ("arch", "variants", "baseline", "seqs"):
+            if getattr(self, name) == type(self).__dataclass_fields__[name].default:
+                object.__setattr__(self, name, GENERATION_DEFAULTS[name])
+        if not self.runners:
+            object.__setattr__(self, "runners", GENERATION_DEFAULTS["runners"]["cpu" if self.device == "cpu"
+                                                                              else "cuda"])
+
     @classmethod
     def from_options(cls, **options: Any) -> BenchConfig:
         """A config from keyword options where None means "the default" (as the CLI and
@@ -100,11 +124,17 @@ class BenchConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
+        generation = self.task == "text-generation"
         found = [(name, message) for name, known, values in (
-            ("variants", VARIANTS, self.variants), ("runners", BENCH_RUNNERS, self.runners),
+            ("variants", VARIANTS, self.variants),
+            ("runners", GENERATION_RUNNERS if generation else BENCH_RUNNERS, self.runners),
             ("optimizers", OPTIMIZERS, self.optimizers), ("dtypes", BENCH_DTYPES, self.dtypes))
             if (message := _unknown(name, values, known))]
-        found += self._device_problems()
+        if self.task not in TASKS:
+            found.append(("task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}"))
+        if self.decode_tokens < 1:
+            found.append(("decode_tokens", f"decode_tokens must be at least 1, not {self.decode_tokens}"))
+        found += self._generation_device_problems() if generation else self._device_problems()
         if self.model is not None and not self.model.exists():
             found.append(("model", f"{self.model}: no such file or folder"))
         if self.weights not in (None, "model", "ema"):
@@ -123,6 +153,13 @@ class BenchConfig:
                 found.append((name, f"{name} must be at least {low}, not {getattr(self, name)}"))
         return found
 
+
+    def _generation_device_problems(self) -> list[tuple[str, str]]:
+        on_cuda = self.device == "cuda" or self.device.startswith("cuda:") and self.device[5:].isdigit()
+        if self.device != "cpu" and not on_cuda:
+            return [("device", f"device must be cpu, cuda or cuda:N, not {self.device!r}")]
+        wrong = [r for r in self.runners if on_cuda and r != "torch"]
+        return [("runners", f"{', '.join(wrong)} run on the CPU; on CUDA text generation times torch")] if wrong else []
 
     def _device_problems(self) -> list[tuple[str, str]]:
         on_cuda = self.device == "cuda" or self.device.startswith("cuda:") and self.device[5:].isdigit()

@@ -196,14 +196,15 @@ def _columns(rows: list[list[int]]) -> list[tuple[int, ...]]:
 def genai_config(model: nn.Module, dtype: str, filename: str = "model.onnx") -> dict[str, Any]:
     """The ``genai_config.json`` onnxruntime-genai reads for this graph (decoder-only, type ``llama``:
     its IO names, head counts and sizes; greedy search by default; cache buffers not shared, as the
-    graph concatenates past and new keys itself)."""
+    graph concatenates past and new keys itself). Its end-of-text id is the last of the vocabulary
+    (pass it as a stop token to ``dyt_deploy.generate`` for the same stopping rule)."""
     config = model.config
     vocab, heads = int(config["vocab_size"]), int(config["heads"])
     return {
         "model": {
             "type": GENAI_TYPE,
             "bos_token_id": 0,
-            "eos_token_id": vocab - 1 if vocab > 256 else 0,
+            "eos_token_id": vocab - 1,  # the zoo has no end-of-text token; genai needs one in range: the last id
             "pad_token_id": 0,
             "context_length": int(config["max_seq_len"]),
             "vocab_size": vocab,
