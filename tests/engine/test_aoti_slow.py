@@ -18,7 +18,7 @@ from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.export.aoti import AotiConfig, AotiVerificationFailed, build_aoti
 from dyt_deploy.models import create_model
 from dyt_deploy.parity import DEFAULT_TOLERANCES
-from dyt_deploy.runners import runner_for_folder
+from dyt_deploy.runners import create_runner, runner_for_folder
 
 pytestmark = pytest.mark.slow
 TINY_LLAMA = {"depth": 1, "dim": 32, "heads": 2, "ffn_dim": 64, "vocab_size": 64}
@@ -33,13 +33,14 @@ def fast_compile() -> Iterator[None]:
 def test_token_model_keeps_batch_and_seq_dynamic(tmp_path: Path) -> None:
     model = create_model("llama_tiny", norm="dyt", **TINY_LLAMA)
     save_checkpoint(model, tmp_path / "llama.pt")
-    result = build_aoti(tmp_path / "llama.pt", config=AotiConfig(repository=tmp_path / "repo", samples=2))
-    assert result.model_dir == tmp_path / "repo" / "llama_tiny-dyt-aoti" and result.parity.passed
+    result = build_aoti(tmp_path / "llama.pt", config=AotiConfig(samples=2))  # a file beside the model
+    assert result.package_path == tmp_path / "llama.pt2" and result.model_dir is None and result.parity.passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["llama.pt", "llama.pt2"]
     assert result.inputs == [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]}]
     assert result.outputs == [{"name": "logits", "dtype": "float32", "shape": ["batch", "seq", 64]}]
     assert result.manifest["dynamic"] == ["batch", "seq"] and result.notes == []
     tokens = np.random.default_rng(0).integers(0, 64, (3, 29), dtype=np.int64)  # sizes verification did not use
-    with runner_for_folder(result.model_dir) as runner:
+    with create_runner("aoti", result.package_path) as runner:
         got = runner.infer({"input_ids": tokens})["logits"]
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens)).numpy()
