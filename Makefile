@@ -3,16 +3,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of PyTorch; an unpinned torch would pull a multi-GB CUDA build.
+# PyTorch, pinned. Which build pip picks depends on the index: where the index offers a CPU build of
+# this version it is taken; on a stock PyPI index, Linux x86_64 gets the CUDA build (several GB of
+# nvidia-* wheels). For the CPU build there: make TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker mutation lint bench bench-export bench-service bench-gpu gpu-check clean
+.PHONY: demo test test-docker mutation lint bench bench-export bench-service stress bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[test]" "$(TORCH)"
 	touch $@
 
@@ -52,7 +55,11 @@ bench-export: $(STAMP)
 
 # served vs in-process latency and throughput at concurrency 1/4/16, with and without dynamic batching
 bench-service: $(STAMP)
-	$(BIN)/python benchmarks/service_latency.py --arch vit_small --norm dyt --seconds 10
+	$(BIN)/python benchmarks/service_latency.py --arch vit_small,vit_tiny --norm dyt --seconds 10
+
+# a burst, a sustained load and a fuzz set against a live dyt-serve (not part of make test)
+stress: $(STAMP)
+	$(BIN)/python benchmarks/stress.py
 
 # on a CUDA host, inside a Python environment that has torch with CUDA
 gpu-check:

@@ -2,10 +2,12 @@
 
 For one model (default vit_small with DyT, batch 1, binary tensors over loopback):
 1. p50 of the in-process onnxruntime runner and p50 of the same model served by ``dyt-serve``
-   (a separate process) through tritonclient, measured in alternating blocks so drift hits both;
+   (a separate process) through tritonclient, alternated call by call so drift hits both alike;
+   their ratio with a bootstrap interval, and the served time split by the server's own stages
+   (queue, input decoding, inference, output encoding, and what is left: client and HTTP);
 2. throughput and p50 at concurrency 1, 4 and 16, with and without dynamic batching.
 
-    python benchmarks/service_latency.py --arch vit_small --norm dyt --seconds 10
+    python benchmarks/service_latency.py --arch vit_small,vit_tiny --norm dyt --seconds 10 [--latency-only]
 """
 
 from __future__ import annotations
@@ -60,19 +62,37 @@ def served_call(client, name: str, array: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def latency_blocks(runner, client, name: str, array: np.ndarray, blocks: int, per_block: int) -> dict:
-    """Alternate blocks of in-process and served calls; medians in ms."""
+def server_stages(client, name: str) -> dict[str, float]:
+    """The server's cumulative stage times of ``name`` (Triton statistics), in ns, and its count."""
+    stats = client.get_inference_statistics(name)["model_stats"][0]["inference_stats"]
+    return {stage: float(stats[stage]["ns"]) for stage in ("success", "queue", "compute_input", "compute_infer",
+                                                           "compute_output")} | {"count": stats["success"]["count"]}
+
+
+def latency_interleaved(runner, client, name: str, array: np.ndarray, calls: int) -> dict:
+    """In-process and served calls alternated one by one (drift and neighbours hit both alike);
+    medians with bootstrap intervals, and where the served time went by the server's own stages."""
+    from dyt_deploy.bench.stats import median_ratio, summarize
+
     local, served = [], []
     feed = {"pixel_values": array}
-    for _ in range(blocks):
-        for _ in range(per_block):
-            start = time.perf_counter()
-            runner.infer(feed)
-            local.append(time.perf_counter() - start)
-        served.extend(served_call(client, name, array) for _ in range(per_block))
-    p50_local, p50_served = statistics.median(local) * 1e3, statistics.median(served) * 1e3
-    return {"in_process_p50_ms": p50_local, "served_p50_ms": p50_served, "ratio": p50_served / p50_local,
-            "served_p90_ms": float(np.percentile(served, 90) * 1e3), "calls_each": len(local)}
+    before = server_stages(client, name)
+    for _ in range(calls):
+        start = time.perf_counter()
+        runner.infer(feed)
+        local.append(time.perf_counter() - start)
+        served.append(served_call(client, name, array))
+    after = server_stages(client, name)
+    count = after["count"] - before["count"]
+    split = {stage: (after[stage] - before[stage]) / count / 1e6 for stage in after if stage != "count"}
+    mean_served = float(np.mean(served) * 1e3)
+    split["outside_server_ms"] = mean_served - split.pop("success")  # client, HTTP and the event loop's turns
+    ratio = median_ratio(served, local)
+    return {"in_process_p50_ms": summarize(local).median_ms, "served_p50_ms": summarize(served).median_ms,
+            "ratio": ratio.ratio, "ratio_low": ratio.low, "ratio_high": ratio.high,
+            "served_p90_ms": float(np.percentile(served, 90) * 1e3), "calls_each": calls,
+            "mean_ms_by_stage": {"served_total": mean_served, **{k.removesuffix("_ms") if k.endswith("_ms") else k: v
+                                                                  for k, v in split.items()}}}
 
 
 def load(port: int, name: str, array: np.ndarray, concurrency: int, seconds: float) -> dict:
@@ -102,16 +122,8 @@ def load(port: int, name: str, array: np.ndarray, concurrency: int, seconds: flo
             "p50_ms": statistics.median(latencies) * 1e3, "p90_ms": float(np.percentile(latencies, 90) * 1e3)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="vit_small")
-    parser.add_argument("--norm", default="dyt")
-    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per concurrency level")
-    parser.add_argument("--blocks", type=int, default=6)
-    parser.add_argument("--per-block", type=int, default=10)
-    parser.add_argument("--json", type=Path, default=Path("reports/service_latency.json"))
-    args = parser.parse_args()
-
+def measure(arch: str, norm: str, args: argparse.Namespace) -> dict:
+    """Export ``arch`` with ``norm``, serve it, and measure latency (and load unless --latency-only)."""
     import tritonclient.http as httpclient
 
     from dyt_deploy.checkpoint import save_checkpoint
@@ -119,14 +131,14 @@ def main() -> None:
     from dyt_deploy.models import create_model
     from dyt_deploy.runners import runner_for_folder
 
-    name = f"{args.arch}-{args.norm}"
+    name = f"{arch}-{norm}"
     array = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     results: dict = {"model": name, "batch": 1, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        checkpoint = save_checkpoint(create_model(args.arch, norm=args.norm), Path(tmp) / "model.pt")
+        checkpoint = save_checkpoint(create_model(arch, norm=norm), Path(tmp) / "model.pt")
         export_onnx(checkpoint, repository=repo, name=name)
-        for batching in (False, True):
+        for batching in (False,) if args.latency_only else (False, True):
             port = free_port()
             server = start_server(repo, port, batching)
             try:
@@ -134,27 +146,48 @@ def main() -> None:
                     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
                     # the runner dyt-serve makes for the folder, in this process
                     with runner_for_folder(repo / name, spin=False) as runner:
-                        for _ in range(5):
+                        for _ in range(10):
                             runner.infer({"pixel_values": array})
                             served_call(client, name, array)
-                        results["latency"] = latency_blocks(runner, client, name, array, args.blocks, args.per_block)
+                        results["latency"] = latency_interleaved(runner, client, name, array, args.calls)
                     client.close()
-                key = "dynamic_batching" if batching else "no_batching"
-                results[key] = [load(port, name, array, c, args.seconds) for c in (1, 4, 16)]
+                if not args.latency_only:
+                    key = "dynamic_batching" if batching else "no_batching"
+                    results[key] = [load(port, name, array, c, args.seconds) for c in (1, 4, 16)]
             finally:
                 server.terminate()
                 server.wait(timeout=30)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def report(results: dict) -> None:
     lat = results["latency"]
-    print(f"{name}, batch 1, binary tensors over loopback, {os.cpu_count()} CPUs")
-    print(f"in-process p50 {lat['in_process_p50_ms']:.2f} ms, served p50 {lat['served_p50_ms']:.2f} ms, "
-          f"ratio {lat['ratio']:.3f} ({lat['calls_each']} calls each, alternating blocks)")
-    print(f"{'batching':16} {'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8}")
+    print(f"{results['model']}, batch 1, binary tensors over loopback, {results['cpus']} CPUs")
+    print(f"  in-process p50 {lat['in_process_p50_ms']:.2f} ms, served p50 {lat['served_p50_ms']:.2f} ms, ratio "
+          f"{lat['ratio']:.3f} [{lat['ratio_low']:.3f}, {lat['ratio_high']:.3f}] ({lat['calls_each']} calls each, "
+          "interleaved one by one)")
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in lat["mean_ms_by_stage"].items())
+    print(f"  mean ms by stage: {stages}")
     for key in ("no_batching", "dynamic_batching"):
-        for row in results[key]:
-            print(f"{key:16} {row['concurrency']:11d} {row['throughput_per_s']:8.2f} {row['p50_ms']:8.1f} "
-                  f"{row['p90_ms']:8.1f}")
+        for row in results.get(key, []):
+            print(f"  {key:16} concurrency {row['concurrency']:3d}: {row['throughput_per_s']:8.2f} req/s, "
+                  f"p50 {row['p50_ms']:.1f} ms, p90 {row['p90_ms']:.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="vit_small", help="one architecture, or several separated by commas")
+    parser.add_argument("--norm", default="dyt")
+    parser.add_argument("--seconds", type=float, default=10.0, help="load duration per concurrency level")
+    parser.add_argument("--calls", type=int, default=200, help="latency: calls of each kind, interleaved")
+    parser.add_argument("--latency-only", action="store_true", help="skip the concurrent load")
+    parser.add_argument("--json", type=Path, default=Path("reports/service_latency.json"))
+    args = parser.parse_args()
+    everything = [measure(arch, args.norm, args) for arch in args.arch.split(",")]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(everything if len(everything) > 1 else everything[0], indent=2) + "\n")
+    for results in everything:
+        report(results)
 
 
 if __name__ == "__main__":

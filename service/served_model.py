@@ -39,7 +39,8 @@ log = logging.getLogger("dyt_deploy.service")
 
 READY, LOADING, UNAVAILABLE = "READY", "LOADING", "UNAVAILABLE"
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+")  # the folders of an absolute path
-INLINE_BYTES = 1 << 16  # bodies and outputs below this are coded on the event loop, larger ones in a thread
+INLINE_BYTES = 1 << 16  # JSON and outputs below this are coded on the event loop, larger ones in a thread
+BINARY_INLINE_BYTES = 8 << 20  # binary tensor bytes decoded on the event loop up to this
 T = TypeVar("T")
 
 
@@ -83,6 +84,16 @@ def check_json_size(body: bytes, header_length: str | None, limit: int) -> None:
         raise PayloadTooLarge(f"inflated JSON request body of {len(body)} bytes is over the limit of {limit} bytes "
                               "for a JSON body; send large tensors with the binary tensor extension "
                               "(Inference-Header-Content-Length; tritonclient: binary_data=True)")
+
+
+def decode_in_thread(body: bytes, header_length: str | None) -> bool:
+    """Whether decoding ``body`` is worth a thread hop: a JSON part over INLINE_BYTES (parsing it
+    holds the event loop), or binary tensors over BINARY_INLINE_BYTES (checked for NaN/Inf, sliced
+    without copies). A binary request of a few MB decodes in well under a millisecond."""
+    json_part = len(body)
+    if header_length is not None and header_length.isdigit() and len(header_length) <= 18:
+        json_part = min(int(header_length), len(body))
+    return json_part > INLINE_BYTES or len(body) > BINARY_INLINE_BYTES
 
 
 async def timed_work(work: Callable[[], T], in_thread: bool) -> tuple[T, float]:
@@ -205,7 +216,7 @@ class ServedModel:
         signature = self.require_signature()
         request, input_s = await timed_work(
             lambda: protocol.decode_request(body, header_length, signature, self.settings.allow_nonfinite),
-            len(body) > INLINE_BYTES)
+            decode_in_thread(body, header_length))
         try:
             outputs, queue_s, infer_s = await self.infer(request.inputs, request.timeout_s)
         except ServiceError:
