@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker mutation lint bench bench-export bench-service stress bench-gpu gpu-check clean
+.PHONY: demo test test-docker mutation lint bench bench-export bench-service stress bench-scale bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ bench-service: $(STAMP)
 # a burst, a sustained load and a fuzz set against a live dyt-serve (not part of make test)
 stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py
+
+# throughput at concurrency 1/4/16 with 1 vs 2 Ray Serve replicas (and 1 vs 2 uvicorn workers), same cores
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale.py --arch vit_small --norm dyt --seconds 10
 
 # on a CUDA host, inside a Python environment that has torch with CUDA
 gpu-check:

@@ -47,6 +47,7 @@ except ImportError:  # pragma: no cover - exercised where ray is missing
     serve = None
 
 READY_TIMEOUT_S = 5.0
+ROUTER_ONGOING = 1024
 RETRY_AFTER_S = "1"
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_deploy.__version__)
@@ -353,12 +354,13 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
         raise DytDeployError(f"no model folder {', '.join(unknown) or ''} in {repository}; "
                              "export one with dyt-export --repository")
     replica = serve_module.deployment(ModelReplica)
-    stats = serve_module.deployment(StatsCollector, name="stats", num_replicas=1,
+    stats = serve_module.deployment(StatsCollector, name="stats", num_replicas=1, max_ongoing_requests=ROUTER_ONGOING,
                                     ray_actor_options={"num_cpus": 0}).bind(settings.stats_window)
     options = deployment_options(num_replicas, autoscaling, num_cpus, num_gpus, max_ongoing_requests)
     handles = {name: replica.options(name=f"model-{name}", **options).bind(
         str(repository), name, settings.to_json(), stats) for name in names}
-    router = serve_module.deployment(RouterIngress, name="router",
+    # the router and the stats deployment only pass requests on: never the bound (Serve's default is 5)
+    router = serve_module.deployment(RouterIngress, name="router", max_ongoing_requests=ROUTER_ONGOING,
                                      ray_actor_options={"num_cpus": router_cpus})
     return router.bind(handles, stats, settings.stats_window)
 
