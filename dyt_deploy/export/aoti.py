@@ -202,7 +202,7 @@ def compile_package(model: nn.Module, specs: list[TensorSpec], path: Path, *, de
                     dtype: str = "fp32") -> CompiledPackage:
     """``model`` in ``dtype`` on ``device``, exported with its named dims dynamic and compiled by
     AOTInductor into the package ``path``, its IO signature in the package metadata."""
-    module = module_for(model, dtype).to(device)
+    module = module_for(model, dtype, device)
     args = tuple(_example_args(specs, dtype, device))
     program = _export(module, specs, args)
     inputs, notes = _input_signature(program, specs)
@@ -222,12 +222,13 @@ def compile_package(model: nn.Module, specs: list[TensorSpec], path: Path, *, de
     return CompiledPackage(path, inputs, outputs, specs, notes, target)
 
 
-def module_for(model: nn.Module, dtype: str) -> nn.Module:
-    """The module to compile: ``model`` itself for fp32; a copy in fp16/bf16 whose LayerNorm and
-    RMSNorm layers compute in fp32 (DyT has no statistics and stays in the low precision)."""
-    if dtype == "fp32":
+def module_for(model: nn.Module, dtype: str, device: str = "cpu") -> nn.Module:
+    """The module to compile: ``model`` itself for fp32 on the CPU; else a copy on ``device`` (the
+    caller's model stays where it is), in fp16/bf16 with LayerNorm and RMSNorm layers computing in
+    fp32 (DyT has no statistics and stays in the low precision)."""
+    if dtype == "fp32" and device == "cpu":
         return model
-    low = copy.deepcopy(model).to(torch_dtype(dtype))
+    low = copy.deepcopy(model).to(device=device, dtype=torch_dtype(dtype))
     for name, module in list(low.named_modules()):
         if norm_kind_of(module) in ("layernorm", "rmsnorm"):
             parent_name, _, child = name.rpartition(".")

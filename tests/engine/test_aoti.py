@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from aoti_testlib import NAME, BuiltFolder, images, shared_folder, tiny_model
+from aoti_testlib import NAME, TINY_VIT, BuiltFolder, images, shared_folder, tiny_model
 from typer.testing import CliRunner
 
 from dyt_deploy.check import check_model
 from dyt_deploy.cli import check_app
 from dyt_deploy.engine.cli import build_app
 from dyt_deploy.errors import DytDeployError, OptionError
-from dyt_deploy.export.aoti import AotiConfig, build_aoti
+from dyt_deploy.export.aoti import AotiConfig, build_aoti, module_for
 from dyt_deploy.repository import sha256_file
 from dyt_deploy.runners import RunnerError, create_runner, runner_for_folder
 from dyt_deploy.runners.aoti_runner import AotiRunner, package_metadata, probe_in_child
@@ -45,6 +45,7 @@ def test_dyt_build_writes_a_verified_folder(built: BuiltFolder) -> None:
     assert f"dynamic dims: batch; wrote {built.folder} (1/model.pt2, dyt.json)" in output
     assert sorted(p.name for p in built.repository.iterdir()) == [NAME]  # no staging folder left
     assert sorted(p.name for p in built.folder.iterdir()) == ["1", "dyt.json"]  # no config.pbtxt: Triton has none
+    assert [p.name for p in (built.folder / "1").iterdir()] == ["model.pt2"]
 
 
 def test_manifest_records_the_package(built: BuiltFolder) -> None:
@@ -174,6 +175,18 @@ def test_config_collects_every_problem() -> None:
     with pytest.raises(OptionError) as caught:
         AotiConfig(device="tpu", dtype="int8", samples=0, atol=-1, name="a/b")
     assert [field for field, _ in caught.value.problems] == ["device", "dtype", "samples", "atol", "name"]
+
+
+def test_low_precision_module_is_a_copy_with_fp32_norms() -> None:
+    from dyt_deploy.export.api import Fp32Norm
+    from dyt_deploy.models import create_model
+
+    model = create_model("vit_tiny", norm="layernorm", **TINY_VIT)
+    assert module_for(model, "fp32") is model
+    low = module_for(model, "bf16")
+    assert isinstance(low.norm, Fp32Norm) and low.norm.norm.weight.dtype == torch.float32
+    assert low.head.weight.dtype == torch.bfloat16
+    assert model.head.weight.dtype == torch.float32 and not isinstance(model.norm, Fp32Norm)
 
 
 class _Square(torch.nn.Module):
