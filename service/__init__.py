@@ -15,7 +15,9 @@ Modules: schemas (pydantic: the inference request it validates, the OpenAPI mode
 (codec and signature checks, pure), settings (pydantic-settings, DYT_*), served_model (one model:
 loading, metadata, the request path ``handle``), worker (its runner on its own thread),
 registry (the repository's models), model_config (config.pbtxt via Triton's ModelConfig), state
-(the app's shared state, ``StateDep``), batching, stats, compare, metrics, middleware (body limit,
-in-flight bound, timeouts), auth, routes_v2 / routes_extra, background (uvicorn in a thread), demo,
-cli (Typer: ``dyt-serve`` / ``dyt serve``).
+(the app's shared state, ``StateDep``), batching, stats, compare, metrics, admission (the API key
+before any body is read; whole bodies on a deadline, body-read slots, size limits, bytes in flight),
+middleware (in-flight bound, processing timeout), auth, routes_v2 / routes_extra, background (the
+uvicorn server dyt-serve runs, and the same in a thread), demo, cli (Typer: ``dyt-serve`` /
+``dyt serve``).
 """
