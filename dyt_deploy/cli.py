@@ -375,6 +375,10 @@ def bench(
     dtypes: str = typer.Option(None, help="Precisions of the torch runners: fp32, fp16, bf16 [default: fp32 on the "
                                "CPU, bf16 on CUDA]; kernels suite: of the layer cases (with --tokens)."),
     decoder: bool = typer.Option(True, "--decoder/--no-decoder", help="GPU suite: also time the decoder."),
+    task: str = typer.Option("default", help="default, or text-generation: a zoo llama decoder's time to first "
+                             "token at prompt lengths --seq [16,64,256] and decode tokens/s at --batch, on torch, "
+                             "ort, ort-genai [default model llama_small, variants rmsnorm,dyt, baseline rmsnorm]."),
+    decode_tokens: int = typer.Option(32, help="text-generation: decode steps per timed call."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     import os
@@ -398,7 +402,8 @@ def bench(
         variants=_names(variants), runners=_names(runners), batches=_ints(batch),
         seqs=_ints(seq),
         optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
-        baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config))
+        baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config), task=task,
+        decode_tokens=decode_tokens)
 
     from .bench.api import benchmark
     from .bench.report import RESULT_COLUMNS, SUMMARY_COLUMNS, results_table, summary_table, write_reports
@@ -413,7 +418,8 @@ def bench(
     paths = write_reports(report, output)
     name = report["settings"]["arch"]
     tables = ((f"{name}: the answer", SUMMARY_COLUMNS, summary_table(report)),
-              (f"{name}: median latency, ratio to {baseline}", RESULT_COLUMNS, results_table(report)))
+              (f"{name}: median latency, ratio to {report['settings']['baseline']}", RESULT_COLUMNS,
+               results_table(report)))
     for title, columns, rows in tables:
         table = Table(*columns, title=title)
         for row in rows:

@@ -135,3 +135,18 @@ def test_bad_prompts_are_clear_errors(decoder: torch.nn.Module, prompt: object, 
 def test_a_model_without_a_cache_path_cannot_generate() -> None:
     with pytest.raises(DytDeployError, match="cannot generate"):
         dyt_deploy.generate(create_model("vit_tiny"), [1, 2], 2)
+
+
+def test_the_command_line_streams_a_continuation(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from dyt_deploy.checkpoint import save_checkpoint
+    from dyt_deploy.cli import generate_app
+
+    save_checkpoint(create_model("llama_tiny", norm="dyt", **TINY), tmp_path / "m.pt")
+    result = CliRunner().invoke(generate_app, [str(tmp_path / "m.pt"), "-p", "DyT", "-n", "5", "--seed", "1",
+                                               "--temperature", "0.9"])
+    assert result.exit_code == 0, result.output
+    assert "[5 tokens" in result.output and "length]" in result.output
+    bad = CliRunner().invoke(generate_app, [str(tmp_path / "m.pt"), "-p", "DyT", "--top-p", "2"])
+    assert bad.exit_code == 2 and "top_p" in bad.output

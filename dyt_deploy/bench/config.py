@@ -63,8 +63,8 @@ class BenchConfig:
         task: "default" (one forward pass per call, as above) or "text-generation" (a zoo llama
             decoder: prefill/time to first token at prompt lengths ``seqs``, decode tokens/s at
             ``batches``; runners torch, ort, ort-genai; see ``bench.generate``). Fields left at their
-            defaults take the task's: llama_small, variants rmsnorm and dyt, baseline rmsnorm,
-            prompts 16, 64 and 256.
+            defaults take the task's: llama_small, variants rmsnorm and dyt, prompts 16, 64 and 256,
+            baseline rmsnorm (where layernorm is not among the variants).
         decode_tokens: text-generation: decode steps per timed call (each step is one sample).
     """
 
@@ -109,9 +109,11 @@ class BenchConfig:
 
     def _generation_defaults(self) -> None:
         """Fields still at the latency benchmark's defaults take text generation's."""
-        for name in ("arch", "variants", "baseline", "seqs"):
+        for name in ("arch", "variants", "seqs"):
             if getattr(self, name) == type(self).__dataclass_fields__[name].default:
                 object.__setattr__(self, name, GENERATION_DEFAULTS[name])
+        if self.baseline == type(self).__dataclass_fields__["baseline"].default and self.baseline not in self.variants:
+            object.__setattr__(self, "baseline", GENERATION_DEFAULTS["baseline"])
         if not self.runners:
             object.__setattr__(self, "runners", GENERATION_DEFAULTS["runners"]["cpu" if self.device == "cpu"
                                                                               else "cuda"])

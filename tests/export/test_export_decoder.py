@@ -134,3 +134,18 @@ def test_bad_task_options_are_named() -> None:
     with pytest.raises(OptionError) as caught:
         ExportConfig(task="text-generation", backend="openvino", repository=Path("r"))
     assert "backend" in [f for f, _ in caught.value.problems]
+
+
+def test_the_command_line_exports_and_reports_the_decoding_check(checkpoint: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from dyt_deploy.cli import export_app
+
+    out = tmp_path / "textgen"
+    result = CliRunner().invoke(export_app, [str(checkpoint), "--task", "text-generation", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "greedy decoding, 32 tokens, onnxruntime vs PyTorch: tokens equal" in result.output
+    assert "PASSED" in result.output
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "genai_config.json", "dyt.json"}
+    again = CliRunner().invoke(export_app, [str(checkpoint), "--task", "text-generation", "-o", str(out)])
+    assert again.exit_code == 2 and "exists" in again.output
