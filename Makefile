@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker mutation lint bench bench-export bench-service stress bench-scale bench-gpu gpu-check clean
+.PHONY: demo test test-docker mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ $(VENV)/.installed-mutation: $(STAMP)
 # the standard latency comparison: vit_small, onnxruntime CPU and torch, batch 1 and 8
 bench: $(STAMP)
 	$(BIN)/dyt-bench --model vit_small --runners ort,openvino,torch --batch 1,8 --threads 2 --warmup 5 --iters 30 -o reports/bench
+
+# text generation, DyT vs RMSNorm: a zoo decoder scaled to ~100 M parameters (llama_small at dim 768, 12 layers),
+# time to first token at prompts 16/64/256 and decode tokens/s at batch 1 and 8, torch/onnxruntime/onnxruntime-genai
+bench-generate: $(STAMP)
+	$(BIN)/dyt-bench --task text-generation --model llama_small --set dim=768 --set depth=12 --set heads=12 \
+		--set ffn_dim=2048 --seq 16,64,256 --batch 1,8 --threads 2 --warmup 2 --iters 10 -o reports/bench-generate
 
 # export + verify wall time and peak memory for vit_base (figures in the README)
 bench-export: $(STAMP)
