@@ -30,7 +30,7 @@ from dyt_deploy.errors import DytDeployError, OptionError
 
 from .metrics import MULTIPROC_ENV
 from .settings import API_KEY_ENV, ENV_PREFIX, SETTINGS_ENV, Settings
-from .stats import STATS_DIR_ENV, share_models, shared_store_from_environment
+from .stats import STATS_DIR_ENV, STATS_FILE, share_models, shared_store_from_environment
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Provider = Literal["cpu", "cuda", "tensorrt"]
@@ -118,11 +118,12 @@ class RayScaling(NamedTuple):
 def serve_on_ray(settings: Settings, host: str, port: int, scaling: RayScaling, address: str | None) -> None:
     """Deploy the repository on Ray Serve (a local Ray instance unless ``address``) and serve
     until interrupted."""
-    from .ray_app import build_app, run
-
     if scaling.replicas < 1:
         raise DytDeployError(f"--replicas {scaling.replicas}: need at least 1")
-    app = build_app(settings.repository, settings, num_replicas=scaling.replicas, autoscaling=scaling.autoscaling(),
+    autoscaling = scaling.autoscaling()
+    from .ray_app import build_app, run
+
+    app = build_app(settings.repository, settings, num_replicas=scaling.replicas, autoscaling=autoscaling,
                     num_cpus=scaling.cpus, num_gpus=scaling.gpus)
     run(app, host, port, address)
 
@@ -199,10 +200,13 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
 
 def shared_folder() -> str | None:
     """The folder the worker processes share statistics and Prometheus values in: a new one
-    (returned, to remove at exit), or ``$PROMETHEUS_MULTIPROC_DIR`` when set (kept; it should
-    start empty)."""
+    (returned, to remove at exit), or ``$PROMETHEUS_MULTIPROC_DIR`` when set (kept; its Prometheus
+    files should be cleared between runs, as prometheus_client asks; an earlier run's statistics
+    file is removed here)."""
     given = os.environ.get(MULTIPROC_ENV)
     folder = given or tempfile.mkdtemp(prefix="dyt-serve-")
+    for stale in Path(folder).glob(STATS_FILE + "*"):
+        stale.unlink()
     os.environ[MULTIPROC_ENV] = os.environ[STATS_DIR_ENV] = folder
     return None if given else folder
 

@@ -32,8 +32,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def workers(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """dyt-serve --workers 2 on a free port; its shared folder given as $PROMETHEUS_MULTIPROC_DIR."""
+    """dyt-serve --workers 2 on a free port; its shared folder given as $PROMETHEUS_MULTIPROC_DIR,
+    holding an earlier run's statistics (which must not count)."""
     shared = tmp_path_factory.mktemp("multiproc")
+    stale = SqliteStatsStore(shared / STATS_FILE)
+    stale.publish("vit-dyt", "pid-1", 7, entry(7, 70), [(1, 1.0, 0.1, 0.2)])
+    stale.close()
     port = free_port()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared), "DYT_THREADS": "1", "DYT_WARMUP_RUNS": "1"}
     command = [sys.executable, "-m", "service.cli", "--repository", str(repository), "--port", str(port),
