@@ -8,7 +8,8 @@ routes).
 * ``router`` (the ingress, ``@serve.ingress``): routes ``/v2/models/{name}/...`` by model name to
   that model's deployment, answers health, readiness (every model deployment answering within
   ``READY_TIMEOUT_S``), server metadata, the repository index, and the statistics, live ratios and
-  controlled comparisons from every replica's numbers.
+  controlled comparisons from every replica's numbers, and ``/metrics`` (counters of every replica
+  added up; the latency histograms are Ray's own, per deployment).
 * ``model-<name>``: a replica holds the very app ``dyt-serve`` runs (:func:`service.app.create_app`)
   with that one model loaded in its constructor (a model that fails to load fails the replica,
   which Serve reports and retries); the request runs through it unchanged, so JSON, binary tensors,
@@ -31,11 +32,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import dyt_deploy
 from dyt_deploy.errors import DytDeployError, MissingBackendError
 
 from . import compare
+from .metrics import MODEL_LABELS
 from .registry import model_folders
 from .routes_v2 import EXTENSIONS
 from .settings import Settings
@@ -166,6 +170,38 @@ class RemoteModel:
         return await self.handle.timed.remote(feed_dims)
 
 
+class MergedMetrics:
+    """Prometheus counters from the statistics of every replica, added up: requests by outcome,
+    inference and execution counts, and the cumulative seconds of each stage (Triton's
+    ``nv_inference_*`` in spirit). Latency histograms stay per replica: Ray exports Serve's own
+    per-deployment latency metrics."""
+
+    STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+    def __init__(self, entries: list[dict], labels: dict[str, tuple[str, str, str]], ready: dict[str, bool]) -> None:
+        self.entries, self.labels, self.ready = entries, labels, ready
+
+    def collect(self) -> Any:
+        requests = CounterMetricFamily("dyt_inference_requests", "Inference requests by outcome, every replica.",
+                                       labels=[*MODEL_LABELS, "outcome"])
+        items = CounterMetricFamily("dyt_inference_items", "Batch items inferred, every replica.", labels=MODEL_LABELS)
+        executions = CounterMetricFamily("dyt_executions", "Backend calls, every replica.", labels=MODEL_LABELS)
+        seconds = CounterMetricFamily("dyt_stage_seconds", "Cumulative time per request stage, every replica.",
+                                      labels=[*MODEL_LABELS, "stage"])
+        ready = GaugeMetricFamily("dyt_model_ready", "1 when some replica of the model answers ready.",
+                                  labels=MODEL_LABELS)
+        for entry in self.entries:
+            labels, stats = list(self.labels[entry["name"]]), entry["inference_stats"]
+            for outcome in ("success", "fail"):
+                requests.add_metric([*labels, outcome], stats[outcome]["count"])
+            items.add_metric(labels, entry["inference_count"])
+            executions.add_metric(labels, entry["execution_count"])
+            for stage in self.STAGES:
+                seconds.add_metric([*labels, stage], stats[stage]["ns"] / 1e9)
+            ready.add_metric(labels, 1.0 if self.ready.get(entry["name"]) else 0.0)
+        return [requests, items, executions, seconds, ready]
+
+
 class Router:
     """The ingress: routes by model name, aggregates health and statistics."""
 
@@ -252,6 +288,20 @@ class Router:
             return error(503, f"model {name!r} has no replica to answer ({type(err).__name__}); retry",
                          {"Retry-After": RETRY_AFTER_S})
         return Response(body, status_code=status, headers=dict(headers))
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus counters of every replica added up (see :class:`MergedMetrics`)."""
+        entries = await self.merged_stats(list(self.models))
+        labels = {e["name"]: await self.labels(e["name"]) for e in entries}
+        ready = {n: await self.is_ready(n) for n in self.models}
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(MergedMetrics(entries, labels, ready))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def labels(self, name: str) -> tuple[str, str, str]:
+        description = await self.describe(name)
+        return name, description["family"], description["variant"]
 
     @api.get("/", response_class=HTMLResponse)
     async def dashboard(self) -> HTMLResponse:

@@ -165,6 +165,11 @@ def test_live_ratios_and_comparison_cover_every_replica(deployed: str) -> None:
     everything = {m["name"]: m for m in httpx.get(f"http://{deployed}/v2/models/stats").json()["model_stats"]}
     for model in MODELS:
         assert variants[model]["total_count"] == everything[model]["inference_stats"]["success"]["count"] > 0
+    metrics = httpx.get(f"http://{deployed}/metrics").text
+    for model in MODELS:
+        line = next(li for li in metrics.splitlines() if li.startswith("dyt_inference_requests_total{")
+                    and f'model="{model}"' in li and 'outcome="success"' in li)
+        assert float(line.rsplit(" ", 1)[1]) == everything[model]["inference_stats"]["success"]["count"]
     (ratio,) = family["ratios"]
     assert ratio["baseline"] == "vit-layernorm" and ratio["compute"]["ratio"] > 0
     report = httpx.post(f"http://{deployed}/api/compare", timeout=60,
