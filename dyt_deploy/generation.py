@@ -181,7 +181,6 @@ class Generator:
     def __init__(self, model: Any, tokenizer: Tokenizer | None = None) -> None:
         self.new_decoder = decoder_factory(model)
         self.tokenizer = tokenizer or ByteTokenizer()
-        self._lock = threading.Lock()  # one generation at a time: a module is not safe to share across threads
 
     def generate(self, prompts: str | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor,
                  settings: GenerationSettings | None = None, keep_logits: bool = False,
@@ -241,20 +240,26 @@ class Generator:
 
     def _steps(self, ids: torch.Tensor, mask: torch.Tensor, settings: GenerationSettings,
                cancel: threading.Event | None) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """Each step's chosen tokens (one per row) and logits, the prompt first, then one token at a time."""
-        with self._lock, torch.inference_mode():
-            decoder = self.new_decoder()
-            self._check_fits(decoder, ids, settings)
-            sampler = Sampler(settings)
-            positions = (mask.cumsum(1) - 1).clamp(min=0)
+        """Each step's chosen tokens (one per row) and logits, the prompt first, then one token at a time.
+
+        Every call gets its own decoder state, and no lock or grad mode is held across a ``yield``:
+        a server may advance the iterator from different threads and drop it at any point.
+        """
+        decoder = self.new_decoder()
+        self._check_fits(decoder, ids, settings)
+        sampler = Sampler(settings)
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.inference_mode():
             logits = decoder(ids, mask, positions)
-            for step in range(settings.max_new_tokens):
+        for step in range(settings.max_new_tokens):
+            with torch.inference_mode():
                 tokens = sampler(logits)
-                yield tokens.tolist(), logits
-                if step + 1 == settings.max_new_tokens or (cancel is not None and cancel.is_set()):
-                    return
-                positions = positions[:, -1:] + 1
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            yield tokens.tolist(), logits
+            if step + 1 == settings.max_new_tokens or (cancel is not None and cancel.is_set()):
+                return
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            with torch.inference_mode():
                 logits = decoder(tokens.unsqueeze(1), mask, positions)
 
     def _batch(self, prompts: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -150,3 +150,16 @@ def test_the_command_line_streams_a_continuation(tmp_path) -> None:
     assert "[5 tokens" in result.output and "length]" in result.output
     bad = CliRunner().invoke(generate_app, [str(tmp_path / "m.pt"), "-p", "DyT", "--top-p", "2"])
     assert bad.exit_code == 2 and "top_p" in bad.output
+
+
+def test_a_stream_advanced_from_other_threads_and_dropped_leaves_nothing_behind(decoder: torch.nn.Module) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    generator = Generator(decoder)
+    settings = GenerationSettings(max_new_tokens=8)
+    stream = generator.stream([5, 17, 42], settings)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # a server's threadpool: each next() may run elsewhere
+        first = [pool.submit(next, stream).result() for _ in range(3)]
+    del stream  # dropped mid-way
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    assert [t.id for t in first] == generator.generate([5, 17, 42], settings).tokens[0][:3]
