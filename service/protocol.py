@@ -338,6 +338,10 @@ def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str
                          f"{math.prod(shape)}")
     if datatype == BYTES:
         return _json_bytes(values, shape, name)
+    if values.dtype == object and all(type(v) is int for v in values.flat):  # integers past 64 bits
+        if datatype in INT_DATATYPES:
+            raise BadRequest(f"input {name!r}: a value is outside the range of {datatype}")
+        values = np.asarray([float(v) if abs(v) < 1 << 1024 else math.inf for v in values.flat])
     _check_json_kind(values, datatype, name)
     return values.astype(numpy_dtype_of(datatype)).reshape(shape)
 

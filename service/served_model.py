@@ -78,14 +78,6 @@ def without_server_paths(text: str, repository: Path) -> str:
     return ABSOLUTE_PATH.sub("", text)
 
 
-def check_json_size(body: bytes, header_length: str | None, limit: int) -> None:
-    """413 for an inflated body that is all JSON and over ``limit`` (the gate saw it compressed)."""
-    if header_length is None and len(body) > limit:
-        raise PayloadTooLarge(f"inflated JSON request body of {len(body)} bytes is over the limit of {limit} bytes "
-                              "for a JSON body; send large tensors with the binary tensor extension "
-                              "(Inference-Header-Content-Length; tritonclient: binary_data=True)")
-
-
 def decode_in_thread(body: bytes, header_length: str | None) -> bool:
     """Whether decoding ``body`` is worth a thread hop: a JSON part over INLINE_BYTES (parsing it
     holds the event loop), or binary tensors over BINARY_INLINE_BYTES (checked for NaN/Inf, sliced
@@ -194,9 +186,11 @@ class ServedModel:
         request's stage times go to the model's statistics and the service's metrics."""
         self.require_ready()
         encoding = headers.get("content-encoding", "identity")
-        if encoding.lower() != "identity":
-            body = await anyio.to_thread.run_sync(inflate_body, body, encoding, self.settings.max_body_bytes)
-            check_json_size(body, headers.get(protocol.HEADER_LENGTH), self.settings.max_json_bytes)
+        if encoding.lower() != "identity":  # inflated no further than the limit of its kind (JSON or binary)
+            json_only = headers.get(protocol.HEADER_LENGTH) is None
+            limit = min(self.settings.max_json_bytes, self.settings.max_body_bytes) if json_only else \
+                self.settings.max_body_bytes
+            body = await anyio.to_thread.run_sync(inflate_body, body, encoding, limit)
         started = time.perf_counter()
         try:
             content, extra, timing, items = await self._answer(body, headers.get(protocol.HEADER_LENGTH))

@@ -10,6 +10,7 @@ Clients come from different loopback addresses (127.0.0.2, ...) where the per-cl
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
@@ -180,6 +181,8 @@ def with_huge(text: str) -> str:
     ("/v2/repository/index", with_huge('{"ready":HUGE}'), "integers may have at most"),
     ("/api/compare", with_huge('{"family":"vit_tiny","rounds":HUGE}'), "integers may have at most"),
     (INFER, json.dumps({**json_request(images(1)), "parameters": {"timeout": 10**400}}), "up to 2^64 - 1"),
+    ("/v2/models/bert-dyt/infer", json.dumps({"inputs": [{"name": "input_ids", "shape": [1, 1], "datatype": "INT64",
+                                                          "data": [10**30]}]}), "outside the range of INT64"),
     ("/api/compare", json.dumps({"family": "vit_tiny", "rounds": 10**400}), "rounds"),
 ])
 def test_huge_numbers_are_precise_400s(http: httpx.Client, caplog: pytest.LogCaptureFixture, path: str, body: str,
@@ -209,6 +212,8 @@ def test_a_json_body_over_its_limit_points_to_the_binary_extension(http: httpx.C
     assert response.status_code == 413 and "binary tensor extension" in response.json()["error"]
     binary = http.post(INFER, content=b"{}" + body, headers={**KEY, "inference-header-content-length": "2"})
     assert binary.status_code == 400  # a binary-extension body of that size is read (and refused as malformed)
+    packed = http.post(INFER, content=gzip.compress(body), headers={**KEY, "content-encoding": "gzip"})
+    assert packed.status_code == 413 and f"limit of {JSON_LIMIT} bytes" in packed.json()["error"]  # JSON's, inflated
 
 
 def test_bytes_in_flight_are_bounded(gated: BackgroundServer, http: httpx.Client) -> None:
