@@ -57,6 +57,12 @@ HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connect
 api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_deploy.__version__)
 
 
+@api.exception_handler(Exception)
+async def internal_error(_: Request, err: Exception) -> JSONResponse:
+    """Anything unexpected in the router is ``{"error": ...}`` too (500)."""
+    return error(500, f"internal server error: {type(err).__name__}")
+
+
 def require_ray() -> Any:
     """The ``ray.serve`` module (one clear error when Ray is not installed)."""
     if serve is None:
@@ -140,8 +146,7 @@ class StatsCollector:
 
     def snapshot(self, models: list[str], window: int) -> dict[str, Any]:
         """Per model: every source's entry (by source) and the newest ``window`` samples."""
-        return {m: {"entries": dict(zip(self.store._entries.get(m, {}), self.store.entries(m), strict=True)),
-                    "window": self.store.window(m, window)} for m in models}
+        return {m: {"entries": self.store.by_source(m), "window": self.store.window(m, window)} for m in models}
 
 
 class RemoteStats:
@@ -205,8 +210,8 @@ class MergedMetrics:
 class Router:
     """The ingress: routes by model name, aggregates health and statistics."""
 
-    def __init__(self, models: dict[str, Any], stats: Any, window: int = 2048) -> None:
-        self.models, self.stats, self.window = models, stats, window
+    def __init__(self, models: dict[str, Any], stats: Any, window: int = 2048, max_rounds: int = 1000) -> None:
+        self.models, self.stats, self.window, self.max_rounds = models, stats, window, max_rounds
         self.descriptions: dict[str, dict[str, Any]] = {}
         self.compare_lock = asyncio.Lock()
         self.running: str | None = None
@@ -328,9 +333,15 @@ class Router:
     @api.post("/api/compare")
     async def run_compare(self, request: Request) -> JSONResponse:
         """The controlled comparison: each variant's deployment timed in turn, interleaved."""
-        body = await request.json()
-        family, dims = body.get("family"), body.get("dims") or {}
-        rounds, warmup = int(body.get("rounds", 20)), int(body.get("warmup", 3))
+        try:
+            body = await request.json()
+            family, dims = str(body["family"]), {str(k): int(v) for k, v in (body.get("dims") or {}).items()}
+            rounds, warmup = int(body.get("rounds", 20)), int(body.get("warmup", 3))
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            return error(400, f"invalid comparison request ({type(err).__name__}: {err}); send "
+                              '{"family": ..., "dims": {...}, "rounds": N, "warmup": N}')
+        if not 1 <= rounds <= self.max_rounds or warmup < 0:
+            return error(400, f"rounds must be 1..{self.max_rounds} and warmup at least 0")
         models = (await self.families(with_stats=False)).get(family, [])
         if len(models) < 2:
             return error(404 if not models else 503, f"family {family!r} has {len(models)} ready variant(s); "
@@ -341,6 +352,9 @@ class Router:
             self.running = family
             try:
                 report = await self.comparison(models, dims, rounds, warmup)
+            except Exception as err:  # a replica refused the dims (its BadRequest) or died
+                cause = getattr(err, "cause", None) or err
+                return error(getattr(cause, "status", 500), f"comparison failed: {cause}")
             finally:
                 self.running = None
         self.reports[family] = report
@@ -412,7 +426,7 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
     # the router and the stats deployment only pass requests on: never the bound (Serve's default is 5)
     router = serve_module.deployment(RouterIngress, name="router", max_ongoing_requests=ROUTER_ONGOING,
                                      ray_actor_options={"num_cpus": router_cpus})
-    return router.bind(handles, stats, settings.stats_window)
+    return router.bind(handles, stats, settings.stats_window, settings.compare_max_rounds)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

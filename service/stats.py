@@ -235,7 +235,11 @@ class MemoryStatsStore:
             self._samples[model] = dict(newest)
 
     def entries(self, model: str) -> list[dict]:
-        return [entry for _, entry in self._entries.get(model, {}).values()]
+        return list(self.by_source(model).values())
+
+    def by_source(self, model: str) -> dict[str, dict]:
+        """The latest entry of each source of ``model``, by source."""
+        return {source: entry for source, (_, entry) in self._entries.get(model, {}).items()}
 
     def window(self, model: str, size: int) -> list[Sample]:
         return sorted(self._samples.get(model, {}).values(), key=lambda s: s[1])[-size:]

@@ -177,3 +177,7 @@ def test_live_ratios_and_comparison_cover_every_replica(deployed: str) -> None:
     assert report["baseline"] == "vit-layernorm" and {v["model"] for v in report["variants"]} == set(MODELS)
     assert all(len(v["timings_ms"]) == 4 for v in report["variants"])
     assert httpx.get(f"http://{deployed}/api/compare/vit_tiny").json() == report
+    too_big = httpx.post(f"http://{deployed}/api/compare", timeout=60,
+                         json={"family": "vit_tiny", "dims": {"batch": 10**6}, "rounds": 1, "warmup": 0})
+    assert too_big.status_code == 400 and "batch" in too_big.json()["error"]
+    assert httpx.post(f"http://{deployed}/api/compare", json={"rounds": 2}).status_code == 400
