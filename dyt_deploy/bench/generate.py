@@ -77,13 +77,14 @@ class TorchDecoding:
 class OrtDecoding:
     """The exported decoder graph in onnxruntime (CPU), past key/values fed back from numpy."""
 
-    def __init__(self, onnx_path: Path, config: dict[str, Any], threads: int) -> None:
-        from ..export.decoder import OnnxDecoder
+    def __init__(self, onnx_path: Path, model: nn.Module, threads: int) -> None:
+        from ..export.decoder import OnnxDecoder, decoder_spec
         from ..runners import create_runner
 
+        spec = decoder_spec(model)
         self.runner = create_runner("ort", onnx_path, threads=threads)
         self.runner.activate()
-        self.new_decoder = lambda: OnnxDecoder(self.runner, config, "fp32")
+        self.new_decoder = lambda: OnnxDecoder(self.runner, spec, "fp32")
 
     def _step(self, decoder: Any, ids: torch.Tensor, total: int, start_position: int) -> torch.Tensor:
         batch, seq = ids.shape
@@ -198,7 +199,7 @@ def _contenders(config: BenchConfig, models: dict[str, nn.Module], work: Path,
             for kind in ("ort", "ort-genai"):
                 if kind in config.runners:
                     try:
-                        contenders[(kind, variant)] = (OrtDecoding(folder / "model.onnx", model.config,
+                        contenders[(kind, variant)] = (OrtDecoding(folder / "model.onnx", model,
                                                                    config.threads) if kind == "ort"
                                                        else GenaiDecoding(folder))
                     except Exception as err:  # a missing or refusing backend: reported, the others still run

@@ -1,5 +1,8 @@
 """``--task text-generation``: a decoder as ONNX with past key/values, verified by greedy decoding.
 
+Decoders: the zoo's llama models (their ``forward_cached``) and Hugging Face causal LMs
+(DyT-converted LLaMA/Qwen2 folders, on transformers' own cache, grouped key/value heads included).
+
 The graph (the names onnxruntime-genai and Hugging Face Optimum use):
 
 - inputs ``input_ids`` (batch, seq) int64, ``attention_mask`` (batch, past + seq) int64 (1: a real
@@ -39,22 +42,90 @@ from .config import ExportConfig
 VERIFY_TOKENS = 32
 VERIFY_PROMPTS = ((5, 17, 42, 7, 99, 3, 11), (8, 1, 64))  # two prompts of different lengths: padding is checked too
 GENAI_CONFIG = "genai_config.json"
-GENAI_TYPE = "llama"  # onnxruntime-genai's decoder-only model type with this graph's IO (rotary in the graph)
 _EXPORT_SIZES = {"batch": 2, "seq": 3, "past": 4}
 
 
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What the graph's shapes and onnxruntime-genai's config need to know of a decoder."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab_size: int
+    max_length: int
+    model_type: str = "llama"  # onnxruntime-genai's type (see ``GENAI_TYPES``)
+    bos_token_id: int = 0
+    eos_token_id: int | None = None  # None: the last id of the vocabulary
+
+
+GENAI_TYPES = ("llama", "qwen2", "mistral", "gemma", "granite", "olmo", "nemotron")  # decoder-only types it knows
+
+
+def _causal_lm(model: nn.Module) -> nn.Module | None:
+    """The transformers causal LM inside ``model`` (as ``dyt_deploy.hf`` wraps it), else None."""
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and type(inner).__name__.endswith("ForCausalLM") else None
+
+
+def decoder_spec(model: nn.Module, source: Any = "the model") -> DecoderSpec:
+    """The :class:`DecoderSpec` of a zoo decoder or a Hugging Face causal LM; anything else is refused."""
+    if hasattr(model, "forward_cached") and hasattr(model, "empty_cache"):
+        c = model.config
+        return DecoderSpec(int(c["depth"]), int(c["heads"]), int(c["heads"]), int(c["dim"]) // int(c["heads"]),
+                           int(c["dim"]), int(c["vocab_size"]), int(c["max_seq_len"]))
+    lm = _causal_lm(model)
+    if lm is None:
+        raise DytDeployError(f"{source}: --task text-generation takes the zoo's llama decoders (llama_tiny, "
+                             f"llama_small) and Hugging Face causal LM folders; {type(model).__name__} is neither; "
+                             "export it without --task")
+    c = lm.config
+    heads = int(c.num_attention_heads)
+    head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // heads)
+    eos = c.eos_token_id[0] if isinstance(c.eos_token_id, list) else c.eos_token_id
+    return DecoderSpec(int(c.num_hidden_layers), heads, int(getattr(c, "num_key_value_heads", None) or heads),
+                       head_dim, int(c.hidden_size), int(c.vocab_size), int(c.max_position_embeddings),
+                       c.model_type if c.model_type in GENAI_TYPES else "llama", int(c.bos_token_id or 0), eos)
+
+
+def check_decoder(model: nn.Module, source: Any) -> None:
+    """Refuse a model without a key/value cache path (see :func:`decoder_spec`)."""
+    decoder_spec(model, source)
+
+
 class DecoderGraph(nn.Module):
-    """The zoo decoder's ``forward_cached`` with flat inputs and outputs, as the ONNX graph has them."""
+    """A decoder's cached forward with flat inputs and outputs, as the ONNX graph has them: the zoo's
+    ``forward_cached``, or a causal LM on a transformers ``DynamicCache`` built from the past tensors."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.lm = _causal_lm(model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        cache = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, present = self.model.forward_cached(input_ids, cache, attention_mask, position_ids)
-        return (logits, *[t for pair in present for t in pair])
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        if self.lm is None:
+            logits, present = self.model.forward_cached(input_ids, pairs, attention_mask, position_ids)
+            return (logits, *[t for pair in present for t in pair])
+        return self._hf_forward(input_ids, attention_mask, position_ids, pairs)
+
+    def _hf_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                    pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+        import inspect
+
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.lm.config)
+        for index, (key, value) in enumerate(pairs):
+            cache.update(key, value, index)
+        cache_key = "cache" if "cache" in inspect.signature(self.lm.forward).parameters else "past_key_values"
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      use_cache=True, return_dict=True, **{cache_key: cache})
+        present = out[cache_key]
+        return (out["logits"], *[t for layer in present.layers for t in (layer.keys, layer.values)])
 
 
 def input_names(layers: int) -> list[str]:
@@ -66,25 +137,15 @@ def output_names(layers: int) -> list[str]:
     return ["logits", *[f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]]
 
 
-def check_decoder(model: nn.Module, source: Any) -> None:
-    """Refuse a model that has no key/value cache path (only the zoo's llama decoders have one)."""
-    if not hasattr(model, "forward_cached") or not hasattr(model, "empty_cache"):
-        raise DytDeployError(f"{source}: --task text-generation takes the zoo's llama decoders (llama_tiny, "
-                             f"llama_small; {type(model).__name__} has no key/value cache path); "
-                             "export other models without --task")
-
-
-def example_inputs(model: nn.Module, dtype: str, sizes: dict[str, int] = _EXPORT_SIZES) -> tuple[torch.Tensor, ...]:
+def example_inputs(spec: DecoderSpec, dtype: str, sizes: dict[str, int] = _EXPORT_SIZES) -> tuple[torch.Tensor, ...]:
     """Seeded inputs of the graph at ``sizes`` (batch, seq, past); past in the export dtype."""
     batch, seq, past = sizes["batch"], sizes["seq"], sizes["past"]
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, int(model.config["vocab_size"]), (batch, seq), generator=generator)
+    ids = torch.randint(0, spec.vocab_size, (batch, seq), generator=generator)
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
     positions = torch.arange(past, past + seq).expand(batch, seq).contiguous()
-    heads = int(model.config["heads"])
-    shape = (batch, heads, past, int(model.config["dim"]) // heads)
-    cache = [torch.randn(shape, generator=generator).to(torch_dtype(dtype))
-             for _ in range(2 * len(model.layers))]
+    shape = (batch, spec.kv_heads, past, spec.head_dim)
+    cache = [torch.randn(shape, generator=generator).to(torch_dtype(dtype)) for _ in range(2 * spec.layers)]
     return (ids, mask, positions, *cache)
 
 
@@ -92,9 +153,10 @@ def decoder_to_onnx(model: nn.Module, dtype: str, opset: int) -> ir.Model:
     """``model`` (a zoo decoder) as the cached decoder graph, in memory, pattern form."""
     from .api import ExportError, prepare_for_dtype
 
-    layers = len(model.layers)
+    spec = decoder_spec(model)
+    layers = spec.layers
     graph = DecoderGraph(prepare_for_dtype(model, dtype)).eval()
-    args = example_inputs(model, dtype)
+    args = example_inputs(spec, dtype)
     auto = torch.export.Dim.AUTO
     pasts = tuple({0: auto, 2: auto} for _ in range(2 * layers))  # *past is one argument to torch.export
     shapes = ({0: auto, 1: auto}, {0: auto, 1: auto}, {0: auto, 1: auto}, pasts)
@@ -114,12 +176,10 @@ class OnnxDecoder:
     """A :class:`dyt_deploy.generation.Decoder` on an ONNX decoder graph in a runner: it keeps the
     ``present`` outputs and feeds them back as ``past_key_values``."""
 
-    def __init__(self, runner: Any, config: dict[str, Any], dtype: str) -> None:
+    def __init__(self, runner: Any, spec: DecoderSpec, dtype: str) -> None:
         self.runner = runner
-        self.vocab_size = int(config["vocab_size"])
-        self.max_length = int(config["max_seq_len"])
-        self.layers = int(config["depth"])
-        self.heads, self.head_dim = int(config["heads"]), int(config["dim"]) // int(config["heads"])
+        self.vocab_size, self.max_length = spec.vocab_size, spec.max_length
+        self.layers, self.heads, self.head_dim = spec.layers, spec.kv_heads, spec.head_dim
         self.np_dtype = np.float16 if dtype == "fp16" else np.float32
         self.past: list[np.ndarray] | None = None
 
@@ -172,11 +232,11 @@ def check_decoding(onnx_path: Path, reference: nn.Module, dtype: str, atol: floa
     from ..runners import create_runner
 
     settings = GenerationSettings(max_new_tokens=steps)
-    prompts = [list(p) for p in VERIFY_PROMPTS]
+    spec = decoder_spec(reference)
+    prompts = [[t % spec.vocab_size for t in p] for p in VERIFY_PROMPTS]
     expected = Generator(reference).generate(prompts, settings, keep_logits=True)
     with create_runner(kind, onnx_path) as runner:
-        got = Generator(lambda: OnnxDecoder(runner, reference.config, dtype)).generate(prompts, settings,
-                                                                                       keep_logits=True)
+        got = Generator(lambda: OnnxDecoder(runner, spec, dtype)).generate(prompts, settings, keep_logits=True)
     atol, rtol = default_tolerances(dtype, atol, rtol)
     diffs = [float((a - b).abs().max()) for a, b in zip(got.step_logits, expected.step_logits, strict=False)]
     scale = max(float(t.abs().max()) for t in expected.step_logits)
@@ -194,28 +254,28 @@ def _columns(rows: list[list[int]]) -> list[tuple[int, ...]]:
 
 
 def genai_config(model: nn.Module, dtype: str, filename: str = "model.onnx") -> dict[str, Any]:
-    """The ``genai_config.json`` onnxruntime-genai reads for this graph (decoder-only, type ``llama``:
-    its IO names, head counts and sizes; greedy search by default; cache buffers not shared, as the
-    graph concatenates past and new keys itself). Its end-of-text id is the last of the vocabulary
-    (pass it as a stop token to ``dyt_deploy.generate`` for the same stopping rule)."""
-    config = model.config
-    vocab, heads = int(config["vocab_size"]), int(config["heads"])
+    """The ``genai_config.json`` onnxruntime-genai reads for this graph (decoder-only: its IO names,
+    head counts and sizes; ``type`` the model's where onnxruntime-genai knows it, else ``llama``;
+    greedy search by default; cache buffers not shared, as the graph concatenates past and new keys
+    itself). The end-of-text id is the model's, or for the zoo (which has none) the last id of the
+    vocabulary (pass it as a stop token to ``dyt_deploy.generate`` for the same stopping rule)."""
+    spec = decoder_spec(model)
     return {
         "model": {
-            "type": GENAI_TYPE,
-            "bos_token_id": 0,
-            "eos_token_id": vocab - 1,  # the zoo has no end-of-text token; genai needs one in range: the last id
+            "type": spec.model_type,
+            "bos_token_id": spec.bos_token_id,
+            "eos_token_id": spec.vocab_size - 1 if spec.eos_token_id is None else spec.eos_token_id,
             "pad_token_id": 0,
-            "context_length": int(config["max_seq_len"]),
-            "vocab_size": vocab,
+            "context_length": spec.max_length,
+            "vocab_size": spec.vocab_size,
             "decoder": {
                 "session_options": {"log_id": "dyt-deploy", "provider_options": []},
                 "filename": filename,
-                "head_size": int(config["dim"]) // heads,
-                "hidden_size": int(config["dim"]),
-                "num_attention_heads": heads,
-                "num_key_value_heads": heads,
-                "num_hidden_layers": int(config["depth"]),
+                "head_size": spec.head_dim,
+                "hidden_size": spec.hidden,
+                "num_attention_heads": spec.heads,
+                "num_key_value_heads": spec.kv_heads,
+                "num_hidden_layers": spec.layers,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
                            "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
                            "past_value_names": "past_key_values.%d.value"},
@@ -223,7 +283,7 @@ def genai_config(model: nn.Module, dtype: str, filename: str = "model.onnx") -> 
                             "present_value_names": "present.%d.value"},
             },
         },
-        "search": {"do_sample": False, "max_length": int(config["max_seq_len"]), "min_length": 0, "num_beams": 1,
+        "search": {"do_sample": False, "max_length": spec.max_length, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1, "past_present_share_buffer": False, "temperature": 1.0,
                    "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0, "early_stopping": True,
                    "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},

@@ -16,7 +16,14 @@ import dyt_deploy
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.errors import DytDeployError, OptionError
 from dyt_deploy.export import ExportConfig, export_onnx
-from dyt_deploy.export.decoder import VERIFY_TOKENS, OnnxDecoder, check_decoding, input_names, output_names
+from dyt_deploy.export.decoder import (
+    VERIFY_TOKENS,
+    OnnxDecoder,
+    check_decoding,
+    decoder_spec,
+    input_names,
+    output_names,
+)
 from dyt_deploy.generation import Generator
 from dyt_deploy.models import create_model
 from dyt_deploy.runners import create_runner
@@ -81,7 +88,7 @@ def test_batch_and_past_lengths_other_than_the_exports(exports, checkpoint: Path
     prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4], [9, 9, 9]]
     expected = Generator(model).generate(prompts, keep_logits=True)
     with create_runner("ort", exports().onnx_path) as runner:
-        got = Generator(lambda: OnnxDecoder(runner, model.config, "fp32")).generate(prompts, keep_logits=True)
+        got = Generator(lambda: OnnxDecoder(runner, decoder_spec(model), "fp32")).generate(prompts, keep_logits=True)
     assert got.tokens == expected.tokens
     assert max(float((a - b).abs().max()) for a, b in zip(got.step_logits, expected.step_logits, strict=True)) < 1e-4
 
@@ -122,7 +129,7 @@ def test_a_wrong_onnx_decoder_fails_the_check(exports, checkpoint: Path) -> None
 def test_a_model_without_a_cache_is_refused_and_nothing_written(tmp_path: Path) -> None:
     path = tmp_path / "vit.pt"
     save_checkpoint(create_model("vit_tiny"), path)
-    with pytest.raises(DytDeployError, match="takes the zoo's llama decoders"):
+    with pytest.raises(DytDeployError, match="takes the zoo's llama decoders and Hugging Face causal LM"):
         export_onnx(path, tmp_path / "out", task="text-generation")
     assert not (tmp_path / "out").exists()
 
