@@ -14,9 +14,11 @@ routes).
   with that one model loaded in its constructor (a model that fails to load fails the replica,
   which Serve reports and retries); the request runs through it unchanged, so JSON, binary tensors,
   errors and limits behave as in ``dyt-serve``. ``check_health`` fails when the model is not ready.
-* ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`; every model replica
-  publishes its cumulative statistics (versioned) and new latency samples after each request, so
-  ``/v2/models/stats`` and ``/api/live`` cover all replicas and count each request once.
+* ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`. Every answer of a
+  model replica carries that replica's cumulative statistics (versioned) and new latency samples;
+  the router publishes them once the answer has reached it, before passing it on, so
+  ``/v2/models/stats`` and ``/api/live`` cover all replicas, and a request whose answer was lost
+  with its replica (and which the client retries) is not counted.
 
 Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without it, and
 :func:`build_app` says what to install.
@@ -77,7 +79,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 class ModelReplica:
     """One model's replica: the dyt-serve app with only ``model`` loaded, called in process."""
 
-    def __init__(self, repository: str, model: str, settings_json: str, stats: Any) -> None:
+    def __init__(self, repository: str, model: str, settings_json: str) -> None:
         import httpx
 
         from .app import create_app
@@ -89,30 +91,30 @@ class ModelReplica:
         if not registry.ready:
             raise DytDeployError(f"model {model} did not load: {registry.not_ready()}")
         self.model = registry.models[model]
-        self.stats, self.published, self.started = stats, (0, 0), False
+        self.returned, self.version_sent, self.started = 0, 0, False  # last sample and version sent
         self.source = require_ray().get_replica_context().replica_id.unique_id
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica")
 
     async def forward(self, method: str, path: str, headers: list[tuple[str, str]],
-                      body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
-        """One HTTP request through the replica's app; its status, headers and body. The replica's
-        statistics are published before the answer leaves."""
+                      body: bytes) -> tuple[int, list[tuple[str, str]], bytes, tuple | None]:
+        """One HTTP request through the replica's app; its status, headers and body, and the
+        replica's statistics for the router to publish (see :meth:`statistics`)."""
         if not self.started:  # batchers need the replica's running event loop
             self.app.state.service.registry.start()
             self.started = True
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
         answer = await self.client.request(method, path, headers=sent, content=body)
-        await self.publish()
         kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in HOP_HEADERS]
-        return answer.status_code, kept, answer.content
+        return answer.status_code, kept, answer.content, self.statistics()
 
-    async def publish(self) -> None:
-        """Send this replica's statistics to the stats deployment (nothing when unchanged)."""
-        version, entry, samples = self.model.stats.export(self.published[1])
-        if version == self.published[0]:
-            return
-        await self.stats.publish.remote(self.model.name, self.source, version, entry, samples)
-        self.published = (version, max([self.published[1], *(s[0] for s in samples)]))
+    def statistics(self) -> tuple | None:
+        """``(model, replica, version, cumulative entry, new samples)`` for StatsCollector.publish,
+        or None when nothing was recorded since the last answer."""
+        version, entry, samples = self.model.stats.export(self.returned)
+        if version == self.version_sent:
+            return None
+        self.returned, self.version_sent = max([self.returned, *(s[0] for s in samples)]), version
+        return self.model.name, self.source, version, entry, samples
 
     def describe(self) -> dict[str, Any]:
         """Name, version, family, variant, state and this replica's id."""
@@ -287,11 +289,13 @@ class Router:
         if rest == "/stats" or (rest.startswith("/versions/") and rest.endswith("/stats")):
             return JSONResponse({"model_stats": await self.merged_stats([name])})
         try:
-            status, headers, body = await self.models[name].forward.remote(
+            status, headers, body, statistics = await self.models[name].forward.remote(
                 request.method, request.url.path, request.headers.items(), await request.body())
         except Exception as err:  # the replica died or none is running: the client may retry
             return error(503, f"model {name!r} has no replica to answer ({type(err).__name__}); retry",
                          {"Retry-After": RETRY_AFTER_S})
+        if statistics is not None:  # the answer is here: now it counts
+            await self.stats.publish.remote(*statistics)
         return Response(body, status_code=status, headers=dict(headers))
 
     @api.get("/metrics")
@@ -422,7 +426,7 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
                                     ray_actor_options={"num_cpus": 0}).bind(settings.stats_window)
     options = deployment_options(num_replicas, autoscaling, num_cpus, num_gpus, max_ongoing_requests)
     handles = {name: replica.options(name=f"model-{name}", **options).bind(
-        str(repository), name, settings.to_json(), stats) for name in names}
+        str(repository), name, settings.to_json()) for name in names}
     # the router and the stats deployment only pass requests on: never the bound (Serve's default is 5)
     router = serve_module.deployment(RouterIngress, name="router", max_ongoing_requests=ROUTER_ONGOING,
                                      ray_actor_options={"num_cpus": router_cpus})

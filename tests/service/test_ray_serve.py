@@ -8,6 +8,7 @@ Skipped, with the reason, where Ray is not installed or cannot start.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -134,18 +135,30 @@ def infer_with_retries(address: str, model: str, array: np.ndarray, attempts: in
     raise AssertionError(f"{model}: no answer after {attempts} attempts")
 
 
+def traffic(address: str, model: str, stop: threading.Event, seed: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Requests one after the other until ``stop``: (input, output, failed attempts) of each."""
+    done = []
+    while not stop.is_set():
+        array = images(batch=1, seed=seed + len(done))
+        outputs, failed = infer_with_retries(address, model, array)
+        done.append((array, outputs, failed))
+    return done
+
+
 def test_killing_a_replica_loses_no_retried_request_and_stats_count_each_once(deployed: str,
                                                                                 reference: dict) -> None:
     model = "vit-dyt"
     before = model_stats(deployed, model)
-    arrays = [images(batch=1, seed=100 + i) for i in range(24)]
     victim = replica_actors(model)[0]
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(infer_with_retries, deployed, model, a) for a in arrays]
-        time.sleep(0.5)
+    stop = threading.Event()
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(traffic, deployed, model, stop, 1000 * (i + 1)) for i in range(3)]
+        time.sleep(1.0)
         ray.kill(victim, no_restart=True)
-        answers = [f.result(timeout=120) for f in futures]
-    for array, (outputs, _) in zip(arrays, answers, strict=True):
+        time.sleep(3.0)  # traffic goes on while Serve notices and replaces the replica
+        stop.set()
+        answers = [a for f in futures for a in f.result(timeout=180)]
+    for array, outputs, _ in answers:
         expected = reference[model].infer({"pixel_values": array})["logits"]
         np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
     deadline = time.monotonic() + 90
@@ -154,8 +167,8 @@ def test_killing_a_replica_loses_no_retried_request_and_stats_count_each_once(de
         time.sleep(0.5)
     assert victim._actor_id not in {a._actor_id for a in replica_actors(model)}  # a new replica replaced it
     after = model_stats(deployed, model)
-    assert after["inference_count"] - before["inference_count"] == len(arrays)
-    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == len(arrays)
+    assert after["inference_count"] - before["inference_count"] == len(answers)
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == len(answers)
 
 
 def test_live_ratios_and_comparison_cover_every_replica(deployed: str) -> None:
