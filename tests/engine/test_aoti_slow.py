@@ -14,6 +14,7 @@ import torch
 from aoti_testlib import FAST_COMPILE, TINY_VIT
 
 from dyt_deploy.bench.api import run_benchmark
+from dyt_deploy.check import check_model
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.export.aoti import AotiConfig, AotiVerificationFailed, build_aoti
 from dyt_deploy.models import create_model
@@ -45,6 +46,8 @@ def test_token_model_keeps_batch_and_seq_dynamic(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = model(torch.from_numpy(tokens)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    reports = check_model(tmp_path / "llama.pt", ["aoti"], samples=2)  # dyt-check compiles its own package
+    assert reports["aoti"].passed and [s["input_ids"] for s in reports["aoti"].shapes] == [[2, 16], [3, 11]]
 
 
 def test_bf16_within_its_tolerance_and_a_failed_verification_writes_nothing(tmp_path: Path) -> None:
