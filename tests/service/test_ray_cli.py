@@ -28,11 +28,3 @@ def test_bad_scaling_flags_are_one_error_line(tmp_path: Path, capsys: pytest.Cap
     assert status == 2
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
 
-
-def test_ray_app_says_what_to_install_when_ray_is_missing() -> None:
-    from service import ray_app
-
-    if ray_app.serve is not None:
-        pytest.skip("Ray is installed here; the message is for hosts without it")
-    with pytest.raises(Exception, match=r"dyt-deploy\[ray\]"):
-        ray_app.require_ray()
