@@ -41,6 +41,7 @@ import dyt_deploy
 from dyt_deploy.errors import DytDeployError, MissingBackendError
 
 from . import compare
+from .auth import key_problem
 from .metrics import MODEL_LABELS
 from .registry import model_folders
 from .routes_v2 import EXTENSIONS
@@ -54,6 +55,7 @@ except ImportError:  # pragma: no cover - exercised where ray is missing
 
 READY_TIMEOUT_S = 5.0
 ROUTER_ONGOING = 1024
+PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 RETRY_AFTER_S = "1"
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_deploy.__version__)
@@ -63,6 +65,16 @@ api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_dep
 async def internal_error(_: Request, err: Exception) -> JSONResponse:
     """Anything unexpected in the router is ``{"error": ...}`` too (500)."""
     return error(500, f"internal server error: {type(err).__name__}")
+
+
+@api.middleware("http")
+async def api_key_gate(request: Request, call_next: Any) -> Response:
+    """The server's API key, checked in the router before anything else (401 without it)."""
+    router = require_ray().get_replica_context().servable_object
+    problem = router.key_problem(request.url.path, request.headers)
+    if problem is not None:
+        return error(401, problem, {"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
 
 
 def require_ray() -> Any:
@@ -212,12 +224,23 @@ class MergedMetrics:
 class Router:
     """The ingress: routes by model name, aggregates health and statistics."""
 
-    def __init__(self, models: dict[str, Any], stats: Any, window: int = 2048, max_rounds: int = 1000) -> None:
+    def __init__(self, models: dict[str, Any], stats: Any, window: int = 2048, max_rounds: int = 1000,
+                 api_key: str | None = None, public_metrics: bool = False) -> None:
         self.models, self.stats, self.window, self.max_rounds = models, stats, window, max_rounds
+        self.api_key, self.public_metrics = api_key, public_metrics
         self.descriptions: dict[str, dict[str, Any]] = {}
         self.compare_lock = asyncio.Lock()
         self.running: str | None = None
         self.reports: dict[str, dict[str, Any]] = {}
+
+    def key_problem(self, path: str, headers: Any) -> str | None:
+        """Why a request is refused for its API key (None: it passes): as dyt-serve, every route
+        but the health probes needs the key when one is set (and /metrics too, unless public)."""
+        if path in PROBES or (path == "/metrics" and self.public_metrics):
+            return None
+        bearer = headers.get("authorization", "")
+        given = headers.get("x-api-key") or (bearer[7:] if bearer.lower().startswith("bearer ") else None)
+        return key_problem(given, self.api_key)
 
     async def describe(self, name: str) -> dict[str, Any]:
         if name not in self.descriptions:
@@ -430,7 +453,8 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
     # the router and the stats deployment only pass requests on: never the bound (Serve's default is 5)
     router = serve_module.deployment(RouterIngress, name="router", max_ongoing_requests=ROUTER_ONGOING,
                                      ray_actor_options={"num_cpus": router_cpus})
-    return router.bind(handles, stats, settings.stats_window, settings.compare_max_rounds)
+    return router.bind(handles, stats, settings.stats_window, settings.compare_max_rounds, settings.api_key,
+                       settings.public_metrics)
 
 
 def app_builder(args: dict[str, Any]) -> Any:

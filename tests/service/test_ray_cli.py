@@ -1,5 +1,5 @@
 """dyt-serve --engine ray: the scaling flags become Serve's options, and bad ones are one error line
-before Ray starts (no Ray instance is started here)."""
+before Ray starts; the router's API key rule is dyt-serve's (no Ray instance is started here)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import RayScaling, main
+from service.ray_app import Router
 
 
 def test_autoscaling_flags_become_serves_autoscaling_config() -> None:
@@ -28,3 +29,14 @@ def test_bad_scaling_flags_are_one_error_line(tmp_path: Path, capsys: pytest.Cap
     assert status == 2
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
 
+
+
+def test_the_router_asks_for_the_key_on_every_route_but_the_probes() -> None:
+    router = Router({}, None, api_key="k3y")
+    assert router.key_problem("/v2/health/ready", {}) is None
+    assert "needs an API key" in router.key_problem("/v2/models/stats", {})
+    assert router.key_problem("/v2/models/m/infer", {"x-api-key": "k3y"}) is None
+    assert router.key_problem("/api/live", {"authorization": "Bearer k3y"}) is None
+    assert router.key_problem("/metrics", {"x-api-key": "wrong"}) == "wrong API key"
+    assert Router({}, None, api_key="k3y", public_metrics=True).key_problem("/metrics", {}) is None
+    assert Router({}, None).key_problem("/v2/models/stats", {}) is None  # no key set: open
