@@ -27,6 +27,7 @@ Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from importlib import resources
 from pathlib import Path
@@ -477,15 +478,24 @@ def app_builder(args: dict[str, Any]) -> Any:
 def run(app: Any, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
         num_cpus: float | None = None) -> None:
     """Start (or join, with ``address``) Ray, start Serve's HTTP proxy on ``host:port`` and run
-    ``app`` until interrupted (what ``dyt-serve --engine ray`` does)."""
+    ``app`` until interrupted (Ctrl-C or SIGTERM; then Serve and Ray are shut down). What
+    ``dyt-serve --engine ray`` does."""
     import ray
 
     serve_module = require_ray()
     ray.init(address=address, num_cpus=num_cpus, include_dashboard=False)
     serve_module.start(http_options={"host": host, "port": port})
-    serve_module.run(app, name="dyt", route_prefix="/")
+    signal.signal(signal.SIGTERM, _interrupt)  # Kubernetes and process managers stop with SIGTERM
     try:
+        serve_module.run(app, name="dyt", route_prefix="/")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        pass
+    finally:
         serve_module.shutdown()
+        ray.shutdown()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
