@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from . import compare
 from .auth import key_problem
 from .metrics import MODEL_LABELS
 from .registry import model_folders
+from .routes_extra import dashboard_page, security_headers
 from .routes_v2 import EXTENSIONS
 from .settings import Settings
 from .stats import MemoryStatsStore, merge_entries
@@ -338,7 +338,9 @@ class Router:
 
     @api.get("/", response_class=HTMLResponse)
     async def dashboard(self) -> HTMLResponse:
-        return HTMLResponse(resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8"))
+        """dyt-serve's dashboard page, with the same security headers."""
+        page = dashboard_page()
+        return HTMLResponse(page, headers=security_headers(page))
 
     async def families(self, with_stats: bool) -> dict[str, list[RemoteModel]]:
         names = [n for n in self.models if await self.is_ready(n)]

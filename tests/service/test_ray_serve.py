@@ -183,6 +183,8 @@ def test_live_ratios_and_comparison_cover_every_replica(deployed: str) -> None:
         line = next(li for li in metrics.splitlines() if li.startswith("dyt_inference_requests_total{")
                     and f'model="{model}"' in li and 'outcome="success"' in li)
         assert float(line.rsplit(" ", 1)[1]) == everything[model]["inference_stats"]["success"]["count"]
+    page = httpx.get(f"http://{deployed}/")
+    assert "<html" in page.text.lower() and "default-src 'none'" in page.headers["content-security-policy"]
     (ratio,) = family["ratios"]
     assert ratio["baseline"] == "vit-layernorm" and ratio["compute"]["ratio"] > 0
     report = httpx.post(f"http://{deployed}/api/compare", timeout=60,
