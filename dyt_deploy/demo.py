@@ -53,8 +53,9 @@ def build_variants(arch: str, norms: list[str], out_dir: Path, seed: int = 0) ->
 def dyt_sites(onnx_path: Path, form: str, counts: dict[str, int]) -> dict[str, int]:
     """The DyT sites of an exported file, per overload, in every form: the exporter's counts for the
     function and plugin forms; for the pattern form (plain Mul -> Tanh -> Mul -> Add), the sites the
-    form converter recognises, counted on a copy of the graph."""
-    if form != "pattern" or counts:
+    form converter recognises, counted on a copy of the graph (when the file is kept: an OpenVINO
+    export's ONNX step is not)."""
+    if form != "pattern" or counts or not Path(onnx_path).is_file():
         return dict(counts)
     import onnx_ir as ir
 

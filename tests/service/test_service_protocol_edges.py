@@ -150,7 +150,8 @@ def test_parse_json_header_refusals(header: bytes, message: str) -> None:
     ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}],
       "parameters": {"binary_data_output": "yes"}}, "request parameter 'binary_data_output' must be true or false"),
     ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2]}], "parameters": {"timeout": -5}},
-     "request parameter 'timeout' must be a non-negative integer number of microseconds (0: no limit), got -5"),
+     "request parameter 'timeout' must be a non-negative integer number of microseconds "
+     "up to 2^64 - 1 (0: no limit), got -5"),
     ({"inputs": [{"name": 5, "datatype": "FP32", "shape": [2], "data": [1, 2]}]}, "inputs[0] needs a string 'name'"),
     ({"inputs": [{"datatype": "FP32", "shape": [2], "data": [1, 2]}]}, "inputs[0] needs a string 'name'"),
     ({"inputs": [{"name": "x", "datatype": "FP8", "shape": [2], "data": [1, 2]}]},
