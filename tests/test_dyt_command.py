@@ -14,7 +14,7 @@ from dyt_deploy.errors import DytDeployError, OptionError
 from dyt_deploy.export import ExportConfig
 
 runner = CliRunner()
-SUBCOMMANDS = ("export", "form", "check", "bench", "build", "serve", "zoo")
+SUBCOMMANDS = ("export", "form", "check", "bench", "build", "serve", "zoo", "generate")
 
 
 def flat(text: str) -> str:
@@ -28,7 +28,7 @@ def test_dyt_lists_every_subcommand() -> None:
     assert {line.split()[0] for line in listed.splitlines() if line.strip()} == set(SUBCOMMANDS)
 
 
-@pytest.mark.parametrize("command", ["export", "form", "check", "bench", "build"])
+@pytest.mark.parametrize("command", ["export", "form", "check", "bench", "build", "generate"])
 def test_each_subcommand_has_its_own_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
