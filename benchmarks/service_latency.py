@@ -37,7 +37,9 @@ def start_server(repo: Path, port: int, batching: bool) -> subprocess.Popen:
     args = [sys.executable, "-m", "service.cli", "--repository", str(repo), "--port", str(port), "--log-level",
             "warning"] + (["--dynamic-batching", "all", "--max-batch-size", "16", "--max-queue-delay-us", "2000"]
                           if batching else [])
-    server = subprocess.Popen(args)
+    # every client thread here comes from one address: allow as many bodies at once as the highest concurrency
+    env = {**os.environ, "DYT_MAX_BODY_READS_PER_CLIENT": "64"}
+    server = subprocess.Popen(args, env=env)
     import httpx
 
     deadline = time.monotonic() + 180
