@@ -16,11 +16,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from service_latency import free_port, load, served_call
+from service_latency import free_port, load, served_call, wait_ready
 
 CONCURRENCY = (1, 4, 16)
 
@@ -34,20 +33,6 @@ def export(arch: str, norm: str, folder: Path) -> tuple[Path, str]:
     checkpoint = save_checkpoint(create_model(arch, norm=norm), folder / "model.pt")
     export_onnx(checkpoint, repository=folder / "repo", name=name)
     return folder / "repo", name
-
-
-def wait_ready(url: str, seconds: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 def measure_levels(port: int, name: str, array: np.ndarray, seconds: float) -> list[dict]:
@@ -69,7 +54,7 @@ def uvicorn_rows(repo: Path, name: str, array: np.ndarray, args: argparse.Namesp
                                    str(port), "--workers", str(workers), "--threads", str(threads),
                                    "--log-level", "warning"])
         try:
-            wait_ready(f"http://127.0.0.1:{port}")
+            wait_ready(f"http://127.0.0.1:{port}", seconds=300)
             rows.append({"engine": "uvicorn", "replicas": workers, "threads": threads,
                          "levels": measure_levels(port, name, array, args.seconds)})
         finally:
@@ -95,7 +80,7 @@ def ray_rows(repo: Path, name: str, array: np.ndarray, args: argparse.Namespace)
             app = build_app(repo, Settings(threads=threads), num_replicas=replicas,
                             num_cpus=min(1.0, args.cpus / replicas / 2), router_cpus=0.1)
             serve.run(app, name="scale", route_prefix="/")
-            wait_ready(f"http://127.0.0.1:{port}")
+            wait_ready(f"http://127.0.0.1:{port}", seconds=300)
             rows.append({"engine": "ray", "replicas": replicas, "threads": threads,
                          "levels": measure_levels(port, name, array, args.seconds)})
             serve.delete("scale")

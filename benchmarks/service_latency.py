@@ -33,25 +33,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(repo: Path, port: int, batching: bool) -> subprocess.Popen:
-    args = [sys.executable, "-m", "service.cli", "--repository", str(repo), "--port", str(port), "--log-level",
-            "warning"] + (["--dynamic-batching", "all", "--max-batch-size", "16", "--max-queue-delay-us", "2000"]
-                          if batching else [])
-    # every client thread here comes from one address: allow as many bodies at once as the highest concurrency
-    env = {**os.environ, "DYT_MAX_BODY_READS_PER_CLIENT": "64"}
-    server = subprocess.Popen(args, env=env)
+BATCHING = ["--dynamic-batching", "all", "--max-batch-size", "16", "--max-queue-delay-us", "2000"]
+
+
+def wait_ready(url: str, seconds: float = 180, process: subprocess.Popen | None = None) -> None:
+    """Until ``url``'s /v2/health/ready answers 200; ``process`` (the server) is killed if it never does."""
     import httpx
 
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                return server
+            if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    server.kill()
-    raise RuntimeError("dyt-serve did not become ready")
+        time.sleep(0.3)
+    if process is not None:
+        process.kill()
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def start_server(repo: Path, port: int, extra: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``dyt-serve`` on ``repo`` at ``port`` in its own process, once it is ready."""
+    args = [sys.executable, "-m", "service.cli", "--repository", str(repo), "--port", str(port), "--log-level",
+            "warning", *extra]
+    server = subprocess.Popen(args, env={**os.environ, **(env or {})})
+    wait_ready(f"http://127.0.0.1:{port}", process=server)
+    return server
 
 
 def served_call(client, name: str, array: np.ndarray) -> float:
@@ -142,7 +150,8 @@ def measure(arch: str, norm: str, args: argparse.Namespace) -> dict:
         export_onnx(checkpoint, repository=repo, name=name)
         for batching in (False,) if args.latency_only else (False, True):
             port = free_port()
-            server = start_server(repo, port, batching)
+            # every client thread here comes from one address: admit as many bodies as the highest concurrency
+            server = start_server(repo, port, BATCHING if batching else [], {"DYT_MAX_BODY_READS_PER_CLIENT": "64"})
             try:
                 if not batching:
                     client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")

@@ -21,7 +21,6 @@ import json
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,15 +32,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from service_latency import free_port, start_server
 
 MODEL = "stress-dyt"
 INFER = f"/v2/models/{MODEL}/infer"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def memory_mib(pid: int) -> dict[str, float]:
@@ -51,22 +45,6 @@ def memory_mib(pid: int) -> dict[str, float]:
         return {}
     fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM") if key in fields}
-
-
-def start_server(repo: Path, port: int, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "service.cli", "--repository", str(repo), "--port", str(port),
-               "--log-level", "warning", *extra]
-    server = subprocess.Popen(command)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    server.kill()
-    raise RuntimeError("dyt-serve did not become ready")
 
 
 def valid_body(image_size: int, seed: int = 0) -> dict:
