@@ -18,6 +18,22 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Test names for the zoo's timm-name map (as vit_base_patch16_224 -> vit_base): tiny configs of the official
+# layouts, so official-format checkpoints can be written and exported in seconds. Fixture: tiny_timm_names.
+TINY_TIMM_NAMES = {
+    "test_vit_tiny_patch16_32": ("vit_small", {"dim": 64, "depth": 2, "heads": 4, "img_size": 32, "patch_size": 16}),
+    "test_convnext_tiny_32": ("convnext_tiny", {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "img_size": 32}),
+}
+
+
+@pytest.fixture
+def tiny_timm_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's timm-name map knows TINY_TIMM_NAMES for the test."""
+    from dyt_deploy.models import registry
+
+    for name, mapping in TINY_TIMM_NAMES.items():
+        monkeypatch.setitem(registry._TIMM_NAMES, name, mapping)
+
 
 # -- one torch.onnx.export per distinct small model in a session ---------------------------------
 #

@@ -29,17 +29,8 @@ from dyt_deploy.models import registry
 
 TINY_VIT = VitSpec(dim=64, depth=2, heads=4, img=32, num_classes=10)
 TINY_CONVNEXT = ConvNextSpec(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), num_classes=7, img=32)
-# test names for the registry's timm-name map: what args.model says -> (zoo arch, config overrides)
-TINY_NAMES = {
-    "test_vit_tiny_patch16_32": ("vit_small", {"dim": 64, "depth": 2, "heads": 4, "img_size": 32, "patch_size": 16}),
-    "test_convnext_tiny_32": ("convnext_tiny", {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "img_size": 32}),
-}
-
-
-@pytest.fixture(autouse=True)
-def tiny_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, mapping in TINY_NAMES.items():
-        monkeypatch.setitem(registry._TIMM_NAMES, name, mapping)
+# the tiny configs are the timm names of tests/conftest.py's TINY_TIMM_NAMES
+pytestmark = pytest.mark.usefixtures("tiny_timm_names")
 
 
 def pixels(img: int, seed: int = 3) -> torch.Tensor:

@@ -32,7 +32,6 @@ from timm_reference import (
 from typer.testing import CliRunner
 
 from dyt_deploy.cli import check_app, export_app
-from dyt_deploy.models import registry
 
 TOLERANCE = 1e-4
 
@@ -70,17 +69,8 @@ TINY = {
     "convnext": convnext("test_convnext_tiny_32", ConvNextSpec(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64),
                                                                num_classes=7, img=32)),
 }
-# test names for the registry's timm-name map, as vit_base_patch16_224 -> vit_base: (zoo arch, overrides)
-TINY_NAMES = {
-    "test_vit_tiny_patch16_32": ("vit_small", {"dim": 64, "depth": 2, "heads": 4, "img_size": 32, "patch_size": 16}),
-    "test_convnext_tiny_32": ("convnext_tiny", {"depths": (1, 1, 2, 1), "dims": (16, 32, 48, 64), "img_size": 32}),
-}
-
-
-@pytest.fixture(autouse=True)
-def tiny_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, mapping in TINY_NAMES.items():
-        monkeypatch.setitem(registry._TIMM_NAMES, name, mapping)
+# the tiny configs are the timm names of tests/conftest.py's TINY_TIMM_NAMES
+pytestmark = pytest.mark.usefixtures("tiny_timm_names")
 
 
 @dataclass

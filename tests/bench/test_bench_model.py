@@ -24,20 +24,18 @@ from dyt_deploy.bench.variants import model_variants, own_norm
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.cli import bench_app
 from dyt_deploy.errors import DytDeployError, OptionError
-from dyt_deploy.models import create_model, registry
+from dyt_deploy.models import create_model
 from dyt_deploy.nn import DynamicTanh
 from dyt_deploy.nn.convert import norm_kind_of
 
-TINY_VIT = "test_vit_bench_patch16_32"
+TINY_VIT = "test_vit_tiny_patch16_32"  # tests/conftest.py TINY_TIMM_NAMES
 QUICK = ["--runners", "ort,openvino,torch", "--batch", "1", "--warmup", "1", "--iters", "3", "--threads", "1",
          "--no-layer", "--no-profile"]
 
 
 @pytest.fixture
-def official_vit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def official_vit(tmp_path: Path, tiny_timm_names: None) -> Path:
     """checkpoint-best.pth as the DyT paper's training code writes it, for a ViT the name map sizes small."""
-    monkeypatch.setitem(registry._TIMM_NAMES, TINY_VIT,
-                        ("vit_small", {"dim": 64, "depth": 2, "heads": 4, "img_size": 32, "patch_size": 16}))
     spec = VitSpec(dim=64, depth=2, heads=4, img=32, num_classes=10)
     path = tmp_path / "checkpoint-best.pth"
     torch.save(official_checkpoint(vit_state(spec, 1), vit_state(spec, 2), TINY_VIT, spec.num_classes), path)
