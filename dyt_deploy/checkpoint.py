@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, DytDeployError, OptionError, first_line
+from .errors import CheckpointError, DytDeployError, OptionError, choice_problem, first_line
 from .models import create_model, get_arch
 from .repository import atomic_write
 
@@ -140,7 +140,7 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file; pass the path of a model.pt (or .pt2)")
     if weights not in (None, *WEIGHTS):
-        raise OptionError([("weights", f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")])
+        raise OptionError(choice_problem("weights", weights, WEIGHTS))
     if path.suffix == ".pt2":
         return LoadedModel(_load_exported(path), "torch.export", path=path)
     ask = _Ask(path, arch, norm, weights, config)

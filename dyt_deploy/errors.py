@@ -51,3 +51,11 @@ def first_line(err: BaseException) -> str:
 def unknown_name(what: str, name: str, known: list[str] | tuple[str, ...]) -> UnknownNameError:
     """Build the standard 'unknown X' error that lists the known names."""
     return UnknownNameError(f"unknown {what} {name!r}; known: {', '.join(sorted(known))}")
+
+
+def choice_problem(field: str, value: object, choices: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``[(field, "unknown FIELD 'value'; choose one of ...")]`` when ``value`` is not a choice, else ``[]``:
+    one problem in the form the config objects collect for :class:`OptionError`."""
+    if value in choices:
+        return []
+    return [(field, f"unknown {field} {value!r}; choose one of {', '.join(choices)}")]

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptionError
+from ..checkpoint import WEIGHTS
+from ..errors import OptionError, choice_problem
 from .variants import OPTIMIZERS, VARIANTS
 
 # runners of the ONNX files (one group per optimizer for ort/ort-cuda) and of the modules themselves
@@ -132,15 +133,14 @@ class BenchConfig:
             ("runners", GENERATION_RUNNERS if generation else BENCH_RUNNERS, self.runners),
             ("optimizers", OPTIMIZERS, self.optimizers), ("dtypes", BENCH_DTYPES, self.dtypes))
             if (message := _unknown(name, values, known))]
-        if self.task not in TASKS:
-            found.append(("task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}"))
+        found += choice_problem("task", self.task, TASKS)
         if self.decode_tokens < 1:
             found.append(("decode_tokens", f"decode_tokens must be at least 1, not {self.decode_tokens}"))
         found += self._generation_device_problems() if generation else self._device_problems()
         if self.model is not None and not self.model.exists():
             found.append(("model", f"{self.model}: no such file or folder"))
-        if self.weights not in (None, "model", "ema"):
-            found.append(("weights", f"weights must be 'model' or 'ema', not {self.weights!r}"))
+        if self.weights is not None:
+            found += choice_problem("weights", self.weights, WEIGHTS)
         for name in ("variants", "runners", "batches", "optimizers"):
             if not getattr(self, name):
                 found.append((name, f"{name} must not be empty"))

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..checkpoint import WEIGHTS, LoadedModel, load_checkpoint
 from ..dtypes import PRECISIONS, torch_dtype
-from ..errors import DytDeployError, OptionError, first_line
+from ..errors import DytDeployError, OptionError, choice_problem, first_line
 from ..feeds import random_feed, random_tensors
 from ..nn.convert import norm_kind_of
 from ..parity import ParityReport, default_tolerances
@@ -111,18 +111,16 @@ class AotiConfig:
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
         found = []
-        if self.device not in AOTI_DEVICES:
-            found.append(("device", f"unknown device {self.device!r}; choose one of {', '.join(AOTI_DEVICES)}"))
-        if self.dtype not in AOTI_DTYPES:
-            found.append(("dtype", f"unknown dtype {self.dtype!r}; choose one of {', '.join(AOTI_DTYPES)}"))
+        found += choice_problem("device", self.device, AOTI_DEVICES)
+        found += choice_problem("dtype", self.dtype, AOTI_DTYPES)
         if self.samples < 1:
             found.append(("samples", f"verification needs at least 1 sample, not {self.samples}"))
         for name in ("atol", "rtol"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 found.append((name, f"{name} must be a non-negative number, not {value}"))
-        if self.weights is not None and self.weights not in WEIGHTS:
-            found.append(("weights", f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}"))
+        if self.weights is not None:
+            found += choice_problem("weights", self.weights, WEIGHTS)
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
         return found

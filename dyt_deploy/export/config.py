@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import WEIGHTS
-from ..errors import OptionError
+from ..errors import OptionError, choice_problem
 from .forms import FORMS
 from .signature import KNOWN_DYNAMIC
 
@@ -88,10 +88,8 @@ class ExportConfig:
     def problems(self) -> list[tuple[str, str]]:
         """Every invalid field as ``(field, what is wrong)``; all of them, not the first."""
         found = []
-        if self.form not in FORMS:
-            found.append(("form", f"unknown form {self.form!r}; choose one of {', '.join(FORMS)}"))
-        if self.dtype not in EXPORT_DTYPES:
-            found.append(("dtype", f"unknown dtype {self.dtype!r}; choose one of {', '.join(EXPORT_DTYPES)}"))
+        found += choice_problem("form", self.form, FORMS)
+        found += choice_problem("dtype", self.dtype, EXPORT_DTYPES)
         if self.samples < 1:
             found.append(("samples", f"verification needs at least 1 sample, not {self.samples}"))
         if self.opset < MIN_OPSET:
@@ -103,8 +101,8 @@ class ExportConfig:
             value = getattr(self, field)
             if value is not None and not value >= 0:
                 found.append((field, f"{field} must be a non-negative number, not {value}"))
-        if self.weights is not None and self.weights not in WEIGHTS:
-            found.append(("weights", f"unknown weights {self.weights!r}; choose one of {', '.join(WEIGHTS)}"))
+        if self.weights is not None:
+            found += choice_problem("weights", self.weights, WEIGHTS)
         found += self._backend_problems() + self._task_problems()
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
@@ -112,7 +110,7 @@ class ExportConfig:
 
     def _task_problems(self) -> list[tuple[str, str]]:
         if self.task not in TASKS:
-            return [("task", f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")]
+            return choice_problem("task", self.task, TASKS)
         if self.task == "default":
             return []
         found = []
@@ -124,7 +122,7 @@ class ExportConfig:
 
     def _backend_problems(self) -> list[tuple[str, str]]:
         if self.backend not in BACKENDS:
-            return [("backend", f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")]
+            return choice_problem("backend", self.backend, BACKENDS)
         if self.backend != "openvino":
             return []
         found = []
