@@ -13,6 +13,7 @@ All answer ``{"error": "..."}`` as the Open Inference Protocol asks.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -73,7 +74,8 @@ class InFlightLimit:
 
 class RequestTimeout:
     """Cancel a request still unanswered after ``timeout_s``: 408 if its body was still arriving,
-    504 if it was being processed (nothing is sent if the response had already started)."""
+    504 if it was being processed (nothing is sent if the response had already started). An event
+    stream (``text/event-stream``, a generation) is not cut once it has started."""
 
     def __init__(self, app: ASGIApp, timeout_s: float, metrics: ServiceMetrics) -> None:
         self.app, self.timeout_s, self.metrics = app, timeout_s, metrics
@@ -89,12 +91,16 @@ class RequestTimeout:
                 state["body_done"] = True
             return message
 
+        scope_timer = anyio.move_on_after(self.timeout_s)
+
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
+                if dict(message.get("headers", [])).get(b"content-type", b"").startswith(b"text/event-stream"):
+                    scope_timer.deadline = math.inf
             await send(message)
 
-        with anyio.move_on_after(self.timeout_s) as scope_timer:
+        with scope_timer:
             await self.app(scope, tracking_receive, tracking_send)
         if scope_timer.cancelled_caught and not state["started"]:
             await self._send_timeout(send, bool(state["body_done"]))
