@@ -2,7 +2,9 @@
 
 The target is a model.pt (ONNX-based runners then get a fresh, unverified export in a temporary
 folder) or a model folder of a repository (its ``1/model.onnx``, ``1/model.plan``, ``1/model.pt2`` and
-the model.pt its manifest names as source).
+the model.pt its manifest names as source). A text-generation folder (``dyt-export --task
+text-generation``) is checked as its export was: greedy decoding in onnxruntime against PyTorch
+(:func:`check_decoder_folder`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,39 @@ def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> Che
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
                        model_file, plan if plan.is_file() else None, package if package.is_file() else None,
                        Path(source))
+
+
+def is_decoder_folder(source: str | Path) -> bool:
+    """Whether ``source`` is a model folder written by ``dyt-export --task text-generation``."""
+    folder = Path(source)
+    if not (folder / MANIFEST_NAME).is_file():
+        return False
+    return read_manifest(folder).get("task") == "text-generation"
+
+
+def check_decoder_folder(folder: str | Path, runners: list[str] | None = None, atol: float | None = None,
+                         rtol: float | None = None, trust_pickle: bool = False) -> Any:
+    """Greedy decoding of the folder's ONNX decoder (``1/model.onnx`` or, as ``-o`` writes it,
+    ``model.onnx``) in onnxruntime against the model.pt or Hugging Face folder its manifest names;
+    a :class:`dyt_deploy.export.decoder.DecodingCheck`. Only the ``ort`` runner decodes here."""
+    from .export.decoder import check_decoding
+
+    folder = Path(folder)
+    unsupported = sorted(set(runners or ["ort"]) - {"ort"})
+    if unsupported:
+        raise DytDeployError(f"{folder} is a text-generation model: dyt-check decodes it with --runners ort only "
+                             f"(not {', '.join(unsupported)})")
+    manifest = read_manifest(folder)
+    source = (manifest.get("source") or {}).get("path")
+    if not source or not Path(source).exists():
+        raise DytDeployError(f"{folder}: the reference model named in {MANIFEST_NAME} ({source}) is not here; "
+                             "export again from where it is")
+    onnx_path = next((p for p in (folder / "1" / "model.onnx", folder / "model.onnx") if p.is_file()), None)
+    if onnx_path is None:
+        raise DytDeployError(f"{folder}: no 1/model.onnx or model.onnx; export it again")
+    weights = _weights_choice((manifest.get("source") or {}).get("weights"))
+    loaded = load_checkpoint(source, arch=manifest.get("arch"), trust_pickle=trust_pickle, weights=weights)
+    return check_decoding(onnx_path, loaded.model, manifest.get("dtype", "fp32"), atol, rtol)
 
 
 def _weights_choice(recorded: str | None) -> str | None:

@@ -263,14 +263,21 @@ def check(
     weights: str = typer.Option(None, help=WEIGHTS_HELP),
 ) -> None:
     """Run each runner and the PyTorch reference on the same inputs; one PASSED/FAILED line per runner.
+    A text-generation folder is checked by greedy decoding in onnxruntime against PyTorch instead.
 
     Exit status: 0 all passed, 1 a runner failed, 2 bad input or a missing backend.
     """
     import json
 
-    from .check import check_model
+    from .check import check_decoder_folder, check_model, is_decoder_folder
 
     kinds = [k.strip() for k in runners.split(",") if k.strip()] if runners else None
+    if is_decoder_folder(model):  # a text-generation folder: checked by greedy decoding, as its export was
+        decoding = check_decoder_folder(model, kinds, atol, rtol, trust_pickle=trust_pickle).to_dict()
+        _print_decoding(decoding)
+        if json_path:
+            json_path.write_text(json.dumps({"ort": decoding}, indent=2) + "\n")
+        sys.exit(0 if decoding["passed"] else 1)
     times: dict[str, float] = {}
     show = _progress_printer()
 

@@ -10,19 +10,28 @@ The graph (the names onnxruntime-genai and Hugging Face Optimum use):
   past, head_dim) per layer N;
 - outputs ``logits`` (batch, seq, vocab), ``present.N.key`` / ``.value`` (batch, heads, past + seq, head_dim).
 
-Batch, sequence and past length are dynamic (past 0 is the prefill). The model is checked by
-decoding ``VERIFY_TOKENS`` tokens greedily in onnxruntime and in PyTorch (fp32): the tokens must be
-equal and the logits within tolerance at every step. The folder written holds ``model.onnx``,
-``genai_config.json`` for onnxruntime-genai, and ``dyt.json`` (the manifest, with the decoding check).
+Batch, sequence and past length are dynamic (past 0 is the prefill); the graph names them ``batch``,
+``sequence``, ``past_sequence`` and ``total_sequence`` (past + new: the mask and the presents). The
+model is checked by decoding ``VERIFY_TOKENS`` tokens greedily in onnxruntime and in PyTorch (fp32):
+the tokens must be equal and the logits within tolerance at every step.
+
+What is written: with ``-o FOLDER``, ``FOLDER/model.onnx``, ``genai_config.json`` for onnxruntime-genai
+and ``dyt.json`` (the manifest, with the decoding check and the decoder's sizes). With ``--repository
+R --name N``, Triton's layout, which dyt-serve serves as a generative model: ``R/N/config.pbtxt``
+(platform onnxruntime_onnx, the graph's inputs and outputs), ``R/N/dyt.json`` and ``R/N/1/`` with
+``model.onnx`` and ``genai_config.json`` (onnxruntime-genai opens ``R/N/1``). Either way the source
+folder's tokenizer files (``tokenizer.json`` and its companions) are copied beside ``genai_config.json``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +44,27 @@ from ..checkpoint import load_checkpoint
 from ..dtypes import torch_dtype
 from ..errors import DytDeployError, first_line
 from ..parity import default_tolerances
-from ..repository import library_versions, refuse_existing, sha256_file, staged_folder, write_manifest
+from ..repository import (
+    MANIFEST_NAME,
+    config_pbtxt,
+    library_versions,
+    refuse_existing,
+    sha256_file,
+    staged_folder,
+    write_manifest,
+)
+from ..tokenizer import TOKENIZER_FILE
 from . import signature as sig
 from .config import ExportConfig
 
 VERIFY_TOKENS = 32
 VERIFY_PROMPTS = ((5, 17, 42, 7, 99, 3, 11), (8, 1, 64))  # two prompts of different lengths: padding is checked too
 GENAI_CONFIG = "genai_config.json"
+# a Hugging Face folder's tokenizer files, copied beside genai_config.json (onnxruntime-genai's Tokenizer reads them)
+TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
+VERSION = "1"  # the version folder of the repository layout
+# the graph's dynamic dims, by their role
+BATCH, SEQUENCE, PAST, TOTAL = "batch", "sequence", "past_sequence", "total_sequence"
 _EXPORT_SIZES = {"batch": 2, "seq": 3, "past": 4}
 
 
@@ -169,7 +192,38 @@ def decoder_to_onnx(model: nn.Module, dtype: str, opset: int) -> ir.Model:
                                         opset_version=opset, verbose=False, optimize=True)
     except Exception as err:  # torch.export raises many types; all mean "could not capture"
         raise ExportError(f"torch.onnx.export of the cached decoder failed: {first_line(err)}") from None
+    name_dynamic_dims(program.model)
     return program.model
+
+
+def name_dynamic_dims(model: ir.Model) -> None:
+    """Give the graph's dynamic dims their roles' names (``batch``, ``sequence``, ``past_sequence``,
+    ``total_sequence``) in place of torch.export's ``s43``-style symbols, on every value that has them:
+    what tools show (a Triton config, a server's metadata) reads as the decoder's interface, and a
+    key and a value of the same past share one name."""
+    graph = model.graph
+    by_name = {v.name: v for v in graph.inputs}
+    names: dict[str, str] = {}
+    for value, dims in ((by_name["input_ids"], (BATCH, SEQUENCE)), (by_name["attention_mask"], (BATCH, TOTAL))):
+        names.update({str(d.value): role for d, role in zip(value.shape, dims, strict=True)
+                      if isinstance(d, ir.SymbolicDim)})
+    for value in graph.inputs[3:]:
+        if isinstance(value.shape[2], ir.SymbolicDim):
+            names[str(value.shape[2].value)] = PAST
+    symbol = re.compile(r"\b[a-z]\d+\b")
+    totals = {f"{PAST} + {SEQUENCE}", f"{SEQUENCE} + {PAST}"}
+
+    def renamed(dim: Any) -> Any:
+        if not isinstance(dim, ir.SymbolicDim) or dim.value is None:
+            return dim
+        text = symbol.sub(lambda m: names.get(m.group(), m.group()), str(dim.value))
+        return TOTAL if text in totals else text
+
+    nodes = ir.traversal.RecursiveGraphIterator(graph)
+    values = [*graph.inputs, *graph.outputs, *(output for node in nodes for output in node.outputs)]
+    for value in values:
+        if value.shape is not None:
+            value.shape = ir.Shape([renamed(d) for d in value.shape])
 
 
 class OnnxDecoder:
@@ -301,7 +355,8 @@ def export_decoder(model_path: str | Path, output: str | Path | None, config: Ex
     model, ``<stem>-text-generation/``), verified by greedy decoding first; nothing is written on failure.
 
     ``config``'s form, dtype, fold, opset, atol/rtol, verify and force apply; ``repository``/``name``
-    write the folder ``repository/name`` instead (default name ``<arch>-<norm>-textgen``).
+    write the model folder ``repository/name`` in Triton's layout instead (default name
+    ``<arch>-<norm>-textgen``; see the module docstring).
     """
     from .api import ExportResult, VerificationFailed, _Steps, save_onnx
     from .fold import fold_dyt_affine
@@ -319,23 +374,43 @@ def export_decoder(model_path: str | Path, output: str | Path | None, config: Ex
     fold_report = fold_dyt_affine(onnx_model) if config.fold else None
     with steps(f"rewrite DyT into the {config.form} form"):
         counts = dict(to_form(onnx_model, config.form))
-    result = ExportResult(folder / "model.onnx", folder, config.form, counts, fold_report, None,
+    files = Path(VERSION) if config.repository is not None else Path()  # where model.onnx goes in the folder
+    result = ExportResult(folder / files / "model.onnx", folder, config.form, counts, fold_report, None,
                           weights=loaded.weights)
     with staged_folder(folder, config.force) as stage:
-        save_onnx(onnx_model, stage / "model.onnx")
+        save_onnx(onnx_model, stage / files / "model.onnx")
         check = None
         if config.verify and config.form != "plugin":
             with steps(f"greedy-decode {VERIFY_TOKENS} tokens in onnxruntime and PyTorch"):
-                check = check_decoding(stage / "model.onnx", loaded.model, config.dtype, config.atol, config.rtol)
+                check = check_decoding(stage / files / "model.onnx", loaded.model, config.dtype, config.atol,
+                                       config.rtol)
             result.decoding = check.to_dict()
             if not check.passed:
                 raise VerificationFailed(f"{model_path}: greedy decoding in ONNX differs from PyTorch "
                                          f"({_why(check)})", result)
-        (stage / GENAI_CONFIG).write_text(json.dumps(genai_config(loaded.model, config.dtype), indent=2) + "\n")
+        (stage / files / GENAI_CONFIG).write_text(json.dumps(genai_config(loaded.model, config.dtype), indent=2)
+                                                  + "\n")
+        tokenizer = copy_tokenizer(loaded.path, stage / files)
+        if config.repository is not None:
+            inputs, outputs = sig.graph_signature(onnx_model)
+            (stage / "config.pbtxt").write_text(config_pbtxt(folder.name, inputs, outputs))
         result.seconds = time.perf_counter() - started
         result.manifest = _manifest(loaded, onnx_model, result, config, stage)
+        result.manifest["tokenizer"] = (files / tokenizer).as_posix() if tokenizer else None
         write_manifest(stage, result.manifest)
     return result
+
+
+def copy_tokenizer(source: Path | None, folder: Path) -> str | None:
+    """Copy the tokenizer files of a Hugging Face ``source`` folder into ``folder``; the name of its
+    ``tokenizer.json`` there (None: the source has none, as the zoo's model.pt files; generation
+    then uses the byte-level tokenizer)."""
+    if source is None or not Path(source).is_dir() or not (Path(source) / TOKENIZER_FILE).is_file():
+        return None
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, folder / name)
+    return TOKENIZER_FILE
 
 
 def _folder(model_path: Path, output: str | Path | None, config: ExportConfig, loaded: Any) -> Path:
@@ -351,19 +426,25 @@ def _why(check: DecodingCheck) -> str:
 
 
 def _manifest(loaded: Any, onnx_model: ir.Model, result: Any, config: ExportConfig, stage: Path) -> dict[str, Any]:
+    """dyt.json: the default export's fields, ``task`` text-generation, ``decoder`` (the
+    :class:`DecoderSpec`: layers, heads, sizes, end-of-text id; what a server needs to run the graph)
+    and the decoding check; artifacts by their path in the folder."""
     from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
+    from .api import _guess_norm
 
     inputs, outputs = sig.graph_signature(onnx_model)
     source = Path(loaded.path).resolve() if loaded.path else None
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
     return {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "task": "text-generation",
-        "name": result.model_dir.name, "family": config.family or loaded.arch, "arch": loaded.arch,
-        "config": loaded.config, "norm": loaded.norm, "form": result.form, "dyt_sites": result.form_counts,
+        "name": result.model_dir.name, "family": config.family or loaded.arch or (source.name if source else "model"),
+        "arch": loaded.arch, "config": loaded.config, "norm": loaded.norm or _guess_norm(loaded.model),
+        "form": result.form, "dyt_sites": result.form_counts,
         "folded": None if result.fold is None else vars(result.fold), "opset": config.opset, "dtype": config.dtype,
-        "inputs": inputs, "outputs": outputs,
+        "inputs": inputs, "outputs": outputs, "decoder": asdict(decoder_spec(loaded.model)),
         "source": {"path": str(source) if source else None, "format": loaded.source_format,
                    "sha256": sha256_file(source) if source and source.is_file() else None},
         "decoding": result.decoding, "versions": library_versions(),
         "export_seconds": round(result.seconds, 3),
-        "artifacts": {p.name: sha256_file(p) for p in sorted(stage.iterdir()) if p.is_file()},
+        "artifacts": {p.relative_to(stage).as_posix(): sha256_file(p) for p in files},
     }
