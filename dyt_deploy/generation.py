@@ -238,6 +238,19 @@ class Generator:
             reason = "cancelled"
         yield GeneratedToken(previous.id, previous.text + text.flush(), previous.index, previous.seconds, reason)
 
+    def tokens(self, prompt: str | Sequence[int], settings: GenerationSettings | None = None,
+               cancel: threading.Event | None = None) -> Iterator[int]:
+        """The new token ids of one prompt, each as soon as it is chosen (no look-ahead, unlike
+        :meth:`stream`): every ``next`` is one model call (the prompt's prefill first). Ends at a stop
+        token (not yielded), after ``max_new_tokens``, or when ``cancel`` is set (checked before each
+        step). For a caller that decodes text and tells finish reasons itself, such as a server."""
+        settings = settings or GenerationSettings()
+        ids, mask = self._batch([prompt] if isinstance(prompt, str) else [list(prompt)])
+        for tokens, _ in self._steps(ids, mask, settings, cancel):
+            if tokens[0] in settings.stop_tokens:
+                return
+            yield tokens[0]
+
     def _steps(self, ids: torch.Tensor, mask: torch.Tensor, settings: GenerationSettings,
                cancel: threading.Event | None) -> Iterator[tuple[list[int], torch.Tensor]]:
         """Each step's chosen tokens (one per row) and logits, the prompt first, then one token at a time.
