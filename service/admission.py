@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import anyio
+from starlette.requests import Request
 
 from .auth import key_problem
 from .metrics import ServiceMetrics
@@ -29,6 +30,7 @@ log = logging.getLogger("dyt_deploy.service")
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 SMALL_BODY_BYTES = 64 << 10  # bodies of routes other than inference (repository index, comparison)
 JSON_MEMORY_FACTOR = 16  # a JSON inference body costs about 14 times its size while decoded (measured)
+BODY_KEY = "dyt.body"  # the scope key under which BodyGate leaves the body it read (see request_body)
 MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is over every limit (and int() of it is costly)
 
 
@@ -105,6 +107,7 @@ class BodyGate:
             log.info("client %s disconnected before its request body was complete (%s %s)",
                      client_of(scope), scope.get("method"), scope["path"])
             return None
+        scope[BODY_KEY] = body
         try:
             await self.app(scope, replay(body, receive), send)
         finally:
@@ -212,6 +215,16 @@ def client_of(scope: Scope) -> str:
     """The client's address (host only: one client, many ports)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
+
+
+async def request_body(request: Request) -> bytes:
+    """The request's body: the very bytes :class:`BodyGate` read, or (behind no gate) Starlette's.
+
+    Starlette's ``Request.body()`` joins its chunks again, and its stream ends with an empty chunk,
+    so a replayed body would be copied once more: ~0.2 ms for a 600 KB tensor on a cold allocation.
+    """
+    body = request.scope.get(BODY_KEY)
+    return body if body is not None else await request.body()
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -29,9 +29,10 @@ def key_problem(given: str | None, expected: str | None) -> str | None:
     return None
 
 
-def require_api_key(state: StateDep, header_key: str | None = Depends(_api_key_header),
-                    bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
-    """Pass when the server has no key, or the request carries it (X-API-Key or Bearer); else 401."""
+async def require_api_key(state: StateDep, header_key: str | None = Depends(_api_key_header),
+                          bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+    """Pass when the server has no key, or the request carries it (X-API-Key or Bearer); else 401.
+    (A coroutine: FastAPI would run a plain function in its thread pool, a thread hop per request.)"""
     problem = key_problem(header_key or (bearer.credentials if bearer is not None else None), state.settings.api_key)
     if problem is not None:
         raise Unauthorized(problem)

@@ -40,9 +40,15 @@ class ServiceState:
         return cls(settings, ModelRegistry(settings, metrics), metrics)
 
 
-def get_state(request: Request) -> ServiceState:
+def get_state_of(request: Request) -> ServiceState:
     """The app's state (set by :func:`service.app.create_app`)."""
     return request.app.state.service
+
+
+async def get_state(request: Request) -> ServiceState:
+    """The app's state as a route dependency. A coroutine, as every dependency here: FastAPI runs a
+    plain ``def`` dependency in its thread pool, a thread hop per request."""
+    return get_state_of(request)
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

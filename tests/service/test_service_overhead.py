@@ -1,0 +1,107 @@
+"""The request path's overhead: what keeps an inference request off FastAPI's slow paths.
+
+The figures (served / in-process latency) come from ``make bench-service``; these tests hold the
+properties that made them: no thread hop for a dependency, no second copy of the body, the
+inference route matched first and answered without dependency solving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+
+from service.admission import BODY_KEY, BodyGate, request_body
+from service.app import create_app
+from service.metrics import ServiceMetrics
+from service.routes_v2 import InferRoute
+from service.settings import Settings
+
+
+def _api_routes(routes: list[Any]) -> list[APIRoute]:
+    """The API routes in matching order, included routers flattened (FastAPI 0.16x keeps an
+    included router as one entry holding the original router)."""
+    found: list[APIRoute] = []
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        found += _api_routes(inner.routes) if inner is not None else [route] if isinstance(route, APIRoute) else []
+    return found
+
+
+def _dependency_calls(dependant: Any) -> list[Any]:
+    calls = []
+    for sub in dependant.dependencies:
+        calls += [sub.call, *_dependency_calls(sub)]
+    return calls
+
+
+def _is_coroutine(call: Any) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one (FastAPI's security classes)."""
+    return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+
+
+def test_every_route_dependency_is_a_coroutine(repository: Path) -> None:
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a thread hop on every request."""
+    app = create_app(repository, Settings())
+    routes = _api_routes(app.routes)
+    calls = {c for r in routes for c in _dependency_calls(r.dependant)}
+    assert calls, "the routes have dependencies (the state, the API key)"
+    blocking = sorted(getattr(c, "__qualname__", repr(c)) for c in calls if not _is_coroutine(c))
+    assert blocking == []
+
+
+def test_inference_routes_are_matched_first_and_served_directly(repository: Path) -> None:
+    app = create_app(repository, Settings())
+    api_routes = _api_routes(app.routes)
+    assert [type(r) for r in api_routes[:2]] == [InferRoute, InferRoute]
+    assert all(r.path.endswith("/infer") for r in api_routes[:2])
+    assert not any(isinstance(r, InferRoute) for r in api_routes[2:])
+    assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]  # still documented
+
+
+def _call(app: Any, chunks: list[bytes]) -> list[dict[str, Any]]:
+    """Run one POST with a body in ``chunks`` through the ASGI ``app``; the messages it sent."""
+    messages = iter([{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                     for i, c in enumerate(chunks)])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    length = sum(map(len, chunks))
+    scope = {"type": "http", "method": "POST", "path": "/v2/models/m/infer", "client": ("127.0.0.1", 1),
+             "headers": [(b"content-length", str(length).encode())], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_body_gate_hands_the_body_it_read_to_the_route() -> None:
+    """The route gets the very bytes the gate joined: Starlette's ``Request.body()`` would join its
+    stream again (body + a closing empty chunk), one more copy of every tensor."""
+    chunks = [b"a" * 70_000, b"b" * 70_000, b"c" * 5]
+    seen: dict[str, Any] = {}
+
+    async def route(scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        seen["body"] = await request_body(request)
+        seen["gate"] = scope.get(BODY_KEY)
+        seen["starlette"] = await request.body()  # the replayed stream still serves other readers
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent = _call(BodyGate(route, Settings(), ServiceMetrics()), chunks)
+    assert sent[0]["status"] == 204
+    assert seen["body"] == b"".join(chunks)
+    assert seen["body"] is seen["gate"]
+    assert seen["starlette"] == seen["body"] and seen["starlette"] is not seen["body"]
+
+    seen.clear()
+    sent = _call(route, chunks)  # behind no gate: Starlette's body
+    assert sent[0]["status"] == 204 and seen["gate"] is None and seen["body"] == b"".join(chunks)
