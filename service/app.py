@@ -6,7 +6,8 @@ serve. The app's shared state is one :class:`~service.state.ServiceState` (``app
 which routes reach through the ``StateDep`` dependency. Middleware (outermost first): the API key
 (before any body is read), the body gate (the whole body read on a deadline, size and bytes in
 flight bounded; see service.admission), the in-flight bound (requests with a complete body), the
-processing timeout.
+processing timeout, and the inference lane (``POST .../infer`` straight to its handler, see
+service.routes_v2.InferenceLane). Every error answers ``{"error": "..."}`` (:func:`answer_error`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .admission import ApiKeyGate, BodyGate
 from .errors import ServiceError
 from .middleware import InFlightLimit, RequestTimeout
 from .routes_extra import router as extra_router
+from .routes_v2 import InferenceLane
 from .routes_v2 import router as v2_router
 from .schemas import add_infer_request_body, validation_errors_are_400
 from .settings import SETTINGS_ENV, Settings
@@ -69,6 +71,7 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
     app.include_router(v2_router)
     app.include_router(extra_router)
     add_error_handlers(app)
+    app.add_middleware(InferenceLane, on_error=answer_error)
     app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=state.metrics)
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
                        metrics=state.metrics)
@@ -91,36 +94,31 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def add_error_handlers(app: FastAPI) -> None:
-    """Every error answers ``{"error": "..."}``: the protocol's shape, which tritonclient reads."""
-
-    @app.exception_handler(ServiceError)
-    async def service_error(_: Request, err: ServiceError) -> JSONResponse:
+async def answer_error(request: Request, err: Exception) -> JSONResponse:
+    """The answer to any error of a request: ``{"error": "..."}``, the protocol's shape, which
+    tritonclient reads. The app's exception handler for every kind, and the inference lane's."""
+    if isinstance(err, ServiceError):
         return error_response(err.status, str(err), err.headers)
-
-    @app.exception_handler(DytDeployError)
-    async def user_error(_: Request, err: DytDeployError) -> JSONResponse:
+    if isinstance(err, DytDeployError):
         return error_response(400, str(err))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+    if isinstance(err, RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         return error_response(400, f"invalid request: {problems}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+    if isinstance(err, StarletteHTTPException):
         return error_response(err.status_code, str(err.detail), getattr(err, "headers", None))
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+    if isinstance(err, ClientDisconnect):
         log.info("client %s disconnected before its request was read (%s %s)",
                  request.client.host if request.client else "unknown", request.method, request.url.path)
         return error_response(400, "client disconnected")  # nobody is left to read it
+    log.exception("internal error", exc_info=err)
+    return error_response(500, f"internal server error: {type(err).__name__}")
 
-    @app.exception_handler(Exception)
-    async def internal_error(_: Request, err: Exception) -> JSONResponse:
-        log.exception("internal error")
-        return error_response(500, f"internal server error: {type(err).__name__}")
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error answers ``{"error": "..."}`` (:func:`answer_error`)."""
+    for kind in (ServiceError, DytDeployError, RequestValidationError, StarletteHTTPException, ClientDisconnect,
+                 Exception):
+        app.add_exception_handler(kind, answer_error)
 
 
 def app_from_environment() -> FastAPI:

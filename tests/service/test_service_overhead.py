@@ -1,8 +1,8 @@
 """The request path's overhead: what keeps an inference request off FastAPI's slow paths.
 
 The figures (served / in-process latency) come from ``make bench-service``; these tests hold the
-properties that made them: no thread hop for a dependency, no second copy of the body, the
-inference route matched first and answered without dependency solving.
+properties that made them: no thread hop for a dependency, no second copy of the body, inference
+requests straight to their handler behind the gates.
 """
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi.routing import APIRoute
+from service_testlib import images, json_request
 from starlette.requests import Request
 
-from service.admission import BODY_KEY, BodyGate, request_body
+from service.admission import BODY_KEY, ApiKeyGate, BodyGate, request_body
 from service.app import create_app
 from service.metrics import ServiceMetrics
-from service.routes_v2 import InferRoute
+from service.middleware import InFlightLimit, RequestTimeout
+from service.routes_v2 import InferenceLane
 from service.settings import Settings
 
 
@@ -54,12 +57,25 @@ def test_every_route_dependency_is_a_coroutine(repository: Path) -> None:
     assert blocking == []
 
 
-def test_inference_routes_are_matched_first_and_served_directly(repository: Path) -> None:
-    app = create_app(repository, Settings())
-    api_routes = _api_routes(app.routes)
-    assert [type(r) for r in api_routes[:2]] == [InferRoute, InferRoute]
-    assert all(r.path.endswith("/infer") for r in api_routes[:2])
-    assert not any(isinstance(r, InferRoute) for r in api_routes[2:])
+def test_the_inference_lane_sits_behind_the_gates_and_answers_like_the_app(server: Any) -> None:
+    """Inference requests skip FastAPI's routing but not the gates, bounds and timeout in front of
+    it; its errors are the app's."""
+    app = create_app(server.app.state.service.settings.repository, Settings())
+    order = [m.cls for m in app.user_middleware]  # outermost first
+    assert order[-1] is InferenceLane and order.index(RequestTimeout) == len(order) - 2
+    assert {ApiKeyGate, BodyGate, InFlightLimit} <= set(order[:-1])
+    with httpx.Client(base_url=server.url) as client:
+        good = client.post("/v2/models/vit-dyt/infer", json=json_request(images(1)))
+        assert good.status_code == 200 and good.json()["outputs"][0]["name"] == "logits"
+        versioned = client.post("/v2/models/vit-dyt/versions/1/infer", json=json_request(images(1)))
+        assert versioned.json()["outputs"] == good.json()["outputs"]
+        unknown = client.post("/v2/models/nope/infer", json=json_request(images(1)))
+        assert unknown.status_code == 404 and "unknown model 'nope'" in unknown.json()["error"]
+        wrong_version = client.post("/v2/models/vit-dyt/versions/7/infer", json=json_request(images(1)))
+        assert wrong_version.status_code == 404 and "no version '7'" in wrong_version.json()["error"]
+        broken = client.post("/v2/models/vit-dyt/infer", content=b"{not json")
+        assert broken.status_code == 400 and "error" in broken.json()
+        assert client.get("/v2/models/vit-dyt/infer").status_code == 405  # other methods: FastAPI's route
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]  # still documented
 
 
