@@ -34,6 +34,7 @@ from .admission import ApiKeyGate, BodyGate
 from .errors import ServiceError
 from .middleware import InFlightLimit, RequestTimeout
 from .routes_extra import router as extra_router
+from .routes_generate import router as generate_router
 from .routes_v2 import InferenceLane
 from .routes_v2 import router as v2_router
 from .schemas import add_infer_request_body, validation_errors_are_400
@@ -69,6 +70,7 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
                               "statistics extensions, plus DyT-vs-LayerNorm latency comparison.")
     app.state.service = state
     app.include_router(v2_router)
+    app.include_router(generate_router)
     app.include_router(extra_router)
     add_error_handlers(app)
     app.add_middleware(InferenceLane, on_error=answer_error)

@@ -66,6 +66,9 @@ def serve_command(
     max_batch_size: Annotated[int, typer.Option(help="dynamic batching: items per batch")] = 8,
     max_queue_delay_us: Annotated[int, typer.Option(help="dynamic batching: wait for more")] = 1000,
     allow_nonfinite: Annotated[bool, typer.Option("--allow-nonfinite", help="accept NaN/Inf in float inputs")] = False,
+    max_generate_tokens: Annotated[int, typer.Option(help="generate: the most max_tokens a request asks (400)")] = 512,
+    max_prompt_tokens: Annotated[int, typer.Option(help="generate: the longest prompt in tokens (400 above)")] = 2048,
+    max_generations: Annotated[int, typer.Option(help="generate: generations at once per model (503 above)")] = 4,
     log_level: Annotated[LogLevel, typer.Option(help="uvicorn's log level")] = "info",
     engine: Annotated[Engine, typer.Option(help=(
         "uvicorn (this host, --workers processes) or ray (Ray Serve: a deployment per model)"))] = "uvicorn",
@@ -143,7 +146,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         raise DytDeployError(f"--repository {repository}: no such folder")
     values: dict[str, Any] = {"repository": str(repository.resolve())}
     for name in ("provider", "backend", "threads", "workers", "max_in_flight", "allow_nonfinite", "public_metrics",
-                 "max_inflight_bytes"):
+                 "max_inflight_bytes", "max_generate_tokens", "max_prompt_tokens", "max_generations"):
         if name in options:
             values[name] = options[name]
     if options.get("api_key"):

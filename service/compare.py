@@ -49,19 +49,41 @@ def ratio_or_none(variant: list[float], baseline: list[float], resamples: int) -
 
 
 def live_family(models: list[ServedModel]) -> dict[str, Any]:
-    """One family's live figures: each variant's percentiles, and ratios to the baseline."""
+    """One family's live figures: each variant's percentiles, and ratios to the baseline. For
+    text-generation models also each variant's ``generation`` statistics (else null) and the
+    ratios of the medians of time to first token and inter-token latency."""
     baseline = pick_baseline(models)
     samples = {m.name: m.stats.samples() for m in models}
+    generation = {m.name: generation_of(m) for m in models}
     variants = [{"model": m.name, "variant": m.variant, "state": m.state, "reason": m.reason,
                  "count": len(samples[m.name][0]), "total_count": m.stats.success_count,
-                 "compute_ms": percentiles(samples[m.name][0]), "e2e_ms": percentiles(samples[m.name][1])}
+                 "compute_ms": percentiles(samples[m.name][0]), "e2e_ms": percentiles(samples[m.name][1]),
+                 "generation": generation[m.name][0]}
                 for m in models]
     base_compute, base_e2e = samples[baseline.name]
     ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
                "compute": ratio_or_none(samples[m.name][0], base_compute, LIVE_RESAMPLES),
-               "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES)}
+               "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES),
+               **generation_ratios(generation[m.name][1], generation[baseline.name][1])}
               for m in models if m is not baseline]
     return {"family": models[0].family, "baseline": baseline.name, "variants": variants, "ratios": ratios}
+
+
+def generation_of(model: Any) -> tuple[dict[str, Any] | None, tuple[list[float], list[float]] | None]:
+    """A model's generation summary and its (time to first token, inter-token) samples; (None,
+    None) for a model that does not generate."""
+    stats = getattr(model, "generation_stats", None)
+    return (None, None) if stats is None else (stats.summary(), stats.samples())
+
+
+def generation_ratios(variant: tuple[list[float], list[float]] | None,
+                      baseline: tuple[list[float], list[float]] | None) -> dict[str, Any]:
+    """Ratios of the medians of time to first token and inter-token latency (variant / baseline)
+    with bootstrap intervals; nothing unless both generate."""
+    if variant is None or baseline is None:
+        return {}
+    return {"time_to_first_token": ratio_or_none(variant[0], baseline[0], LIVE_RESAMPLES),
+            "inter_token": ratio_or_none(variant[1], baseline[1], LIVE_RESAMPLES)}
 
 
 def live_report(registry: ModelRegistry) -> dict[str, Any]:

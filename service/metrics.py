@@ -45,6 +45,16 @@ class ServiceMetrics:
                                 ("reason",), registry=self.registry)
         self.model_ready = Gauge("dyt_model_ready", "1 when the model is loaded and warmed, else 0.",
                                  MODEL_LABELS, registry=self.registry, multiprocess_mode="livemin")
+        self.generations = Counter("dyt_generate_requests", "Generations by how they ended (stop, length, "
+                                   "cancelled, error).", (*MODEL_LABELS, "finish_reason"), registry=self.registry)
+        self.generate_tokens = Counter("dyt_generate_tokens", "Tokens of generations, by kind (prompt, output).",
+                                       (*MODEL_LABELS, "kind"), registry=self.registry)
+        self.time_to_first_token = self._histogram("dyt_generate_time_to_first_token_seconds",
+                                                   "From a generation's start to its first token.")
+        self.inter_token = self._histogram("dyt_generate_inter_token_seconds",
+                                           "Between consecutive tokens of a generation.")
+        self.generations_running = Gauge("dyt_generations_running", "Generations in progress.", MODEL_LABELS,
+                                         registry=self.registry, multiprocess_mode="livesum")
 
     def _histogram(self, name: str, documentation: str) -> Histogram:
         return Histogram(name, documentation, MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -57,6 +67,18 @@ class ServiceMetrics:
 
     def observe_failure(self, labels: tuple[str, str, str]) -> None:
         self.requests.labels(*labels, "fail").inc()
+
+    def observe_generation(self, labels: tuple[str, str, str], finish_reason: str, prompt_tokens: int,
+                           output_tokens: int, time_to_first_token_s: float | None, gaps_s: list[float]) -> None:
+        """One generation that ended (``finish_reason`` stop, length, cancelled or error)."""
+        self.generations.labels(*labels, finish_reason).inc()
+        self.generate_tokens.labels(*labels, "prompt").inc(prompt_tokens)
+        self.generate_tokens.labels(*labels, "output").inc(output_tokens)
+        if time_to_first_token_s is not None:
+            self.time_to_first_token.labels(*labels).observe(time_to_first_token_s)
+        histogram = self.inter_token.labels(*labels)
+        for gap in gaps_s:
+            histogram.observe(gap)
 
     def render(self) -> bytes:
         """The exposition text: this registry's, or every worker's in multiprocess mode."""

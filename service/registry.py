@@ -8,6 +8,7 @@ from dyt_deploy.errors import DytDeployError
 from dyt_deploy.repository import MANIFEST_NAME, list_model_folders
 
 from .errors import NotFound
+from .generative_model import GenerativeModel, is_generative
 from .metrics import ServiceMetrics
 from .served_model import ServedModel
 from .settings import Settings
@@ -24,12 +25,19 @@ def model_folders(repository: Path) -> list[Path]:
     return sorted(folders)
 
 
+def served_model(folder: Path, settings: Settings, metrics: ServiceMetrics) -> ServedModel:
+    """The folder as the service serves it: a :class:`GenerativeModel` for a text-generation export
+    (dyt.json task ``text-generation``), else a :class:`ServedModel`."""
+    kind = GenerativeModel if is_generative(folder) else ServedModel
+    return kind(folder, settings, metrics)
+
+
 class ModelRegistry:
     """Every model of the repository, by name (discovered at once; loaded by :meth:`load_all`)."""
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
-        self.models = {f.name: ServedModel(f, settings, metrics) for f in model_folders(settings.repository_path)}
+        self.models = {f.name: served_model(f, settings, metrics) for f in model_folders(settings.repository_path)}
 
     def load_all(self) -> None:
         """Load and warm every model, one after the other (blocking; run it off the event loop)."""

@@ -30,7 +30,8 @@ from .schemas import (
 )
 from .state import StateDep, get_state_of
 
-EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository_index"]
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository_index",
+              "generate"]
 
 router = APIRouter()
 
@@ -48,12 +49,14 @@ def without_version(endpoint: Callable[..., Any]) -> Callable[..., Any]:
     return unversioned
 
 
-def model_route(path: str, endpoint: Callable[..., Any], method: str = "GET", **kwargs: Any) -> None:
-    """Register ``endpoint`` under /v2/models/{model_name}{path} and its /versions/{model_version} twin."""
-    name = endpoint.__name__
-    router.add_api_route("/v2/models/{model_name}" + path, without_version(endpoint), methods=[method], name=name,
+def model_route(path: str, endpoint: Callable[..., Any], method: str = "GET", on: APIRouter | None = None,
+                **kwargs: Any) -> None:
+    """Register ``endpoint`` under /v2/models/{model_name}{path} and its /versions/{model_version} twin
+    (on this module's router, or ``on``)."""
+    name, target = endpoint.__name__, on or router
+    target.add_api_route("/v2/models/{model_name}" + path, without_version(endpoint), methods=[method], name=name,
                          operation_id=name, responses=ERROR_RESPONSES, **kwargs)
-    router.add_api_route("/v2/models/{model_name}/versions/{model_version}" + path, endpoint, methods=[method],
+    target.add_api_route("/v2/models/{model_name}/versions/{model_version}" + path, endpoint, methods=[method],
                          name=f"{name}_version", operation_id=f"{name}_version", responses=ERROR_RESPONSES, **kwargs)
 
 

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         compare_max_batch: bound on the batch of one controlled comparison.
         compare_max_elements: bound on the elements of one input of a controlled comparison.
         retry_after_s: the Retry-After of a 503 over the in-flight bound.
+        max_generate_tokens: the most tokens one generate request may ask for (``max_tokens``; 400 above).
+        max_prompt_tokens: the longest prompt, in the model's tokens, a generate request may send (400 above).
+        max_generations: generations running at once per model (503 with Retry-After above it); their
+            steps take turns on the model's worker thread.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, populate_by_name=True, validate_default=True,
@@ -108,6 +112,9 @@ class Settings(BaseSettings):
     compare_max_batch: PositiveInt = 8
     compare_max_elements: PositiveInt = 1 << 22
     retry_after_s: NonNegativeInt = 1
+    max_generate_tokens: PositiveInt = 512
+    max_prompt_tokens: PositiveInt = 2048
+    max_generations: PositiveInt = 4
 
     def __init__(self, **values: Any) -> None:
         try:
