@@ -25,7 +25,7 @@ ALLOWED = {
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
     "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "repository"},
     "export": {"checkpoint", "dtypes", "errors", "feeds", "generation", "models", "nn", "parity", "repository",
-               "runners", "specs"},
+               "runners", "specs", "tokenizer"},
     "tokenizer": {"errors"},  # tokenizer.json and bytes, for generation
     "generation": {"errors", "tokenizer"},  # dyt_deploy.generate: KV-cache decoding of any causal LM
     "cli_common": {"errors"},
