@@ -141,5 +141,9 @@ GENERATE_BODY = {"required": True, "content": {"application/json": {"schema": in
 
 model_route("/generate", model_generate, method="POST", on=router, response_model=GenerateResponse,
             tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
+STREAM_ANSWER = {"200": {"description": "server-sent events: `data: {json}` per token (text_output, index), the "
+                              "last with finish_reason, prompt_tokens, output_tokens, time_to_first_token_ms, "
+                              "tokens_per_s; `data: {\"error\": ...}` if it fails after it began",
+                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
 model_route("/generate_stream", model_generate_stream, method="POST", on=router, tags=["generation"],
-            response_class=StreamingResponse, openapi_extra={"requestBody": GENERATE_BODY})
+            response_class=StreamingResponse, openapi_extra={"requestBody": GENERATE_BODY, "responses": STREAM_ANSWER})

@@ -463,3 +463,24 @@ def test_the_dashboard_shows_generation_beside_the_live_view(gen_server: Backgro
                                       "svg rect.bar[data-stat=\"p50\"]').length")
         assert bars >= 4  # time to first token and inter-token, both variants
         browser.save_screenshot(str(tmp_path / "dashboard.png"))
+
+
+def test_a_hugging_face_decoder_generates_through_its_own_tokenizer(tmp_path: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
+    from tests.export.hf_folders import write_folder
+
+    hf_model, source = write_folder(tmp_path / "llama", "llama")
+    words = ["[UNK]", "the", "dyt", "layer", "is", "a", "tanh", "of", "norm"]
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, "[UNK]"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.save(str(source / "tokenizer.json"))
+    export_onnx(source, repository=tmp_path / "repo", name="hf-dyt", task="text-generation", verify=False)
+    eos = hf_model.config.eos_token_id
+    expected = dyt_deploy.generate(dyt_deploy.load_model(source), [1, 2, 3], 10, stop_tokens=[eos]).tokens[0]
+    with serve_in_thread(create_app(tmp_path / "repo", Settings(threads=1, warmup_runs=1))) as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
+        answer = generate(client, "hf-dyt", "the dyt layer", max_tokens=10).json()
+    assert answer["prompt_tokens"] == 3 and answer["output_tokens"] == len(expected)
+    assert answer["text_output"] == tokenizer.decode(expected)
+    assert answer["finish_reason"] == ("stop" if len(expected) < 10 else "length")
