@@ -237,6 +237,8 @@ def test_a_model_that_does_not_generate_and_unknown_models_are_refused(gen: http
         assert gen.post(f"/v2/models/llm-dyt/versions/2/{route}", json={"text_input": PROMPT}).status_code == 404
         bad_json = gen.post(f"/v2/models/llm-dyt/{route}", content=b"{not json")
         assert bad_json.status_code == 400 and "not valid JSON" in bad_json.json()["error"]
+        huge = gen.post(f"/v2/models/llm-dyt/{route}", json={"text_input": "x" * (70 << 10)})
+        assert huge.status_code == 413 and "over the limit of 65536 bytes" in huge.json()["error"]
 
 
 def test_the_request_parser_reports_every_problem_at_once() -> None:
