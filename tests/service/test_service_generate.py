@@ -329,6 +329,29 @@ def test_generations_beyond_the_bound_get_503_with_retry_after(gen_server: Backg
     assert results == [200, 200]
 
 
+def test_a_model_that_fails_mid_generation_is_a_500_or_an_error_event(gen_server: BackgroundServer,
+                                                                        gen: httpx.Client) -> None:
+    model = gen_server.app.state.service.registry.models["llm-dyt"]
+    original = model.generator.new_decoder
+
+    class Broken(SlowDecoder):
+        def __call__(self, *args: Any) -> Any:
+            raise RuntimeError("the runner broke")
+
+    before = model.generation_stats.summary()["failed"]
+    model.generator.new_decoder = lambda: Broken(original(), 0)
+    try:
+        failed = generate(gen, "llm-dyt", max_tokens=4)
+        events = stream_events(gen, "/v2/models/llm-dyt/generate_stream", {"text_input": PROMPT})
+    finally:
+        model.generator.new_decoder = original
+    message = "model 'llm-dyt' failed while generating: RuntimeError: the runner broke"
+    assert failed.status_code == 500 and failed.json()["error"] == message
+    assert events == [{"error": message}]
+    assert model.generation_stats.summary()["failed"] == before + 2 and model.running == 0
+    assert generate(gen, "llm-dyt", max_tokens=2).json()["output_tokens"] == 2  # and it generates again
+
+
 @pytest.fixture(scope="module")
 def keyed_server(textgen_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     """llm-rmsnorm alone, behind an API key, with a request timeout of 0.5 s."""
