@@ -20,13 +20,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dyt_deploy.errors import DytDeployError
-from dyt_deploy.export.decoder import DecoderSpec, OnnxDecoder
-from dyt_deploy.generation import GenerationSettings, Generator
 from dyt_deploy.repository import MANIFEST_NAME, latest_version, read_manifest
 from dyt_deploy.runners import runner_for_folder
 from dyt_deploy.tokenizer import TOKENIZER_FILE, ByteTokenizer, FileTokenizer, TextStream, Tokenizer
@@ -39,6 +37,10 @@ from .model_config import read_serving_config
 from .protocol import Signature
 from .served_model import ServedModel
 from .settings import Settings
+
+if TYPE_CHECKING:  # torch comes with them: imported when a text-generation model loads, not with the service
+    from dyt_deploy.export.decoder import DecoderSpec
+    from dyt_deploy.generation import GenerationSettings, Generator
 
 log = logging.getLogger("dyt_deploy.service")
 
@@ -70,6 +72,9 @@ class GenerativeModel(ServedModel):
         self.running = 0
 
     def _load(self) -> None:
+        from dyt_deploy.export.decoder import OnnxDecoder
+        from dyt_deploy.generation import GenerationSettings, Generator
+
         self.manifest = read_manifest(self.folder)
         self.config = read_serving_config(self.folder)
         self.signature = Signature.from_manifest(self.manifest, self.config.max_batch_size)
@@ -167,6 +172,8 @@ class GenerativeModel(ServedModel):
                             f"{spec.vocab_size}; the byte tokenizer needs at least 256 ids")
         if problems:
             raise BadRequest("; ".join(problems))
+        from dyt_deploy.generation import GenerationSettings
+
         return prompt, GenerationSettings(params.max_tokens, params.temperature, params.top_k, params.top_p,
                                           params.seed, self.stop_tokens)
 
@@ -181,6 +188,8 @@ class GenerativeModel(ServedModel):
 
 def decoder_spec_of(manifest: dict[str, Any]) -> DecoderSpec:
     """The decoder's sizes from dyt.json (written by dyt-export --task text-generation)."""
+    from dyt_deploy.export.decoder import DecoderSpec
+
     found = manifest.get("decoder")
     if not isinstance(found, dict):
         raise DytDeployError("dyt.json has no 'decoder' entry (an export older than serving generation); export "

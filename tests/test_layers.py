@@ -83,13 +83,15 @@ def test_units_import_only_what_the_architecture_allows() -> None:
 
 
 def test_the_service_path_to_feeds_needs_no_torch() -> None:
-    """The service makes warm-up feeds with ``feeds``; that must not pull torch into its processes."""
+    """The service makes warm-up feeds with ``feeds``; that must not pull torch into its processes
+    (nor its app: a text-generation model imports torch when it loads, and only then)."""
     import subprocess
     import sys
 
     code = ("import sys; from dyt_deploy.feeds import random_feed; from dyt_deploy.specs import TensorSpec; "
             "random_feed([TensorSpec('x', ('batch', 3))], {'batch': 2}, 0); "
             "import dyt_deploy.runners, dyt_deploy.triton_config, dyt_deploy.repository; "
+            "import service.app, service.routes_generate; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
