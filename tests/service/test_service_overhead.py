@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from fastapi.routing import APIRoute
 from service_testlib import images, json_request
 from starlette.requests import Request
@@ -23,6 +26,7 @@ from service.metrics import ServiceMetrics
 from service.middleware import InFlightLimit, RequestTimeout
 from service.routes_v2 import InferenceLane
 from service.settings import Settings
+from service.worker import WorkerThread
 
 
 def _api_routes(routes: list[Any]) -> list[APIRoute]:
@@ -121,3 +125,36 @@ def test_body_gate_hands_the_body_it_read_to_the_route() -> None:
     seen.clear()
     sent = _call(route, chunks)  # behind no gate: Starlette's body
     assert sent[0]["status"] == 204 and seen["gate"] is None and seen["body"] == b"".join(chunks)
+
+
+def test_worker_thread_runs_calls_in_order_on_one_thread() -> None:
+    """The model's worker: calls (awaited, or submitted as an Executor) run one at a time, in order,
+    on its one thread; errors reach the caller; a cancelled waiter leaves the thread working."""
+    worker = WorkerThread("model-test")
+    ran: list[tuple[int, str]] = []
+
+    def record(i: int) -> int:
+        ran.append((i, threading.current_thread().name))
+        return i * 10
+
+    def fail() -> None:
+        raise ValueError("backend refused")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(worker.call(record, i) for i in range(20)))
+        assert results == [i * 10 for i in range(20)]
+        assert await loop.run_in_executor(worker, record, 20) == 200
+        with pytest.raises(ValueError, match="backend refused"):
+            await worker.call(fail)
+        slow = asyncio.ensure_future(worker.call(time.sleep, 0.05))
+        await asyncio.sleep(0.01)
+        slow.cancel()  # its answer arrives after the waiter is gone
+        assert await worker.call(record, 21) == 210
+
+    asyncio.run(scenario())
+    assert [i for i, _ in ran] == list(range(22)) and {name for _, name in ran} == {"model-test"}
+    assert worker.submit(record, 22).result(timeout=5) == 220
+    worker.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        worker.submit(record, 23)
