@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -27,6 +26,7 @@ from dyt_deploy.export.decoder import (
 from dyt_deploy.generation import Generator
 from dyt_deploy.models import create_model
 from dyt_deploy.runners import create_runner
+from tests.export.genai_testlib import genai_greedy
 
 TINY = {"dim": 64, "depth": 2, "heads": 4, "ffn_dim": 128, "vocab_size": 300, "max_seq_len": 128}
 PROMPT = [5, 17, 42, 7, 99, 3, 11]
@@ -102,21 +102,11 @@ def test_fp16_decodes_the_same_tokens(exports, checkpoint: Path) -> None:
 
 
 def test_onnxruntime_genai_generates_the_same_tokens(exports, checkpoint: Path) -> None:
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
     folder = exports().model_dir
     config = json.loads((folder / "genai_config.json").read_text())
     assert config["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
-    model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + 24, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([PROMPT], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
     eos = config["model"]["eos_token_id"]
-    tokens = tokens[:-1] if tokens and tokens[-1] == eos else tokens  # genai returns its end token, we do not
+    tokens = genai_greedy(folder, PROMPT, 24, eos)
     assert tokens == dyt_deploy.generate(dyt_deploy.load_model(checkpoint), PROMPT, 24, stop_tokens=[eos]).tokens[0]
 
 

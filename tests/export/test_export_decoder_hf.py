@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 
 import dyt_deploy
 from dyt_deploy.export import export_onnx
+from tests.export.genai_testlib import genai_greedy
 from tests.export.hf_folders import write_folder
 
 PROMPT = [5, 17, 42, 7, 9]
@@ -42,18 +42,8 @@ def test_a_hugging_face_decoder_exports_with_its_cache(tmp_path: Path, qwen2, fa
 
 
 def test_onnxruntime_genai_runs_the_exported_qwen2(qwen2) -> None:
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
     folder, result = qwen2
     eos = json.loads((result.model_dir / "genai_config.json").read_text())["model"]["eos_token_id"]
-    model = og.Model(str(result.model_dir))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + 16, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([PROMPT], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    tokens = tokens[:-1] if tokens and tokens[-1] == eos else tokens
+    tokens = genai_greedy(result.model_dir, PROMPT, 16, eos)
     expected = dyt_deploy.generate(dyt_deploy.load_model(folder), PROMPT, 16, stop_tokens=[eos]).tokens[0]
     assert tokens == expected

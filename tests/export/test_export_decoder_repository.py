@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,6 +17,7 @@ from dyt_deploy.cli import check_app, export_app
 from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
 from dyt_deploy.triton_config import read_config
+from tests.export.genai_testlib import genai_greedy
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "ffn_dim": 64, "vocab_size": 256, "max_seq_len": 64}
 PROMPT = [72, 101, 108, 108, 111]
@@ -62,19 +62,9 @@ def test_the_dynamic_dims_are_named_by_their_role(exported) -> None:
 
 
 def test_onnxruntime_genai_opens_the_version_folder(exported) -> None:
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed")
     checkpoint, folder = exported
-    model = og.Model(str(folder / "1"))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(PROMPT) + 8, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([PROMPT], dtype=np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
     eos = TINY["vocab_size"] - 1  # the zoo has no end-of-text token: genai_config names the last id
-    tokens = tokens[:-1] if tokens and tokens[-1] == eos else tokens
+    tokens = genai_greedy(folder / "1", PROMPT, 8, eos)
     assert tokens == dyt_deploy.generate(dyt_deploy.load_model(checkpoint), PROMPT, 8, stop_tokens=[eos]).tokens[0]
 
 
