@@ -5,7 +5,9 @@ For one model (default vit_small with DyT, batch 1, binary tensors over loopback
    (a separate process) through tritonclient, alternated call by call so drift hits both alike;
    their ratio with a bootstrap interval, and the served time split by the server's own stages
    (queue, input decoding, inference, output encoding, and what is left: client and HTTP);
-2. throughput and p50 at concurrency 1, 4 and 16, with and without dynamic batching.
+2. the same against ``minimal_server.py`` (uvicorn and the same runner on a worker thread, nothing
+   else): the floor any Python server pays on this machine;
+3. throughput and p50 at concurrency 1, 4 and 16, with and without dynamic batching.
 
     python benchmarks/service_latency.py --arch vit_small,vit_tiny --norm dyt --seconds 10 [--latency-only]
 """
@@ -79,30 +81,53 @@ def server_stages(client, name: str) -> dict[str, float]:
                                                            "compute_output")} | {"count": stats["success"]["count"]}
 
 
-def latency_interleaved(runner, client, name: str, array: np.ndarray, calls: int) -> dict:
+def latency_interleaved(runner, client, name: str, array: np.ndarray, calls: int, stages: bool = True) -> dict:
     """In-process and served calls alternated one by one (drift and neighbours hit both alike);
-    medians with bootstrap intervals, and where the served time went by the server's own stages."""
+    medians with bootstrap intervals, and (``stages``: a dyt-serve server) where the served time went
+    by the server's own stages."""
     from dyt_deploy.bench.stats import median_ratio, summarize
 
     local, served = [], []
     feed = {"pixel_values": array}
-    before = server_stages(client, name)
+    before = server_stages(client, name) if stages else None
     for _ in range(calls):
         start = time.perf_counter()
         runner.infer(feed)
         local.append(time.perf_counter() - start)
         served.append(served_call(client, name, array))
-    after = server_stages(client, name)
-    count = after["count"] - before["count"]
-    split = {stage: (after[stage] - before[stage]) / count / 1e6 for stage in after if stage != "count"}
-    mean_served = float(np.mean(served) * 1e3)
-    split["outside_server_ms"] = mean_served - split.pop("success")  # client, HTTP and the event loop's turns
     ratio = median_ratio(served, local)
-    return {"in_process_p50_ms": summarize(local).median_ms, "served_p50_ms": summarize(served).median_ms,
-            "ratio": ratio.ratio, "ratio_low": ratio.low, "ratio_high": ratio.high,
-            "served_p90_ms": float(np.percentile(served, 90) * 1e3), "calls_each": calls,
-            "mean_ms_by_stage": {"served_total": mean_served, **{k.removesuffix("_ms") if k.endswith("_ms") else k: v
-                                                                  for k, v in split.items()}}}
+    result = {"in_process_p50_ms": summarize(local).median_ms, "served_p50_ms": summarize(served).median_ms,
+              "ratio": ratio.ratio, "ratio_low": ratio.low, "ratio_high": ratio.high,
+              "served_p90_ms": float(np.percentile(served, 90) * 1e3), "calls_each": calls}
+    if before is not None:
+        after = server_stages(client, name)
+        count = after["count"] - before["count"]
+        split = {stage: (after[stage] - before[stage]) / count / 1e6 for stage in after if stage != "count"}
+        mean_served = float(np.mean(served) * 1e3)
+        split["outside_server_ms"] = mean_served - split.pop("success")  # client, HTTP and the event loop's turns
+        result["mean_ms_by_stage"] = {"served_total": mean_served, **{k.removesuffix("_ms"): v
+                                                                      for k, v in split.items()}}
+    return result
+
+
+def floor_latency(folder: Path, runner, array: np.ndarray, calls: int) -> dict:
+    """The same interleaved measurement against ``minimal_server.py`` serving ``folder``: the floor."""
+    import tritonclient.http as httpclient
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("minimal_server.py")), str(folder),
+                               str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process=server)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(10):
+            served_call(client, folder.name, array)
+        result = latency_interleaved(runner, client, folder.name, array, calls, stages=False)
+        client.close()
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def load(port: int, name: str, array: np.ndarray, concurrency: int, seconds: float) -> dict:
@@ -161,6 +186,8 @@ def measure(arch: str, norm: str, args: argparse.Namespace) -> dict:
                             runner.infer({"pixel_values": array})
                             served_call(client, name, array)
                         results["latency"] = latency_interleaved(runner, client, name, array, args.calls)
+                        # dyt-serve stays up, idle: its threads do not spin
+                        results["floor"] = floor_latency(repo / name, runner, array, args.calls)
                     client.close()
                 if not args.latency_only:
                     key = "dynamic_batching" if batching else "no_batching"
@@ -179,6 +206,11 @@ def report(results: dict) -> None:
           "interleaved one by one)")
     stages = ", ".join(f"{k} {v:.2f}" for k, v in lat["mean_ms_by_stage"].items())
     print(f"  mean ms by stage: {stages}")
+    if "floor" in results:
+        floor = results["floor"]
+        print(f"  floor (benchmarks/minimal_server.py: uvicorn, the same runner on a worker thread, no checks): "
+              f"in-process p50 {floor['in_process_p50_ms']:.2f} ms, served p50 {floor['served_p50_ms']:.2f} ms, "
+              f"ratio {floor['ratio']:.3f} [{floor['ratio_low']:.3f}, {floor['ratio_high']:.3f}]")
     for key in ("no_batching", "dynamic_batching"):
         for row in results.get(key, []):
             print(f"  {key:16} concurrency {row['concurrency']:3d}: {row['throughput_per_s']:8.2f} req/s, "
