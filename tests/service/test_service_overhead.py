@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from service_testlib import images, json_request
@@ -158,3 +159,28 @@ def test_worker_thread_runs_calls_in_order_on_one_thread() -> None:
     worker.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         worker.submit(record, 23)
+
+
+def test_the_benchmark_floor_server_answers_what_the_runner_does(repository: Path) -> None:
+    """``make bench-service``'s floor (benchmarks/minimal_server.py) computes the same answer as the
+    runner dyt-serve makes, through tritonclient: it is a floor of the same work, not of less."""
+    import importlib.util
+
+    import tritonclient.http as httpclient
+
+    from dyt_deploy.runners import runner_for_folder
+    from service.background import serve_in_thread
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "minimal_server.py"
+    spec = importlib.util.spec_from_file_location("minimal_server", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    array = images(1)
+    with serve_in_thread(module.make_app(repository / "vit-dyt")) as running:
+        client = httpclient.InferenceServerClient(running.address)
+        tensor = httpclient.InferInput("pixel_values", list(array.shape), "FP32")
+        tensor.set_data_from_numpy(array, binary_data=True)
+        served = client.infer("vit-dyt", [tensor]).as_numpy("logits")
+        client.close()
+    with runner_for_folder(repository / "vit-dyt") as runner:
+        np.testing.assert_array_equal(served, runner.infer({"pixel_values": array})["logits"])
