@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from chromium_testlib import CHROMEDRIVER, CHROMIUM
+from chromium_testlib import headless_chromium, needs_chromium
 from prometheus_client.parser import text_string_to_metric_families
 from service_testlib import API_KEY, BackgroundServer, images, json_request, serve_in_thread
 
@@ -456,12 +456,10 @@ def test_a_controlled_comparison_times_the_decoders_prefill(gen: httpx.Client) -
     assert report["ratios"][0]["model"] == "llm-dyt" and report["baseline"] == "llm-rmsnorm"
 
 
+@needs_chromium
 def test_the_dashboard_shows_generation_beside_the_live_view(gen_server: BackgroundServer, gen: httpx.Client,
                                                              tmp_path: Path) -> None:
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
-    from chromium_testlib import headless_chromium
     from selenium.webdriver.support.ui import WebDriverWait
 
     for name in ("llm-dyt", "llm-rmsnorm"):
