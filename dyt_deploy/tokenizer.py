@@ -31,7 +31,11 @@ class ByteTokenizer:
     vocab_size = 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        try:
+            return list(text.encode("utf-8"))
+        except UnicodeEncodeError as err:
+            raise DytDeployError(f"the text is not valid Unicode: {err.reason} at character {err.start} "
+                                 f"({text[err.start:err.end]!r}); pass text UTF-8 can carry") from None
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")

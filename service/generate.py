@@ -91,6 +91,10 @@ def parse_generate_request(body: bytes) -> GenerateRequest:
     """The body as a :class:`GenerateRequest`; every problem at once in one 400 (an unknown field
     names the known ones)."""
     raw = parse_json_header(body)
+    for field, text in _texts(raw):
+        if not is_unicode(text):
+            raise BadRequest(f"invalid generate request: {field} is not valid Unicode text (it holds a lone "
+                             "surrogate, such as \\ud800, that no UTF-8 can carry); send text")
     try:
         request = GenerateRequest.model_validate(raw)
     except ValidationError as err:
@@ -99,6 +103,25 @@ def parse_generate_request(body: bytes) -> GenerateRequest:
         raise BadRequest(f"invalid generate request: parameters.stop: {len(request.parameters.stop_sequences)} "
                          f"stop sequences, at most {MAX_STOP_SEQUENCES}")
     return request
+
+
+def _texts(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request's strings by field (id, text_input, each stop sequence), whatever else is wrong."""
+    parameters = raw.get("parameters")
+    stop = parameters.get("stop") if isinstance(parameters, dict) else None
+    stops = [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else []
+    found = [("id", raw.get("id")), ("text_input", raw.get("text_input")), *(("parameters.stop", s) for s in stops)]
+    return [(field, text) for field, text in found if isinstance(text, str)]
+
+
+def is_unicode(text: str) -> bool:
+    """Whether ``text`` is Unicode text UTF-8 can carry (JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which it cannot: a tokenizer, or the answer, would fail on them)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _merged(err: ValidationError) -> list[dict[str, Any]]:

@@ -163,3 +163,8 @@ def test_a_stream_advanced_from_other_threads_and_dropped_leaves_nothing_behind(
     del stream  # dropped mid-way
     assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
     assert [t.id for t in first] == generator.generate([5, 17, 42], settings).tokens[0][:3]
+
+
+def test_text_that_is_not_unicode_is_refused_by_the_byte_tokenizer() -> None:
+    with pytest.raises(DytDeployError, match=r"not valid Unicode: surrogates not allowed at character 1"):
+        ByteTokenizer().encode("a\ud800b")

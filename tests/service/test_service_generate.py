@@ -227,6 +227,22 @@ def test_bad_prompts_and_limits_are_400s(gen: httpx.Client, body: dict, status: 
         assert answer.status_code == status and message in answer.json()["error"], answer.text
 
 
+@pytest.mark.parametrize(("body", "field"), [({"text_input": "a\ud800b"}, "text_input"),
+                                             ({"text_input": "a", "parameters": {"stop": ["x", "\udfff"]}},
+                                              "parameters.stop"),
+                                             ({"id": "\ud83d", "text_input": "a"}, "id")])
+def test_text_that_is_not_unicode_is_a_400_and_the_connection_lives_on(gen: httpx.Client, body: dict,
+                                                                       field: str) -> None:
+    """JSON may escape a lone surrogate (\\ud800), which no UTF-8 carries: refused, not a 500."""
+    for route in ("generate", "generate_stream"):
+        answer = gen.post(f"/v2/models/llm-dyt/{route}", content=json.dumps(body).encode(),
+                          headers={"content-type": "application/json"})
+        assert answer.status_code == 400, answer.text
+        assert f"{field} is not valid Unicode text" in answer.json()["error"]
+        assert gen.post(f"/v2/models/llm-dyt/{route}", json={"text_input": "a", "parameters": {"max_tokens": 2}}
+                        ).status_code == 200  # same client, same connection
+
+
 def test_a_model_that_does_not_generate_and_unknown_models_are_refused(gen: httpx.Client) -> None:
     for route in ("generate", "generate_stream"):
         answer = gen.post(f"/v2/models/vit-dyt/{route}", json={"text_input": PROMPT})
