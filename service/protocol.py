@@ -349,7 +349,11 @@ def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str
 def _json_bytes(values: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     if not all(isinstance(v, str) for v in values.flat):
         raise BadRequest(f"input {name!r}: BYTES data must be strings")
-    return np.array([v.encode() for v in values.flat], dtype=object).reshape(shape)
+    try:
+        return np.array([v.encode() for v in values.flat], dtype=object).reshape(shape)
+    except UnicodeEncodeError:  # JSON may escape a lone surrogate (\ud800), which no UTF-8 carries
+        raise BadRequest(f"input {name!r}: BYTES data holds text that is not valid Unicode (a lone surrogate); "
+                         "send binary BYTES data for arbitrary bytes") from None
 
 
 def _check_json_kind(values: np.ndarray, datatype: str, name: str) -> None:

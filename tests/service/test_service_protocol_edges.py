@@ -233,6 +233,13 @@ def test_json_bytes_must_be_strings(data: list) -> None:
         "input 'text': BYTES data must be strings")
 
 
+def test_json_bytes_that_are_not_unicode_are_a_400() -> None:
+    """JSON may escape a lone surrogate, which no UTF-8 carries: refused, not a 500."""
+    assert refused(request_json(tensor("text", "BYTES", [2], ["fine", "a\ud800"])), TEXT) == (
+        "input 'text': BYTES data holds text that is not valid Unicode (a lone surrogate); send binary BYTES "
+        "data for arbitrary bytes")
+
+
 def test_nested_json_bytes_keep_their_shape() -> None:
     signature = Signature((TensorSignature("text", "BYTES", ("batch", 2)),), TEXT.outputs)
     request = decode(request_json(tensor("text", "BYTES", [1, 2], [["a", "b"]])), signature)
