@@ -14,6 +14,10 @@ routes).
   with that one model loaded in its constructor (a model that fails to load fails the replica,
   which Serve reports and retries); the request runs through it unchanged, so JSON, binary tensors,
   errors and limits behave as in ``dyt-serve``. ``check_health`` fails when the model is not ready.
+  A ``/generate_stream`` runs through the app directly (:class:`AppCall`) and comes back to the
+  router as it is produced (a streaming deployment call); the router passes each event on, and
+  when its client leaves, the call is cancelled, the app sees its client gone and the generation
+  stops after the step under way.
 * ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`. Every answer of a
   model replica carries that replica's cumulative statistics (versioned) and new latency samples;
   the router publishes them once the answer has reached it, before passing it on, so
@@ -27,13 +31,15 @@ Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -42,6 +48,7 @@ from dyt_deploy.errors import DytDeployError, MissingBackendError
 
 from . import compare
 from .auth import key_problem
+from .generate import sse
 from .metrics import MODEL_LABELS
 from .registry import model_folders
 from .routes_extra import dashboard_page, security_headers
@@ -54,11 +61,16 @@ try:  # optional: the ray extra
 except ImportError:  # pragma: no cover - exercised where ray is missing
     serve = None
 
+log = logging.getLogger("dyt_deploy.service")
+
 READY_TIMEOUT_S = 5.0
 ROUTER_ONGOING = 1024
 PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
 RETRY_AFTER_S = "1"
 HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+STREAMED_ROUTES = ("/generate_stream",)  # answered as they are produced (server-sent events)
+EVENT_STREAM = "text/event-stream"
+LEAVE_GRACE_S = 5.0  # how long an app may take to end a call whose client left before it is cancelled
 api = FastAPI(title="dyt-deploy inference service on Ray Serve", version=dyt_deploy.__version__)
 
 
@@ -89,6 +101,70 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class AppCall:
+    """One HTTP request run through an ASGI app directly, its answer coming out as the app sends it.
+
+    httpx's ASGITransport hands back an answer only once the app has finished it, and its
+    ``receive`` never reports a disconnect before then: fine for whole answers, not for a stream.
+    Here :meth:`answer` yields ``("head", status, headers)`` and then ``("body", chunk)`` as the app
+    sends them; :meth:`leave` is the client going away: the app's ``receive`` then answers
+    ``http.disconnect`` (what uvicorn says when a connection drops), so a streaming response ends
+    as it does under dyt-serve; an app still running ``LEAVE_GRACE_S`` later is cancelled.
+    """
+
+    def __init__(self, app: Any, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        path, _, query = path.partition("?")
+        self.scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                      "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": query.encode(),
+                      "root_path": "", "client": ("127.0.0.1", 0), "server": ("replica", 80),
+                      "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
+        self.body: bytes | None = body
+        self.sent: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.gone = asyncio.Event()
+        self.task = asyncio.create_task(self.run(app))
+
+    async def run(self, app: Any) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        finally:
+            self.sent.put_nowait(None)
+
+    async def receive(self) -> dict[str, Any]:
+        if self.body is not None:
+            body, self.body = self.body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.gone.is_set():
+            self.sent.put_nowait(message)
+
+    async def answer(self) -> AsyncIterator[tuple]:
+        """The answer's head, then each body chunk, as the app sends them; raises what the app
+        raised if the answer did not begin."""
+        began = False
+        while (message := await self.sent.get()) is not None:
+            if message["type"] == "http.response.start":
+                began = True
+                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
+                yield "head", message["status"], [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
+            elif message["type"] == "http.response.body" and message.get("body"):
+                yield "body", bytes(message["body"])
+        await asyncio.wait([self.task])  # it has ended: its outcome
+        failure = None if self.task.cancelled() else self.task.exception()
+        if not began:
+            raise failure or RuntimeError("the app ended without an answer")
+        if failure is not None:  # after its answer began (Starlette sent a 500 and re-raised, say)
+            log.warning("request %s %s failed in its answer: %r", self.scope["method"], self.scope["path"], failure)
+
+    def leave(self) -> None:
+        """The client went away (see the class docstring)."""
+        if not self.task.done():
+            self.gone.set()
+            asyncio.get_running_loop().call_later(LEAVE_GRACE_S, self.task.cancel)
+
+
 class ModelReplica:
     """One model's replica: the dyt-serve app with only ``model`` loaded, called in process."""
 
@@ -112,13 +188,31 @@ class ModelReplica:
                       body: bytes) -> tuple[int, list[tuple[str, str]], bytes, tuple | None]:
         """One HTTP request through the replica's app; its status, headers and body, and the
         replica's statistics for the router to publish (see :meth:`statistics`)."""
-        if not self.started:  # batchers need the replica's running event loop
-            self.app.state.service.registry.start()
-            self.started = True
+        self.start()
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
         answer = await self.client.request(method, path, headers=sent, content=body)
         kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in HOP_HEADERS]
         return answer.status_code, kept, answer.content, self.statistics()
+
+    async def stream(self, method: str, path: str, headers: list[tuple[str, str]],
+                     body: bytes) -> AsyncIterator[tuple]:
+        """One HTTP request through the replica's app, its answer as it is produced (a streaming
+        call: ``handle.options(stream=True)``): ``("head", status, headers)``, ``("body", chunk)``
+        per chunk, then ``("end", statistics)``. When the call is cancelled (the router's client
+        left), the app sees its client gone (:meth:`AppCall.leave`)."""
+        self.start()
+        call = AppCall(self.app, method, path, [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS], body)
+        try:
+            async for item in call.answer():
+                yield item
+            yield "end", self.statistics()
+        finally:
+            call.leave()
+
+    def start(self) -> None:
+        if not self.started:  # batchers need the replica's running event loop
+            self.app.state.service.registry.start()
+            self.started = True
 
     def statistics(self) -> tuple | None:
         """``(model, replica, version, cumulative entry, new samples)`` for StatsCollector.publish,
@@ -312,6 +406,8 @@ class Router:
             return error(404, f"unknown model {name!r}; known: {', '.join(self.models) or '(none)'}")
         if rest == "/stats" or (rest.startswith("/versions/") and rest.endswith("/stats")):
             return JSONResponse({"model_stats": await self.merged_stats([name])})
+        if rest.endswith(STREAMED_ROUTES):
+            return await self.streamed(name, request)
         try:
             status, headers, body, statistics = await self.models[name].forward.remote(
                 request.method, request.url.path, request.headers.items(), await request.body())
@@ -321,6 +417,52 @@ class Router:
         if statistics is not None:  # the answer is here: now it counts
             await self.stats.publish.remote(*statistics)
         return Response(body, status_code=status, headers=dict(headers))
+
+    async def streamed(self, name: str, request: Request) -> Response:
+        """A request whose answer may be a stream (:data:`STREAMED_ROUTES`): its replica's answer as
+        the replica produces it (:meth:`ModelReplica.stream`). An event stream is passed on event by
+        event (:meth:`relay`); any other answer (a 400, a 503) is returned whole."""
+        call = self.models[name].options(stream=True).stream.remote(
+            request.method, request.url.path, request.headers.items(), await request.body())
+        try:
+            _, status, headers = await call.__anext__()
+        except Exception as err:  # the replica died or none is running: the client may retry
+            call.cancel()
+            return error(503, f"model {name!r} has no replica to answer ({type(err).__name__}); retry",
+                         {"Retry-After": RETRY_AFTER_S})
+        if dict((k.lower(), v) for k, v in headers).get("content-type", "").startswith(EVENT_STREAM):
+            return StreamingResponse(self.relay(name, call), status_code=status, headers=dict(headers))
+        chunks = []
+        try:
+            async for kind, value in call:
+                if kind == "body":
+                    chunks.append(value)
+                elif value is not None:
+                    await self.stats.publish.remote(*value)
+        except Exception as err:
+            return error(503, f"model {name!r} lost its replica while answering ({type(err).__name__}); retry",
+                         {"Retry-After": RETRY_AFTER_S})
+        return Response(b"".join(chunks), status_code=status, headers=dict(headers))
+
+    async def relay(self, name: str, call: Any) -> AsyncIterator[bytes]:
+        """An event stream's chunks as they arrive; the replica's statistics published at its end;
+        the replica's call cancelled when this ends first (the client left: Starlette cancels the
+        response), so that the replica's app sees its client gone."""
+        ended = False
+        try:
+            async for kind, value in call:
+                if kind == "body":
+                    yield value
+                else:
+                    ended = True
+                    if value is not None:
+                        await self.stats.publish.remote(*value)
+        except Exception as err:  # the replica died mid-stream: the status is sent, say it in an event
+            log.warning("stream of model %s lost its replica: %s: %s", name, type(err).__name__, err)
+            yield sse({"error": f"model {name!r} lost its replica while streaming ({type(err).__name__})"})
+        finally:
+            if not ended:
+                call.cancel()
 
     @api.get("/metrics")
     async def metrics(self) -> Response:

@@ -1,0 +1,155 @@
+"""Generation on Ray Serve (service.ray_app): a tiny llama decoder exported with --task text-generation,
+one replica whose decoder steps are slowed (so that a stream takes a measurable time), behind the
+router and Serve's HTTP proxy on a local Ray instance of 2 CPUs.
+
+A /generate_stream arrives event by event as the replica generates, adds up to /generate's text, and
+a client that drops it stops the generation on the replica within a few steps (the replica's
+generation statistics count it as cancelled). Skipped, with the reason, where Ray is not installed
+or cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.settings import Settings
+
+ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyt-deploy[ray]')")
+serve = pytest.importorskip("ray.serve")
+
+from service import ray_app  # noqa: E402  (after the skip: the module imports without Ray, the test needs it)
+
+APP = "dyt-generate"
+MODEL = "llm-dyt"
+TINY = {"dim": 32, "depth": 1, "heads": 2, "ffn_dim": 64, "vocab_size": 256, "max_seq_len": 64}
+PROMPT = "DyT is"
+STEP_S = 0.05  # each decoder step on the replica: 30 tokens take at least 1.5 s
+TOKENS = 30
+
+
+class SlowDecoder:
+    """A decoder that sleeps before each step."""
+
+    def __init__(self, decoder: Any, seconds: float) -> None:
+        self.decoder, self.seconds = decoder, seconds
+        self.vocab_size, self.max_length = decoder.vocab_size, decoder.max_length
+
+    def __call__(self, *args: Any) -> Any:
+        time.sleep(self.seconds)
+        return self.decoder(*args)
+
+
+class SlowReplica(ray_app.ModelReplica):
+    """The model replica with every decoder step slowed by ``STEP_S``, and its generation statistics
+    for the test to read (the router does not collect them)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        generator = self.model.generator
+        new_decoder = generator.new_decoder
+        generator.new_decoder = lambda: SlowDecoder(new_decoder(), STEP_S)
+
+    def generation(self) -> dict[str, Any]:
+        return self.model.generation_stats.summary()
+
+
+@pytest.fixture(scope="module")
+def textgen_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """repo/llm-dyt: a depth-1 llama decoder (64 positions, byte vocabulary), task text-generation."""
+    from dyt_deploy.checkpoint import save_checkpoint
+    from dyt_deploy.export import export_onnx
+    from dyt_deploy.models import create_model
+
+    root = tmp_path_factory.mktemp("ray-textgen")
+    save_checkpoint(create_model("llama_tiny", norm="dyt", seed=0, **TINY), root / "dyt.pt")
+    export_onnx(root / "dyt.pt", repository=root / "repo", name=MODEL, family="llama_gen",
+                task="text-generation", verify=False)
+    return root / "repo"
+
+
+@pytest.fixture(scope="module")
+def deployed(textgen_repository: Path) -> Iterator[str]:
+    """A local Ray instance (2 CPUs), Serve's proxy on a free loopback port, and the decoder on one
+    slowed replica behind the router; yields the proxy's ``host:port`` once it is ready."""
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
+    except Exception as err:  # pragma: no cover - depends on the host
+        pytest.skip(f"Ray could not start here: {type(err).__name__}: {err}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowReplica travels by value
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ray_app, "ModelReplica", SlowReplica)
+            app = ray_app.build_app(textgen_repository, Settings(threads=1, warmup_runs=1), num_replicas=1,
+                                    num_cpus=0.25, router_cpus=0.1)
+        serve.run(app, name=APP, route_prefix="/")
+        deadline = time.monotonic() + 120
+        while httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the Serve application did not become ready"
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def generation(address: str) -> dict[str, Any]:
+    """The replica's generation statistics (there is one replica)."""
+    return serve.get_deployment_handle(f"model-{MODEL}", app_name=APP).generation.remote().result()
+
+
+def body(max_tokens: int) -> dict[str, Any]:
+    return {"text_input": PROMPT, "parameters": {"max_tokens": max_tokens}}
+
+
+def test_a_stream_arrives_event_by_event_and_adds_up_to_generate(deployed: str) -> None:
+    url = f"http://{deployed}/v2/models/{MODEL}"
+    whole = httpx.post(f"{url}/generate", json=body(TOKENS), timeout=60)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["finish_reason"] == "length" and whole.json()["output_tokens"] == TOKENS
+    arrivals, events = [], []
+    with httpx.stream("POST", f"{url}/generate_stream", json=body(TOKENS), timeout=60) as answer:
+        assert answer.status_code == 200, answer.read()
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert answer.headers["cache-control"] == "no-cache"
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic())
+                events.append(json.loads(line[len("data: "):]))
+    assert len(events) == TOKENS + 1 and [e.get("index") for e in events[:-1]] == list(range(TOKENS))
+    assert events[-1]["finish_reason"] == "length" and events[-1]["output_tokens"] == TOKENS
+    assert "".join(e["text_output"] for e in events) == whole.json()["text_output"]
+    # the first token came while the other 29 steps (at least 1.45 s) were still to run
+    assert arrivals[-1] - arrivals[0] > 0.6 * (TOKENS - 1) * STEP_S, arrivals
+    refused = httpx.post(f"{url}/generate_stream", json=body(10**6), timeout=60)
+    assert refused.status_code == 400 and "max_tokens" in refused.json()["error"]
+    live = httpx.get(f"http://{deployed}/api/live", timeout=30).json()
+    (family,) = live["families"]
+    assert family["variants"][0]["generation"] is None  # generation statistics stay on the replica
+    assert httpx.get(f"{url}/stats", timeout=30).status_code == 200
+
+
+def test_a_dropped_stream_stops_the_generation_on_its_replica(deployed: str) -> None:
+    before = generation(deployed)
+    with httpx.stream("POST", f"http://{deployed}/v2/models/{MODEL}/generate_stream", json=body(50),
+                      timeout=60) as answer:
+        first = next(line for line in answer.iter_lines() if line.startswith("data: "))
+        assert json.loads(first[len("data: "):])["index"] == 0
+    deadline = time.monotonic() + 30
+    while (after := generation(deployed))["cancelled"] != before["cancelled"] + 1:
+        assert time.monotonic() < deadline, f"the generation was not cancelled: {after}"
+        time.sleep(0.1)
+    assert after["running"] == 0 and after["requests"] == before["requests"] + 1
+    assert after["output_tokens"] - before["output_tokens"] < 25  # of 50: it stopped within a few steps
