@@ -71,9 +71,9 @@ def live_family(models: list[ServedModel]) -> dict[str, Any]:
 
 def generation_of(model: Any) -> tuple[dict[str, Any] | None, tuple[list[float], list[float]] | None]:
     """A model's generation summary and its (time to first token, inter-token) samples; (None,
-    None) for a model that does not generate."""
+    None) for a model that does not generate. With ``--workers N``: of every worker."""
     stats = getattr(model, "generation_stats", None)
-    return (None, None) if stats is None else (stats.summary(), stats.samples())
+    return (None, None) if stats is None else stats.report()
 
 
 def generation_ratios(variant: tuple[list[float], list[float]] | None,

@@ -6,18 +6,27 @@ timings for live percentiles.
 * inter-token latency: between consecutive tokens of a generation, per token;
 * tokens/s: a generation's output tokens over the seconds from its start to its last token.
 
-Per process: with ``dyt-serve --workers N`` each worker keeps its own (the Triton statistics of
-/infer are shared through SQLite, these are not); Prometheus's generation metrics add up every worker.
+One process keeps them in memory. With ``dyt-serve --workers N`` every worker also publishes them
+to the store the Triton statistics of /infer go to (:meth:`GenerationStats.share`, a SQLite file):
+its cumulative entry when a generation starts and, with that generation's samples, when it ends (one
+small transaction each, none per token); :meth:`GenerationStats.summary` then adds up every
+worker's counts and takes the percentiles over the newest samples of all. ``running`` counts only
+workers still alive (a worker that died mid-generation counts none; the requests it finished still
+count). Prometheus's generation metrics add up every worker on their own.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .stats import GenerationSample, StatsStore
 
 FINISH_REASONS = ("stop", "length", "cancelled")
 
@@ -47,6 +56,15 @@ def quantiles(values: list[float], scale: float = 1.0) -> dict[str, float] | Non
     return {"p50": float(p50), "p90": float(p90), "mean": float(array.mean())}
 
 
+@dataclass
+class SharedGeneration:
+    """A GenerationStats's link to its store: the model's name there and this process's source."""
+
+    store: StatsStore
+    model: str
+    source: str
+
+
 class GenerationStats:
     """Thread-safe generation statistics of one model; ``window``: recent generations (and tokens)
     kept for the percentiles."""
@@ -62,40 +80,121 @@ class GenerationStats:
         self.first_token_s: deque[float] = deque(maxlen=window)
         self.gaps_s: deque[float] = deque(maxlen=window)
         self.tokens_per_s: deque[float] = deque(maxlen=window)
+        self.version = 0  # bumped by every change: a publish with a higher version supersedes
+        self.sequence = 0  # the last sample's sequence number
+        self.shared: SharedGeneration | None = None
+
+    def share(self, store: StatsStore, model: str, source: str) -> None:
+        """From now on publish to ``store`` (as ``source``, e.g. the process id) when a generation
+        starts and ends, and answer :meth:`summary` and :meth:`samples` for every source."""
+        self.shared = SharedGeneration(store, model, source)
 
     def started(self) -> None:
         with self._lock:
             self.running += 1
+            self.version += 1
+            shared, version = self.shared, self.version
+            entry = self._entry() if shared is not None else None
+        if shared is not None:  # running changed: the entry alone
+            shared.store.publish_generation(shared.model, shared.source, version, entry, [])
 
     def record(self, record: GenerationRecord, failed: bool = False) -> None:
-        """A generation ended: counted by its finish reason (or as failed), its timings kept."""
+        """A generation ended: counted by its finish reason (or as failed), its timings kept (and,
+        when shared, published with the new entry in one transaction)."""
         with self._lock:
-            self.running -= 1
-            if failed:
-                self.failed += 1
-            else:
-                self.finished[record.finish_reason] += 1
-            self.prompt_tokens += record.prompt_tokens
-            self.output_tokens += record.output_tokens
-            if record.time_to_first_token_s is not None:
-                self.first_token_s.append(record.time_to_first_token_s)
-            self.gaps_s.extend(record.gaps_s)
-            if record.output_tokens > 1:
-                self.tokens_per_s.append(record.tokens_per_s)
+            self._add(record, failed)
+            self.version += 1
+            shared, version = self.shared, self.version
+            if shared is not None:
+                entry, samples = self._entry(), self._samples_of(record)
+        if shared is not None:
+            shared.store.publish_generation(shared.model, shared.source, version, entry, samples)
+
+    def _add(self, record: GenerationRecord, failed: bool) -> None:
+        self.running -= 1
+        if failed:
+            self.failed += 1
+        else:
+            self.finished[record.finish_reason] += 1
+        self.prompt_tokens += record.prompt_tokens
+        self.output_tokens += record.output_tokens
+        if record.time_to_first_token_s is not None:
+            self.first_token_s.append(record.time_to_first_token_s)
+        self.gaps_s.extend(record.gaps_s)
+        if record.output_tokens > 1:
+            self.tokens_per_s.append(record.tokens_per_s)
+
+    def _samples_of(self, record: GenerationRecord) -> list[GenerationSample]:
+        """What a generation adds to the shared window, numbered on from the last sample."""
+        values = [("gap", gap) for gap in record.gaps_s]
+        if record.time_to_first_token_s is not None:
+            values.append(("first_token", record.time_to_first_token_s))
+        if record.output_tokens > 1:
+            values.append(("tokens_per_s", record.tokens_per_s))
+        now = time.time()
+        first = self.sequence + 1
+        self.sequence += len(values)
+        return [(first + i, kind, now, value) for i, (kind, value) in enumerate(values)]
+
+    def _entry(self) -> dict[str, Any]:
+        """This process's cumulative counts, as published (with its process id)."""
+        return {"finished": {reason: self.finished[reason] for reason in FINISH_REASONS}, "failed": self.failed,
+                "running": self.running, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
+                "pid": os.getpid()}
+
+    def _windows(self) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """The counts (every live source's running) and the window's values by kind, of every
+        source when shared."""
+        if self.shared is not None:
+            entries = self.shared.store.generation_entries(self.shared.model)
+            return merge_generation_entries(entries), self.shared.store.generation_window(self.shared.model,
+                                                                                          self.window)
+        with self._lock:
+            return self._entry(), {"first_token": list(self.first_token_s), "gap": list(self.gaps_s),
+                                   "tokens_per_s": list(self.tokens_per_s)}
 
     def samples(self) -> tuple[list[float], list[float]]:
-        """The window's times to first token and inter-token gaps, in seconds."""
-        with self._lock:
-            return list(self.first_token_s), list(self.gaps_s)
+        """The window's times to first token and inter-token gaps, in seconds (of every process when
+        shared)."""
+        return self.report()[1]
 
     def summary(self) -> dict[str, Any]:
         """Counts, tokens, and p50/p90/mean of the window's time to first token (ms), inter-token
-        latency (ms) and tokens/s; what /api/live and the dashboard show."""
-        with self._lock:
-            first, gaps, rates = list(self.first_token_s), list(self.gaps_s), list(self.tokens_per_s)
-            counts = {reason: self.finished[reason] for reason in FINISH_REASONS}
-            return {"requests": sum(self.finished.values()) + self.failed, "running": self.running,
-                    "failed": self.failed, "cancelled": counts["cancelled"], "finish_reasons": counts,
-                    "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
-                    "time_to_first_token_ms": quantiles(first, 1e3), "inter_token_ms": quantiles(gaps, 1e3),
-                    "tokens_per_s": quantiles(rates), "window": self.window}
+        latency (ms) and tokens/s; what /api/live and the dashboard show (every process's counts
+        added up and the newest samples of all when shared)."""
+        return self.report()[0]
+
+    def report(self) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
+        """:meth:`summary` and :meth:`samples` from one read of the store."""
+        counts, values = self._windows()
+        finished = counts["finished"]
+        first, gaps = values["first_token"], values["gap"]
+        summary = {"requests": sum(finished.values()) + counts["failed"], "running": counts["running"],
+                   "failed": counts["failed"], "cancelled": finished["cancelled"], "finish_reasons": finished,
+                   "prompt_tokens": counts["prompt_tokens"], "output_tokens": counts["output_tokens"],
+                   "time_to_first_token_ms": quantiles(first, 1e3), "inter_token_ms": quantiles(gaps, 1e3),
+                   "tokens_per_s": quantiles(values["tokens_per_s"]), "window": self.window}
+        return summary, (first, gaps)
+
+
+def merge_generation_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One entry that adds up ``entries`` (one per process): finish reasons, failures and tokens of
+    every process; ``running`` of the processes still alive only."""
+    finished = {reason: sum(e["finished"].get(reason, 0) for e in entries) for reason in FINISH_REASONS}
+    return {"finished": finished, "failed": sum(e["failed"] for e in entries),
+            "running": sum(e["running"] for e in entries if process_alive(e.get("pid"))),
+            "prompt_tokens": sum(e["prompt_tokens"] for e in entries),
+            "output_tokens": sum(e["output_tokens"] for e in entries)}
+
+
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` of this host still runs (True when unknown: no pid, or not POSIX)."""
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

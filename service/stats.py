@@ -11,7 +11,10 @@ Several processes serving the same models (``dyt-serve --workers N``, Ray Serve 
 through a :class:`StatsStore`: each process publishes its cumulative entry (versioned, so a late or
 repeated publish never counts twice) and its new window samples; readers merge every process's
 entry (:func:`merge_entries`) and the newest samples of all. :class:`SqliteStatsStore` is the store
-of worker processes on one host; Ray Serve keeps a :class:`MemoryStatsStore` in a deployment.
+of worker processes on one host; Ray Serve keeps a :class:`MemoryStatsStore` in a deployment. The
+generate routes' statistics (:mod:`service.generation_stats`) go to the same store the same way:
+a versioned cumulative entry per process and recent samples by kind (time to first token, inter-token
+gap, tokens/s).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from typing import Any, Protocol
 STATS_DIR_ENV = "DYT_SERVE_STATS_DIR"
 STATS_FILE = "dyt-stats.sqlite"
 Sample = tuple[int, float, float, float]  # (sequence number, wall time, compute s, end-to-end s)
+GenerationSample = tuple[int, str, float, float]  # (sequence number, kind, wall time, value)
+GENERATION_KINDS = ("first_token", "gap", "tokens_per_s")
 
 
 @dataclass
@@ -199,6 +204,18 @@ class StatsStore(Protocol):
     def window(self, model: str, size: int) -> list[Sample]:
         """The ``size`` newest samples of ``model`` over every source, oldest first."""
 
+    def publish_generation(self, model: str, source: str, version: int, entry: dict,
+                           samples: list[GenerationSample]) -> None:
+        """The same for ``model``'s generation statistics: ``source``'s cumulative entry (kept
+        unless an entry of a newer version is held) and its new samples."""
+
+    def generation_entries(self, model: str) -> list[dict]:
+        """The latest generation entry of every source of ``model``."""
+
+    def generation_window(self, model: str, size: int) -> dict[str, list[float]]:
+        """Per kind of :data:`GENERATION_KINDS`, the values of the ``size`` newest generation samples
+        of ``model`` over every source, oldest first."""
+
 
 @dataclass
 class SharedView:
@@ -223,6 +240,8 @@ class MemoryStatsStore:
         self.size = window
         self._entries: dict[str, dict[str, tuple[int, dict]]] = {}
         self._samples: dict[str, dict[tuple[str, int], Sample]] = {}
+        self._generation_entries: dict[str, dict[str, tuple[int, dict]]] = {}
+        self._generation_samples: dict[str, dict[tuple[str, int], GenerationSample]] = {}
 
     def publish(self, model: str, source: str, version: int, entry: dict, samples: list[Sample]) -> None:
         held = self._entries.setdefault(model, {})
@@ -244,6 +263,31 @@ class MemoryStatsStore:
     def window(self, model: str, size: int) -> list[Sample]:
         return sorted(self._samples.get(model, {}).values(), key=lambda s: s[1])[-size:]
 
+    def publish_generation(self, model: str, source: str, version: int, entry: dict,
+                           samples: list[GenerationSample]) -> None:
+        held = self._generation_entries.setdefault(model, {})
+        if version > held.get(source, (-1, {}))[0]:
+            held[source] = (version, entry)
+        kept = self._generation_samples.setdefault(model, {})
+        kept.update({(source, s[0]): tuple(s) for s in samples})  # type: ignore[misc]
+        if len(kept) > 2 * len(GENERATION_KINDS) * self.size:
+            newest = [pair for pairs in self._by_kind(kept.items()).values() for pair in pairs]
+            self._generation_samples[model] = {(held_by, s[0]): s for held_by, s in newest}
+
+    def _by_kind(self, items: Any) -> dict[str, list[tuple[str, GenerationSample]]]:
+        """``((source, seq), sample)`` items by kind: each kind's ``size`` newest, oldest first."""
+        kinds: dict[str, list[tuple[str, GenerationSample]]] = {kind: [] for kind in GENERATION_KINDS}
+        for (source, _), sample in items:
+            kinds.setdefault(sample[1], []).append((source, sample))
+        return {kind: sorted(values, key=lambda v: (v[1][2], v[1][0]))[-self.size:] for kind, values in kinds.items()}
+
+    def generation_entries(self, model: str) -> list[dict]:
+        return [entry for _, entry in self._generation_entries.get(model, {}).values()]
+
+    def generation_window(self, model: str, size: int) -> dict[str, list[float]]:
+        kinds = self._by_kind(self._generation_samples.get(model, {}).items())
+        return {kind: [s[3] for _, s in values[-size:]] for kind, values in kinds.items()}
+
 
 class SqliteStatsStore:
     """A store in one SQLite file that the worker processes of one host share (WAL mode: readers
@@ -252,7 +296,12 @@ class SqliteStatsStore:
     SCHEMA = ("CREATE TABLE IF NOT EXISTS entries (model TEXT, source TEXT, version INTEGER, entry TEXT, "
               "PRIMARY KEY (model, source))",
               "CREATE TABLE IF NOT EXISTS samples (model TEXT, source TEXT, seq INTEGER, at REAL, "
-              "infer REAL, total REAL, PRIMARY KEY (model, source, seq))")
+              "infer REAL, total REAL, PRIMARY KEY (model, source, seq))",
+              "CREATE TABLE IF NOT EXISTS generation_entries (model TEXT, source TEXT, version INTEGER, "
+              "entry TEXT, PRIMARY KEY (model, source))",
+              "CREATE TABLE IF NOT EXISTS generation_samples (model TEXT, source TEXT, seq INTEGER, kind TEXT, "
+              "at REAL, value REAL, PRIMARY KEY (model, source, seq))",
+              "CREATE INDEX IF NOT EXISTS generation_recent ON generation_samples (model, kind, at)")
 
     def __init__(self, path: str | Path, window: int = 2048) -> None:
         self.path, self.size = Path(path), window
@@ -263,6 +312,7 @@ class SqliteStatsStore:
         for statement in self.SCHEMA:
             self._db.execute(statement)
         self._writes = 0
+        self._generation_rows: dict[str, int] = {}  # samples written per model since its last pruning
 
     def publish(self, model: str, source: str, version: int, entry: dict, samples: list[Sample]) -> None:
         with self._lock:
@@ -289,6 +339,41 @@ class SqliteStatsStore:
                                     "ORDER BY at DESC LIMIT ?", (model, size)).fetchall()
         return [tuple(row) for row in reversed(rows)]  # type: ignore[misc]
 
+    def publish_generation(self, model: str, source: str, version: int, entry: dict,
+                           samples: list[GenerationSample]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("INSERT INTO generation_entries VALUES (?, ?, ?, ?) ON CONFLICT (model, source) "
+                             "DO UPDATE SET version = excluded.version, entry = excluded.entry "
+                             "WHERE excluded.version > version", (model, source, version, json.dumps(entry)))
+            self._db.executemany("INSERT OR IGNORE INTO generation_samples VALUES (?, ?, ?, ?, ?, ?)",
+                                 [(model, source, *s) for s in samples])
+            rows = self._generation_rows.get(model, 0) + len(samples)
+            if rows >= self.size:  # now and then, drop samples older than any window needs
+                rows = 0
+                for kind in GENERATION_KINDS:
+                    self._db.execute("DELETE FROM generation_samples WHERE model = ? AND kind = ? AND at < "
+                                     "(SELECT at FROM generation_samples WHERE model = ? AND kind = ? "
+                                     "ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, kind, model, kind, self.size))
+            self._generation_rows[model] = rows
+            self._db.execute("COMMIT")
+
+    def generation_entries(self, model: str) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT entry FROM generation_entries WHERE model = ?", (model,)).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def generation_window(self, model: str, size: int) -> dict[str, list[float]]:
+        with self._lock:
+            self._db.execute("BEGIN")  # one snapshot for every kind
+            try:
+                kinds = {kind: self._db.execute("SELECT value FROM generation_samples WHERE model = ? AND kind = ? "
+                                                "ORDER BY at DESC, seq DESC LIMIT ?", (model, kind, size)).fetchall()
+                         for kind in GENERATION_KINDS}
+            finally:
+                self._db.execute("COMMIT")
+        return {kind: [row[0] for row in reversed(rows)] for kind, rows in kinds.items()}
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -302,6 +387,10 @@ def shared_store_from_environment(window: int = 2048) -> SqliteStatsStore | None
 
 
 def share_models(models: Any, store: StatsStore, source: str) -> None:
-    """Make every model (``name -> ServedModel``) publish to ``store`` as ``source``."""
+    """Make every model (``name -> ServedModel``) publish to ``store`` as ``source``: its Triton
+    statistics, and a text-generation model's generation statistics too."""
     for name, model in models.items():
         model.stats.share(store, name, source)
+        generation = getattr(model, "generation_stats", None)
+        if generation is not None:
+            generation.share(store, name, source)
