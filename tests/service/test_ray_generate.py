@@ -153,3 +153,14 @@ def test_a_dropped_stream_stops_the_generation_on_its_replica(deployed: str) -> 
         time.sleep(0.1)
     assert after["running"] == 0 and after["requests"] == before["requests"] + 1
     assert after["output_tokens"] - before["output_tokens"] < 25  # of 50: it stopped within a few steps
+
+
+def test_a_client_that_leaves_a_generate_call_stops_it_on_its_replica(deployed: str) -> None:
+    before = generation(deployed)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"http://{deployed}/v2/models/{MODEL}/generate", json=body(50), timeout=0.5)
+    deadline = time.monotonic() + 30
+    while (after := generation(deployed))["cancelled"] != before["cancelled"] + 1:
+        assert time.monotonic() < deadline, f"the generation was not cancelled: {after}"
+        time.sleep(0.1)
+    assert after["running"] == 0 and after["output_tokens"] - before["output_tokens"] < 35
