@@ -35,6 +35,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,9 @@ class ModelReplica:
         self.start()
         call = AppCall(self.app, method, path, [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS], body)
         try:
-            async for item in call.answer():
-                yield item
+            async with aclosing(call.answer()) as answer:
+                async for item in answer:
+                    yield item
             yield "end", self.statistics()
         finally:
             call.leave()
