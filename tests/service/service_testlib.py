@@ -3,6 +3,9 @@ and the background server (service.background) re-exported."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 
 from service.background import BackgroundServer, serve_in_thread
@@ -25,3 +28,15 @@ def images(batch: int = 2, seed: int = 0) -> np.ndarray:
 def json_request(array: np.ndarray, name: str = "pixel_values", datatype: str = "FP32") -> dict:
     return {"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
                         "data": array.ravel().tolist()}]}
+
+
+class SlowDecoder:
+    """A decoder that sleeps before each step (to leave time to disconnect mid-generation)."""
+
+    def __init__(self, decoder: Any, seconds: float) -> None:
+        self.decoder, self.seconds = decoder, seconds
+        self.vocab_size, self.max_length = decoder.vocab_size, decoder.max_length
+
+    def __call__(self, *args: Any) -> Any:
+        time.sleep(self.seconds)
+        return self.decoder(*args)

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from service_testlib import SlowDecoder
 
 from service.settings import Settings
 
@@ -34,18 +35,6 @@ TINY = {"dim": 32, "depth": 1, "heads": 2, "ffn_dim": 64, "vocab_size": 256, "ma
 PROMPT = "DyT is"
 STEP_S = 0.05  # each decoder step on the replica: 30 tokens take at least 1.5 s
 TOKENS = 30
-
-
-class SlowDecoder:
-    """A decoder that sleeps before each step."""
-
-    def __init__(self, decoder: Any, seconds: float) -> None:
-        self.decoder, self.seconds = decoder, seconds
-        self.vocab_size, self.max_length = decoder.vocab_size, decoder.max_length
-
-    def __call__(self, *args: Any) -> Any:
-        time.sleep(self.seconds)
-        return self.decoder(*args)
 
 
 class SlowReplica(ray_app.ModelReplica):
@@ -90,6 +79,7 @@ def deployed(textgen_repository: Path) -> Iterator[str]:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowReplica travels by value
+        ray.cloudpickle.register_pickle_by_value(sys.modules["service_testlib"])  # and its SlowDecoder
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ray_app, "ModelReplica", SlowReplica)
             app = ray_app.build_app(textgen_repository, Settings(threads=1, warmup_runs=1), num_replicas=1,

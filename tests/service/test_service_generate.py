@@ -21,7 +21,7 @@ import pytest
 import torch
 from chromium_testlib import headless_chromium, needs_chromium
 from prometheus_client.parser import text_string_to_metric_families
-from service_testlib import API_KEY, BackgroundServer, images, json_request, serve_in_thread
+from service_testlib import API_KEY, BackgroundServer, SlowDecoder, images, json_request, serve_in_thread
 
 import dyt_deploy
 from dyt_deploy.checkpoint import save_checkpoint
@@ -81,18 +81,6 @@ def stream_events(client: httpx.Client, path: str, body: dict) -> list[dict]:
         assert answer.status_code == 200, answer.read()
         assert answer.headers["content-type"].startswith("text/event-stream")
         return [json.loads(line[len("data: "):]) for line in answer.iter_lines() if line.startswith("data: ")]
-
-
-class SlowDecoder:
-    """A decoder that sleeps before each step (to leave time to disconnect mid-generation)."""
-
-    def __init__(self, decoder: Any, seconds: float) -> None:
-        self.decoder, self.seconds = decoder, seconds
-        self.vocab_size, self.max_length = decoder.vocab_size, decoder.max_length
-
-    def __call__(self, *args: Any) -> Any:
-        time.sleep(self.seconds)
-        return self.decoder(*args)
 
 
 @contextmanager
