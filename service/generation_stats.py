@@ -13,11 +13,16 @@ small transaction each, none per token); :meth:`GenerationStats.summary` then ad
 worker's counts and takes the percentiles over the newest samples of all. ``running`` counts only
 workers still alive (a worker that died mid-generation counts none; the requests it finished still
 count). Prometheus's generation metrics add up every worker on their own.
+
+On Ray Serve a replica hands its entry and new samples (:meth:`GenerationStats.export`) to the
+router with its answers, and the router publishes them to the ``stats`` deployment
+(:mod:`service.ray_app`); the router's live view reads them back with :func:`generation_summary`.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -26,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .stats import GenerationSample, StatsStore
+from .stats import GENERATION_KINDS, GenerationSample, StatsStore
 
 FINISH_REASONS = ("stop", "length", "cancelled")
+HOST = socket.gethostname()
 
 
 @dataclass
@@ -82,6 +88,7 @@ class GenerationStats:
         self.tokens_per_s: deque[float] = deque(maxlen=window)
         self.version = 0  # bumped by every change: a publish with a higher version supersedes
         self.sequence = 0  # the last sample's sequence number
+        self.recent: dict[str, deque[GenerationSample]] = {kind: deque(maxlen=window) for kind in GENERATION_KINDS}
         self.shared: SharedGeneration | None = None
 
     def share(self, store: StatsStore, model: str, source: str) -> None:
@@ -104,9 +111,11 @@ class GenerationStats:
         with self._lock:
             self._add(record, failed)
             self.version += 1
-            shared, version = self.shared, self.version
+            shared, version, samples = self.shared, self.version, self._samples_of(record)
+            for sample in samples:
+                self.recent[sample[1]].append(sample)
             if shared is not None:
-                entry, samples = self._entry(), self._samples_of(record)
+                entry = self._entry()
         if shared is not None:
             shared.store.publish_generation(shared.model, shared.source, version, entry, samples)
 
@@ -136,11 +145,18 @@ class GenerationStats:
         self.sequence += len(values)
         return [(first + i, kind, now, value) for i, (kind, value) in enumerate(values)]
 
+    def export(self, after: int = 0) -> tuple[int, dict[str, Any], list[GenerationSample]]:
+        """What a process hands on (a Ray replica, with its answers): its version, its cumulative
+        entry and the window's samples numbered after ``after``, in order."""
+        with self._lock:
+            samples = sorted((s for kind in self.recent.values() for s in newer(kind, after)), key=lambda s: s[0])
+            return self.version, self._entry(), samples
+
     def _entry(self) -> dict[str, Any]:
-        """This process's cumulative counts, as published (with its process id)."""
+        """This process's cumulative counts, as published (with its process id and host)."""
         return {"finished": {reason: self.finished[reason] for reason in FINISH_REASONS}, "failed": self.failed,
                 "running": self.running, "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "host": HOST}
 
     def _windows(self) -> tuple[dict[str, Any], dict[str, list[float]]]:
         """The counts (every live source's running) and the window's values by kind, of every
@@ -167,14 +183,31 @@ class GenerationStats:
     def report(self) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
         """:meth:`summary` and :meth:`samples` from one read of the store."""
         counts, values = self._windows()
-        finished = counts["finished"]
-        first, gaps = values["first_token"], values["gap"]
-        summary = {"requests": sum(finished.values()) + counts["failed"], "running": counts["running"],
-                   "failed": counts["failed"], "cancelled": finished["cancelled"], "finish_reasons": finished,
-                   "prompt_tokens": counts["prompt_tokens"], "output_tokens": counts["output_tokens"],
-                   "time_to_first_token_ms": quantiles(first, 1e3), "inter_token_ms": quantiles(gaps, 1e3),
-                   "tokens_per_s": quantiles(values["tokens_per_s"]), "window": self.window}
-        return summary, (first, gaps)
+        return generation_summary(counts, values, self.window)
+
+
+def newer(samples: deque[GenerationSample], after: int) -> list[GenerationSample]:
+    """The samples numbered after ``after``, of samples kept in the order of their numbers."""
+    found = []
+    for sample in reversed(samples):
+        if sample[0] <= after:
+            break
+        found.append(sample)
+    return found[::-1]
+
+
+def generation_summary(counts: dict[str, Any], values: dict[str, list[float]],
+                       window: int) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
+    """:meth:`GenerationStats.report` of ``counts`` (an entry, or entries merged) and the window's
+    ``values`` by kind (:data:`~service.stats.GENERATION_KINDS`)."""
+    finished = counts["finished"]
+    first, gaps = values["first_token"], values["gap"]
+    summary = {"requests": sum(finished.values()) + counts["failed"], "running": counts["running"],
+               "failed": counts["failed"], "cancelled": finished["cancelled"], "finish_reasons": finished,
+               "prompt_tokens": counts["prompt_tokens"], "output_tokens": counts["output_tokens"],
+               "time_to_first_token_ms": quantiles(first, 1e3), "inter_token_ms": quantiles(gaps, 1e3),
+               "tokens_per_s": quantiles(values["tokens_per_s"]), "window": window}
+    return summary, (first, gaps)
 
 
 def merge_generation_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -182,14 +215,17 @@ def merge_generation_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
     every process; ``running`` of the processes still alive only."""
     finished = {reason: sum(e["finished"].get(reason, 0) for e in entries) for reason in FINISH_REASONS}
     return {"finished": finished, "failed": sum(e["failed"] for e in entries),
-            "running": sum(e["running"] for e in entries if process_alive(e.get("pid"))),
+            "running": sum(e["running"] for e in entries if process_alive(e.get("pid"), e.get("host"))),
             "prompt_tokens": sum(e["prompt_tokens"] for e in entries),
             "output_tokens": sum(e["output_tokens"] for e in entries)}
 
 
-def process_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` of this host still runs (True when unknown: no pid, or not POSIX)."""
+def process_alive(pid: int | None, host: str | None = None) -> bool:
+    """Whether process ``pid`` still runs (True when unknown: no pid, another ``host`` than this one
+    (a Ray replica on another node), or not POSIX)."""
     if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or os.name != "posix":
+        return True
+    if host is not None and host != HOST:
         return True
     try:
         os.kill(pid, 0)
