@@ -19,10 +19,15 @@ routes).
   when its client leaves, the call is cancelled, the app sees its client gone and the generation
   stops after the step under way.
 * ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`. Every answer of a
-  model replica carries that replica's cumulative statistics (versioned) and new latency samples;
-  the router publishes them once the answer has reached it, before passing it on, so
-  ``/v2/models/stats`` and ``/api/live`` cover all replicas, and a request whose answer was lost
-  with its replica (and which the client retries) is not counted.
+  model replica carries that replica's cumulative statistics (versioned) and new latency samples,
+  and a text-generation model's replica its generation statistics too (counts and new samples of
+  time to first token, inter-token gaps and tokens/s); the router publishes them once the answer
+  has reached it, before passing it on, so ``/v2/models/stats``, ``/api/live`` and ``/metrics``
+  cover all replicas, and a request whose answer was lost with its replica (and which the client
+  retries) is not counted. A stream also carries the replica's statistics right after its head (the
+  generation now running), published without holding the stream up. A call whose client left
+  (a dropped stream, a ``/generate`` cancelled) has no answer to carry them: the replica publishes
+  what it recorded itself, once the app has ended the call (:meth:`ModelReplica.publish_soon`).
 
 Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without it, and
 :func:`build_app` says what to install.
@@ -36,6 +41,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,7 @@ from dyt_deploy.errors import DytDeployError, MissingBackendError
 from . import compare
 from .auth import key_problem
 from .generate import sse
+from .generation_stats import generation_summary, merge_generation_entries
 from .metrics import MODEL_LABELS
 from .registry import model_folders
 from .routes_extra import dashboard_page, security_headers
@@ -166,10 +173,29 @@ class AppCall:
             asyncio.get_running_loop().call_later(LEAVE_GRACE_S, self.task.cancel)
 
 
-class ModelReplica:
-    """One model's replica: the dyt-serve app with only ``model`` loaded, called in process."""
+@dataclass
+class Handed:
+    """How far one statistics object (a ModelStats or a GenerationStats) went out with answers: the
+    version and the newest sample's sequence number last handed on."""
 
-    def __init__(self, repository: str, model: str, settings_json: str) -> None:
+    version: int = 0
+    sample: int = 0
+
+    def take(self, stats: Any) -> tuple[int, dict, list] | None:
+        """``(version, cumulative entry, new samples)`` of ``stats`` (its ``export``), or None when
+        nothing was recorded since the last take."""
+        version, entry, samples = stats.export(self.sample)
+        if version == self.version:
+            return None
+        self.version, self.sample = version, max([self.sample, *(s[0] for s in samples)])
+        return version, entry, samples
+
+
+class ModelReplica:
+    """One model's replica: the dyt-serve app with only ``model`` loaded, called in process;
+    ``stats``: the stats deployment, for what a call whose client left recorded."""
+
+    def __init__(self, repository: str, model: str, settings_json: str, stats: Any = None) -> None:
         import httpx
 
         from .app import create_app
@@ -181,7 +207,10 @@ class ModelReplica:
         if not registry.ready:
             raise DytDeployError(f"model {model} did not load: {registry.not_ready()}")
         self.model = registry.models[model]
-        self.returned, self.version_sent, self.started = 0, 0, False  # last sample and version sent
+        self.generation_stats = getattr(self.model, "generation_stats", None)  # a text-generation model's
+        self.handed, self.generation_handed, self.started = Handed(), Handed(), False
+        self.stats = stats
+        self.publishing: set[asyncio.Task] = set()  # its own publishes (see publish_soon)
         self.source = require_ray().get_replica_context().replica_id.unique_id
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica")
 
@@ -191,7 +220,11 @@ class ModelReplica:
         replica's statistics for the router to publish (see :meth:`statistics`)."""
         self.start()
         sent = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
-        answer = await self.client.request(method, path, headers=sent, content=body)
+        try:
+            answer = await self.client.request(method, path, headers=sent, content=body)
+        except asyncio.CancelledError:  # the client left (Serve cancels the call): the app's handler has ended
+            self.publish_soon()
+            raise
         kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in HOP_HEADERS]
         return answer.status_code, kept, answer.content, self.statistics()
 
@@ -199,17 +232,25 @@ class ModelReplica:
                      body: bytes) -> AsyncIterator[tuple]:
         """One HTTP request through the replica's app, its answer as it is produced (a streaming
         call: ``handle.options(stream=True)``): ``("head", status, headers)``, ``("body", chunk)``
-        per chunk, then ``("end", statistics)``. When the call is cancelled (the router's client
-        left), the app sees its client gone (:meth:`AppCall.leave`)."""
+        per chunk, then ``("end", statistics)``; right after the head, ``("stats", statistics)``
+        when something was recorded (a generation started). When the call is cancelled (the
+        router's client left), the app sees its client gone (:meth:`AppCall.leave`) and the replica
+        publishes what it recorded once the app has ended the call (:meth:`publish_soon`)."""
         self.start()
         call = AppCall(self.app, method, path, [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS], body)
+        ended = False
         try:
             async with aclosing(call.answer()) as answer:
                 async for item in answer:
                     yield item
+                    if item[0] == "head" and (statistics := self.statistics()) is not None:
+                        yield "stats", statistics
+            ended = True
             yield "end", self.statistics()
         finally:
             call.leave()
+            if not ended:
+                self.publish_soon(call.task)
 
     def start(self) -> None:
         if not self.started:  # batchers need the replica's running event loop
@@ -217,19 +258,42 @@ class ModelReplica:
             self.started = True
 
     def statistics(self) -> tuple | None:
-        """``(model, replica, version, cumulative entry, new samples)`` for StatsCollector.publish,
-        or None when nothing was recorded since the last answer."""
-        version, entry, samples = self.model.stats.export(self.returned)
-        if version == self.version_sent:
+        """``(model, replica, inference, generation)`` for StatsCollector.publish, each of the last
+        two ``(version, cumulative entry, new samples)`` or None when unchanged since the last
+        answer (generation: a text-generation model's); None when neither changed."""
+        inference = self.handed.take(self.model.stats)
+        generation = self.generation_handed.take(self.generation_stats) if self.generation_stats is not None else None
+        if inference is None and generation is None:
             return None
-        self.returned, self.version_sent = max([self.returned, *(s[0] for s in samples)]), version
-        return self.model.name, self.source, version, entry, samples
+        return self.model.name, self.source, inference, generation
+
+    def publish_soon(self, call: asyncio.Task | None = None) -> None:
+        """Publish what this replica recorded to the stats deployment itself, once ``call`` (the
+        app's task, when it runs apart) has ended: for a call whose client left, whose answer
+        carries nothing to the router. (Otherwise the replica's next answer carries it.)"""
+        if self.stats is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish_after(call))
+        self.publishing.add(task)
+        task.add_done_callback(self.publishing.discard)
+
+    async def _publish_after(self, call: asyncio.Task | None) -> None:
+        if call is not None:
+            await asyncio.wait([call], timeout=LEAVE_GRACE_S + 1)  # the app is cancelled LEAVE_GRACE_S after
+        statistics = self.statistics()
+        if statistics is None:
+            return
+        try:
+            await self.stats.publish.remote(*statistics)
+        except Exception as err:  # the stats deployment is gone or restarting: these are lost
+            log.warning("model %s could not publish its statistics: %s: %s", self.model.name, type(err).__name__, err)
 
     def describe(self) -> dict[str, Any]:
         """Name, version, family, variant, state and this replica's id."""
         m = self.model
         return {"name": m.name, "version": m.version, "family": m.family, "variant": m.variant,
-                "state": m.state, "reason": m.reason, "replica": self.source, "has_manifest": bool(m.manifest)}
+                "state": m.state, "reason": m.reason, "replica": self.source, "has_manifest": bool(m.manifest),
+                "generative": self.generation_stats is not None}
 
     def ready(self) -> bool:
         return self.model.ready
@@ -252,12 +316,22 @@ class StatsCollector:
     def __init__(self, window: int = 2048) -> None:
         self.store = MemoryStatsStore(window)
 
-    def publish(self, model: str, source: str, version: int, entry: dict, samples: list) -> None:
-        self.store.publish(model, source, version, entry, samples)
+    def publish(self, model: str, source: str, inference: tuple | None, generation: tuple | None = None) -> None:
+        """A replica's ``(version, entry, samples)`` of its Triton statistics and of its generation
+        statistics (either None: unchanged)."""
+        if inference is not None:
+            self.store.publish(model, source, *inference)
+        if generation is not None:
+            self.store.publish_generation(model, source, *generation)
 
     def snapshot(self, models: list[str], window: int) -> dict[str, Any]:
-        """Per model: every source's entry (by source) and the newest ``window`` samples."""
-        return {m: {"entries": self.store.by_source(m), "window": self.store.window(m, window)} for m in models}
+        """Per model: every source's entry (by source) and the newest ``window`` samples; under
+        ``generation``, every source's generation entry and the newest ``window`` samples of each
+        kind."""
+        return {m: {"entries": self.store.by_source(m), "window": self.store.window(m, window),
+                    "generation": {"entries": self.store.generation_entries(m),
+                                   "window": self.store.generation_window(m, window)}}
+                for m in models}
 
 
 class RemoteStats:
@@ -274,13 +348,30 @@ class RemoteStats:
         return sum(e["inference_stats"]["success"]["count"] for e in self.snapshot["entries"].values())
 
 
+class RemoteGenerationStats:
+    """What :func:`service.compare.generation_of` reads of a model's generation statistics, from a
+    snapshot: every replica's counts added up (``running`` of the replicas still alive, as
+    :func:`~service.generation_stats.merge_generation_entries` tells), percentiles over the merged
+    window."""
+
+    def __init__(self, snapshot: dict[str, Any], window: int) -> None:
+        self.snapshot, self.window = snapshot, window
+
+    def report(self) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
+        return generation_summary(merge_generation_entries(self.snapshot["entries"]), self.snapshot["window"],
+                                  self.window)
+
+
 class RemoteModel:
     """A model deployment as the comparison code sees a ServedModel: name, family, variant, state,
-    statistics, and ``timed`` through its handle."""
+    statistics (and a text-generation model's generation statistics), and ``timed`` through its
+    handle."""
 
-    def __init__(self, description: dict[str, Any], handle: Any, stats: RemoteStats | None = None) -> None:
+    def __init__(self, description: dict[str, Any], handle: Any, stats: RemoteStats | None = None,
+                 generation_stats: RemoteGenerationStats | None = None) -> None:
         self.__dict__.update(description)
         self.handle, self.stats, self.ready = handle, stats, description["state"] == "READY"
+        self.generation_stats = generation_stats
 
     async def timed(self, feed_dims: dict[str, int]) -> float:
         return await self.handle.timed.remote(feed_dims)
@@ -289,13 +380,17 @@ class RemoteModel:
 class MergedMetrics:
     """Prometheus counters from the statistics of every replica, added up: requests by outcome,
     inference and execution counts, and the cumulative seconds of each stage (Triton's
-    ``nv_inference_*`` in spirit). Latency histograms stay per replica: Ray exports Serve's own
-    per-deployment latency metrics."""
+    ``nv_inference_*`` in spirit); for text-generation models (``generation``: their merged
+    generation entries) generations by finish reason, their tokens by kind, and those running.
+    Latency histograms stay per replica: Ray exports Serve's own per-deployment latency metrics
+    (the time-to-first-token and inter-token histograms of dyt-serve are not rebuilt here: the
+    replicas hand on samples of a window, not every observation; /api/live has their percentiles)."""
 
     STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
-    def __init__(self, entries: list[dict], labels: dict[str, tuple[str, str, str]], ready: dict[str, bool]) -> None:
-        self.entries, self.labels, self.ready = entries, labels, ready
+    def __init__(self, entries: list[dict], labels: dict[str, tuple[str, str, str]], ready: dict[str, bool],
+                 generation: dict[str, dict] | None = None) -> None:
+        self.entries, self.labels, self.ready, self.generation = entries, labels, ready, generation or {}
 
     def collect(self) -> Any:
         requests = CounterMetricFamily("dyt_inference_requests", "Inference requests by outcome, every replica.",
@@ -315,7 +410,28 @@ class MergedMetrics:
             for stage in self.STAGES:
                 seconds.add_metric([*labels, stage], stats[stage]["ns"] / 1e9)
             ready.add_metric(labels, 1.0 if self.ready.get(entry["name"]) else 0.0)
-        return [requests, items, executions, seconds, ready]
+        return [requests, items, executions, seconds, ready, *self.generation_metrics()]
+
+    def generation_metrics(self) -> list[Any]:
+        """dyt-serve's ``dyt_generate_requests`` (finish reason ``error``: failed), ``dyt_generate_tokens``
+        and ``dyt_generations_running``, every replica."""
+        if not self.generation:
+            return []
+        generations = CounterMetricFamily("dyt_generate_requests", "Generations by how they ended (stop, length, "
+                                          "cancelled, error), every replica.", labels=[*MODEL_LABELS, "finish_reason"])
+        tokens = CounterMetricFamily("dyt_generate_tokens", "Tokens of generations, by kind (prompt, output), "
+                                     "every replica.", labels=[*MODEL_LABELS, "kind"])
+        running = GaugeMetricFamily("dyt_generations_running", "Generations in progress, every replica (as of "
+                                    "each replica's last answer).", labels=MODEL_LABELS)
+        for name, entry in self.generation.items():
+            labels = list(self.labels[name])
+            for reason, count in entry["finished"].items():
+                generations.add_metric([*labels, reason], count)
+            generations.add_metric([*labels, "error"], entry["failed"])
+            for kind in ("prompt", "output"):
+                tokens.add_metric([*labels, kind], entry[f"{kind}_tokens"])
+            running.add_metric(labels, entry["running"])
+        return [generations, tokens, running]
 
 
 class Router:
@@ -329,6 +445,7 @@ class Router:
         self.compare_lock = asyncio.Lock()
         self.running: str | None = None
         self.reports: dict[str, dict[str, Any]] = {}
+        self.publishing: set[asyncio.Task] = set()  # background publishes (see publish_soon)
 
     def key_problem(self, path: str, headers: Any) -> str | None:
         """Why a request is refused for its API key (None: it passes): as dyt-serve, every route
@@ -377,8 +494,9 @@ class Router:
             entries.append(entry)
         return entries
 
-    async def merged_stats(self, names: list[str]) -> list[dict[str, Any]]:
-        snapshot = await self.stats.snapshot.remote(names, 1)
+    async def merged_stats(self, names: list[str], snapshot: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Each model's Triton statistics, every replica added up (from ``snapshot`` when given)."""
+        snapshot = snapshot if snapshot is not None else await self.stats.snapshot.remote(names, 1)
         described = [await self.describe(n) for n in names]
         return [merge_entries(n, d["version"], list(snapshot[n]["entries"].values()))
                 for n, d in zip(names, described, strict=True)]
@@ -420,6 +538,20 @@ class Router:
             await self.stats.publish.remote(*statistics)
         return Response(body, status_code=status, headers=dict(headers))
 
+    def publish_soon(self, statistics: tuple) -> None:
+        """Publish a replica's statistics in the background (what a stream carries after its head:
+        nothing waits for it; versions keep a later publish from being undone)."""
+
+        async def publish() -> None:
+            try:
+                await self.stats.publish.remote(*statistics)
+            except Exception as err:  # the stats deployment is gone or restarting
+                log.warning("statistics of model %s not published: %s: %s", statistics[0], type(err).__name__, err)
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self.publishing.add(task)
+        task.add_done_callback(self.publishing.discard)
+
     async def streamed(self, name: str, request: Request) -> Response:
         """A request whose answer may be a stream (:data:`STREAMED_ROUTES`): its replica's answer as
         the replica produces it (:meth:`ModelReplica.stream`). An event stream is passed on event by
@@ -439,7 +571,7 @@ class Router:
             async for kind, value in call:
                 if kind == "body":
                     chunks.append(value)
-                elif value is not None:
+                elif value is not None:  # "stats", "end"
                     await self.stats.publish.remote(*value)
         except Exception as err:
             return error(503, f"model {name!r} lost its replica while answering ({type(err).__name__}); retry",
@@ -447,14 +579,17 @@ class Router:
         return Response(b"".join(chunks), status_code=status, headers=dict(headers))
 
     async def relay(self, name: str, call: Any) -> AsyncIterator[bytes]:
-        """An event stream's chunks as they arrive; the replica's statistics published at its end;
-        the replica's call cancelled when this ends first (the client left: Starlette cancels the
-        response), so that the replica's app sees its client gone."""
+        """An event stream's chunks as they arrive; the replica's statistics published after its
+        head (in the background) and at its end; the replica's call cancelled when this ends first
+        (the client left: Starlette cancels the response), so that the replica's app sees its client
+        gone (and the replica publishes what it recorded itself)."""
         ended = False
         try:
             async for kind, value in call:
                 if kind == "body":
                     yield value
+                elif kind == "stats":
+                    self.publish_soon(value)
                 else:
                     ended = True
                     if value is not None:
@@ -469,11 +604,15 @@ class Router:
     @api.get("/metrics")
     async def metrics(self) -> Response:
         """Prometheus counters of every replica added up (see :class:`MergedMetrics`)."""
-        entries = await self.merged_stats(list(self.models))
+        names = list(self.models)
+        snapshot = await self.stats.snapshot.remote(names, 1)
+        entries = await self.merged_stats(names, snapshot)
         labels = {e["name"]: await self.labels(e["name"]) for e in entries}
         ready = {n: await self.is_ready(n) for n in self.models}
+        generation = {n: merge_generation_entries(snapshot[n]["generation"]["entries"]) for n in names
+                      if (await self.describe(n)).get("generative")}
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(MergedMetrics(entries, labels, ready))
+        registry.register(MergedMetrics(entries, labels, ready, generation))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def labels(self, name: str) -> tuple[str, str, str]:
@@ -494,8 +633,10 @@ class Router:
             description = await self.describe(name)
             if description["has_manifest"]:
                 stats = RemoteStats(snapshot[name]) if with_stats else None
+                generation = (RemoteGenerationStats(snapshot[name]["generation"], self.window)
+                              if with_stats and description.get("generative") else None)
                 grouped.setdefault(description["family"], []).append(
-                    RemoteModel(description, self.models[name], stats))
+                    RemoteModel(description, self.models[name], stats, generation))
         return grouped
 
     @api.get("/api/live")
@@ -596,7 +737,7 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
                                     ray_actor_options={"num_cpus": 0}).bind(settings.stats_window)
     options = deployment_options(num_replicas, autoscaling, num_cpus, num_gpus, max_ongoing_requests)
     handles = {name: replica.options(name=f"model-{name}", **options).bind(
-        str(repository), name, settings.to_json()) for name in names}
+        str(repository), name, settings.to_json(), stats) for name in names}
     # the router and the stats deployment only pass requests on: never the bound (Serve's default is 5)
     router = serve_module.deployment(RouterIngress, name="router", max_ongoing_requests=ROUTER_ONGOING,
                                      ray_actor_options={"num_cpus": router_cpus})

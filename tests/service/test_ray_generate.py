@@ -4,8 +4,9 @@ router and Serve's HTTP proxy on a local Ray instance of 2 CPUs.
 
 A /generate_stream arrives event by event as the replica generates, adds up to /generate's text, and
 a client that drops it stops the generation on the replica within a few steps (the replica's
-generation statistics count it as cancelled). Skipped, with the reason, where Ray is not installed
-or cannot start.
+generation statistics count it as cancelled). The router's /api/live and /metrics show the replica's
+generation statistics, a dropped stream and a left /generate included (the replica publishes those
+itself). Skipped, with the reason, where Ray is not installed or cannot start.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ TOKENS = 30
 
 
 class SlowReplica(ray_app.ModelReplica):
-    """The model replica with every decoder step slowed by ``STEP_S``, and its generation statistics
-    for the test to read (the router does not collect them)."""
+    """The model replica with every decoder step slowed by ``STEP_S``, and its own generation
+    statistics for the test to read (to check what the router shows against)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -100,6 +101,21 @@ def generation(address: str) -> dict[str, Any]:
     return serve.get_deployment_handle(f"model-{MODEL}", app_name=APP).generation.remote().result()
 
 
+def live_generation(address: str) -> dict[str, Any]:
+    """The decoder's generation figures in the router's /api/live."""
+    (family,) = httpx.get(f"http://{address}/api/live", timeout=30).json()["families"]
+    (variant,) = family["variants"]
+    assert variant["generation"] is not None, variant
+    return variant["generation"]
+
+
+def wait_for(check: Any, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
 def body(max_tokens: int) -> dict[str, Any]:
     return {"text_input": PROMPT, "parameters": {"max_tokens": max_tokens}}
 
@@ -125,9 +141,8 @@ def test_a_stream_arrives_event_by_event_and_adds_up_to_generate(deployed: str) 
     assert arrivals[-1] - arrivals[0] > 0.6 * (TOKENS - 1) * STEP_S, arrivals
     refused = httpx.post(f"{url}/generate_stream", json=body(10**6), timeout=60)
     assert refused.status_code == 400 and "max_tokens" in refused.json()["error"]
-    live = httpx.get(f"http://{deployed}/api/live", timeout=30).json()
-    (family,) = live["families"]
-    assert family["variants"][0]["generation"] is None  # generation statistics stay on the replica
+    shown = live_generation(deployed)  # both answers carried the replica's statistics to the router
+    assert shown["finish_reasons"]["length"] >= 2 and shown["requests"] == generation(deployed)["requests"]
     assert httpx.get(f"{url}/stats", timeout=30).status_code == 200
 
 
@@ -154,3 +169,40 @@ def test_a_client_that_leaves_a_generate_call_stops_it_on_its_replica(deployed: 
         assert time.monotonic() < deadline, f"the generation was not cancelled: {after}"
         time.sleep(0.1)
     assert after["running"] == 0 and after["output_tokens"] - before["output_tokens"] < 35
+
+
+def test_the_routers_live_view_and_metrics_show_the_replicas_generations(deployed: str) -> None:
+    url = f"http://{deployed}/v2/models/{MODEL}"
+    before = live_generation(deployed)
+    assert before["running"] == 0
+    for tokens in (5, 8):
+        assert httpx.post(f"{url}/generate", json=body(tokens), timeout=60).status_code == 200
+    with httpx.stream("POST", f"{url}/generate_stream", json=body(50), timeout=60) as answer:
+        lines = answer.iter_lines()  # held: a line iterator let go closes the connection
+        assert next(line for line in lines if line.startswith("data: "))
+        wait_for(lambda: live_generation(deployed)["running"] == 1, "a stream under way is not shown running")
+    with pytest.raises(httpx.ReadTimeout):  # a /generate whose client leaves
+        httpx.post(f"{url}/generate", json=body(50), timeout=0.5)
+    # no answer carries the two cancelled generations: the replica publishes them itself
+    wait_for(lambda: live_generation(deployed)["cancelled"] == before["cancelled"] + 2,
+             f"the cancelled generations are not shown: {live_generation(deployed)}")
+    after, own = live_generation(deployed), generation(deployed)
+    assert after["requests"] == before["requests"] + 4 and after["running"] == 0 and after["failed"] == 0
+    assert after["finish_reasons"]["length"] == before["finish_reasons"]["length"] + 2
+    assert after["prompt_tokens"] - before["prompt_tokens"] == 4 * len(PROMPT)
+    assert 13 < after["output_tokens"] - before["output_tokens"] < 13 + 50
+    counts = ("requests", "running", "failed", "cancelled", "finish_reasons", "prompt_tokens", "output_tokens")
+    assert {k: after[k] for k in counts} == {k: own[k] for k in counts}  # one replica: its figures
+    for figure in ("time_to_first_token_ms", "inter_token_ms", "tokens_per_s"):
+        assert after[figure] == pytest.approx(own[figure]), figure
+    assert after["inter_token_ms"]["p50"] >= 0.8 * STEP_S * 1e3  # the slowed steps
+    metrics = httpx.get(f"http://{deployed}/metrics", timeout=30).text
+
+    def value(name: str, label: str) -> float:
+        line = next(li for li in metrics.splitlines() if li.startswith(name + "{") and label in li)
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value("dyt_generate_requests_total", 'finish_reason="cancelled"') == after["cancelled"]
+    assert value("dyt_generate_requests_total", 'finish_reason="length"') == after["finish_reasons"]["length"]
+    assert value("dyt_generate_tokens_total", 'kind="output"') == after["output_tokens"]
+    assert value("dyt_generations_running", f'model="{MODEL}"') == 0
