@@ -3,9 +3,12 @@ and the background server (service.background) re-exported."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from typing import Any
 
+import httpx
 import numpy as np
 
 from service.background import BackgroundServer, serve_in_thread
@@ -40,3 +43,24 @@ class SlowDecoder:
     def __call__(self, *args: Any) -> Any:
         time.sleep(self.seconds)
         return self.decoder(*args)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server in another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Until ``url``'s /v2/health/ready answers 200; fails at once if ``process`` (the server) exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the server at {url} did not become ready in {timeout_s:g} s")

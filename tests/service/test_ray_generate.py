@@ -12,7 +12,6 @@ itself). Skipped, with the reason, where Ray is not installed or cannot start.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_testlib import SlowDecoder
+from service_testlib import SlowDecoder, free_port
 
 from service.settings import Settings
 
@@ -74,9 +73,7 @@ def deployed(textgen_repository: Path) -> Iterator[str]:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
     except Exception as err:  # pragma: no cover - depends on the host
         pytest.skip(f"Ray could not start here: {type(err).__name__}: {err}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowReplica travels by value

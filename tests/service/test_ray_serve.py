@@ -7,7 +7,6 @@ Skipped, with the reason, where Ray is not installed or cannot start.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_testlib import images
+from service_testlib import free_port, images
 
 from service.settings import Settings
 
@@ -27,12 +26,6 @@ serve = pytest.importorskip("ray.serve")
 
 MODELS = ("vit-layernorm", "vit-dyt")
 APP = "dyt"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from service_testlib import images, json_request
+from service_testlib import free_port, images, json_request, wait_ready
 
 from service import cli
 from service.cli import main
@@ -42,23 +40,6 @@ def test_missing_repository_is_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert err.startswith("error: --repository") and "Traceback" not in err
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"dyt-serve exited with {process.returncode}"
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("dyt-serve did not become ready")
 
 
 def test_dyt_serve_with_two_workers_serves_the_repository(repository: Path) -> None:

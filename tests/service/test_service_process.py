@@ -21,8 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_testlib import images, json_request
-from test_service_cli import free_port, wait_ready
+from service_testlib import free_port, images, json_request, wait_ready
 
 INFLIGHT_BYTES = 64 << 20
 JSON_BODY_FLOATS = 1_900_000  # about 7.6 MB of JSON, under the default 8 MiB JSON limit

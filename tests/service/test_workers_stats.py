@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from service_testlib import images, json_request
+from service_testlib import free_port, images, json_request, wait_ready
 
 from service.generation_stats import GenerationRecord, GenerationStats, quantiles
 from service.stats import STATS_FILE, MemoryStatsStore, SqliteStatsStore, merge_entries
@@ -28,11 +26,6 @@ GENERATIONS = 24
 GENERATED_TOKENS = 5
 PROMPT = "DyT is"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +86,6 @@ def serve_workers(repository: Path, shared: Path) -> Iterator[tuple[str, Path]]:
         process.terminate()
         process.wait(timeout=30)
 
-
-def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "dyt-serve --workers 2 exited"
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError("dyt-serve --workers 2 did not become ready")
 
 
 def infer_once(url: str, seed: int) -> int:
