@@ -74,7 +74,7 @@ def _staging_prefix(final: Path, kind: str) -> str:
     return f".{final.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
 
 
-def _process_gone(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
     """Whether no process ``pid`` runs on this host (one we may not signal still runs)."""
     try:
         os.kill(pid, 0)
@@ -92,7 +92,7 @@ def _dead_owner(path: Path, final: Path, kind: str) -> int | None:
     if len(owner) != 3 or owner[0] != socket.gethostname() or not owner[1].isdigit():
         return None
     pid = int(owner[1])
-    return pid if pid != os.getpid() and _process_gone(pid) else None
+    return pid if pid != os.getpid() and process_gone(pid) else None
 
 
 def remove_stale_staging(final: Path) -> list[Path]:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from dyt_deploy.repository import process_gone
+
 from .stats import GENERATION_KINDS, GenerationSample, StatsStore
 
 FINISH_REASONS = ("stop", "length", "cancelled")
@@ -83,11 +85,9 @@ class GenerationStats:
         self.running = 0
         self.prompt_tokens = 0
         self.output_tokens = 0
-        self.first_token_s: deque[float] = deque(maxlen=window)
-        self.gaps_s: deque[float] = deque(maxlen=window)
-        self.tokens_per_s: deque[float] = deque(maxlen=window)
         self.version = 0  # bumped by every change: a publish with a higher version supersedes
         self.sequence = 0  # the last sample's sequence number
+        # the window: (sequence number, kind, time, value) by kind (GENERATION_KINDS), what is published
         self.recent: dict[str, deque[GenerationSample]] = {kind: deque(maxlen=window) for kind in GENERATION_KINDS}
         self.shared: SharedGeneration | None = None
 
@@ -127,11 +127,6 @@ class GenerationStats:
             self.finished[record.finish_reason] += 1
         self.prompt_tokens += record.prompt_tokens
         self.output_tokens += record.output_tokens
-        if record.time_to_first_token_s is not None:
-            self.first_token_s.append(record.time_to_first_token_s)
-        self.gaps_s.extend(record.gaps_s)
-        if record.output_tokens > 1:
-            self.tokens_per_s.append(record.tokens_per_s)
 
     def _samples_of(self, record: GenerationRecord) -> list[GenerationSample]:
         """What a generation adds to the shared window, numbered on from the last sample."""
@@ -166,8 +161,7 @@ class GenerationStats:
             return merge_generation_entries(entries), self.shared.store.generation_window(self.shared.model,
                                                                                           self.window)
         with self._lock:
-            return self._entry(), {"first_token": list(self.first_token_s), "gap": list(self.gaps_s),
-                                   "tokens_per_s": list(self.tokens_per_s)}
+            return self._entry(), {kind: [s[3] for s in samples] for kind, samples in self.recent.items()}
 
     def samples(self) -> tuple[list[float], list[float]]:
         """The window's times to first token and inter-token gaps, in seconds (of every process when
@@ -221,16 +215,8 @@ def merge_generation_entries(entries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def process_alive(pid: int | None, host: str | None = None) -> bool:
-    """Whether process ``pid`` still runs (True when unknown: no pid, another ``host`` than this one
-    (a Ray replica on another node), or not POSIX)."""
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid() or os.name != "posix":
+    """Whether process ``pid`` still runs (True when unknown: no pid, or another ``host`` than this
+    one, a Ray replica on another node)."""
+    if not isinstance(pid, int) or pid <= 0 or (host is not None and host != HOST):
         return True
-    if host is not None and host != HOST:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    return not process_gone(pid)
