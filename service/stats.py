@@ -244,9 +244,7 @@ class MemoryStatsStore:
         self._generation_samples: dict[str, dict[tuple[str, int], GenerationSample]] = {}
 
     def publish(self, model: str, source: str, version: int, entry: dict, samples: list[Sample]) -> None:
-        held = self._entries.setdefault(model, {})
-        if version > held.get(source, (-1, {}))[0]:
-            held[source] = (version, entry)
+        keep_newer(self._entries.setdefault(model, {}), source, version, entry)
         kept = self._samples.setdefault(model, {})
         kept.update({(source, s[0]): tuple(s) for s in samples})  # type: ignore[misc]
         if len(kept) > 2 * self.size:
@@ -265,9 +263,7 @@ class MemoryStatsStore:
 
     def publish_generation(self, model: str, source: str, version: int, entry: dict,
                            samples: list[GenerationSample]) -> None:
-        held = self._generation_entries.setdefault(model, {})
-        if version > held.get(source, (-1, {}))[0]:
-            held[source] = (version, entry)
+        keep_newer(self._generation_entries.setdefault(model, {}), source, version, entry)
         kept = self._generation_samples.setdefault(model, {})
         kept.update({(source, s[0]): tuple(s) for s in samples})  # type: ignore[misc]
         if len(kept) > 2 * len(GENERATION_KINDS) * self.size:
@@ -287,6 +283,12 @@ class MemoryStatsStore:
     def generation_window(self, model: str, size: int) -> dict[str, list[float]]:
         kinds = self._by_kind(self._generation_samples.get(model, {}).items())
         return {kind: [s[3] for _, s in values[-size:]] for kind, values in kinds.items()}
+
+
+def keep_newer(held: dict[str, tuple[int, dict]], source: str, version: int, entry: dict) -> None:
+    """``source``'s entry in ``held`` replaced by ``entry`` unless the one held is as new or newer."""
+    if version > held.get(source, (-1, {}))[0]:
+        held[source] = (version, entry)
 
 
 class SqliteStatsStore:
@@ -317,9 +319,7 @@ class SqliteStatsStore:
     def publish(self, model: str, source: str, version: int, entry: dict, samples: list[Sample]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO entries VALUES (?, ?, ?, ?) ON CONFLICT (model, source) DO UPDATE SET "
-                             "version = excluded.version, entry = excluded.entry WHERE excluded.version > version",
-                             (model, source, version, json.dumps(entry)))
+            self._put_entry("entries", model, source, version, entry)
             self._db.executemany("INSERT OR IGNORE INTO samples VALUES (?, ?, ?, ?, ?, ?)",
                                  [(model, source, *s) for s in samples])
             self._writes += 1
@@ -343,9 +343,7 @@ class SqliteStatsStore:
                            samples: list[GenerationSample]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT INTO generation_entries VALUES (?, ?, ?, ?) ON CONFLICT (model, source) "
-                             "DO UPDATE SET version = excluded.version, entry = excluded.entry "
-                             "WHERE excluded.version > version", (model, source, version, json.dumps(entry)))
+            self._put_entry("generation_entries", model, source, version, entry)
             self._db.executemany("INSERT OR IGNORE INTO generation_samples VALUES (?, ?, ?, ?, ?, ?)",
                                  [(model, source, *s) for s in samples])
             rows = self._generation_rows.get(model, 0) + len(samples)
@@ -357,6 +355,13 @@ class SqliteStatsStore:
                                      "ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, kind, model, kind, self.size))
             self._generation_rows[model] = rows
             self._db.execute("COMMIT")
+
+    def _put_entry(self, table: str, model: str, source: str, version: int, entry: dict) -> None:
+        """``source``'s entry of ``model`` in ``table`` (entries, generation_entries), unless the one
+        held is as new or newer (inside the caller's transaction)."""
+        self._db.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?) ON CONFLICT (model, source) DO UPDATE SET "
+                         "version = excluded.version, entry = excluded.entry WHERE excluded.version > version",
+                         (model, source, version, json.dumps(entry)))
 
     def generation_entries(self, model: str) -> list[dict]:
         with self._lock:
