@@ -112,12 +112,13 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
 class AppCall:
     """One HTTP request run through an ASGI app directly, its answer coming out as the app sends it.
 
-    httpx's ASGITransport hands back an answer only once the app has finished it, and its
-    ``receive`` never reports a disconnect before then: fine for whole answers, not for a stream.
-    Here :meth:`answer` yields ``("head", status, headers)`` and then ``("body", chunk)`` as the app
-    sends them; :meth:`leave` is the client going away: the app's ``receive`` then answers
-    ``http.disconnect`` (what uvicorn says when a connection drops), so a streaming response ends
-    as it does under dyt-serve; an app still running ``LEAVE_GRACE_S`` later is cancelled.
+    Every request of a replica goes this way, streamed (:meth:`ModelReplica.stream`) or collected
+    (:meth:`ModelReplica.forward`); httpx's ASGITransport hands back an answer only once the app has
+    finished it, and its ``receive`` never reports a disconnect before then. :meth:`answer` yields
+    ``("head", status, headers)`` and then ``("body", chunk)`` as the app sends them; :meth:`leave`
+    is the client going away: the app's ``receive`` then answers ``http.disconnect`` (what uvicorn
+    says when a connection drops), so a streaming response ends as it does under dyt-serve; an app
+    still running ``LEAVE_GRACE_S`` later is cancelled.
     """
 
     def __init__(self, app: Any, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> None:
@@ -196,8 +197,6 @@ class ModelReplica:
     ``stats``: the stats deployment, for what a call whose client left recorded."""
 
     def __init__(self, repository: str, model: str, settings_json: str, stats: Any = None) -> None:
-        import httpx
-
         from .app import create_app
 
         self.app = create_app(repository, Settings.from_json(settings_json))
@@ -212,21 +211,26 @@ class ModelReplica:
         self.stats = stats
         self.publishing: set[asyncio.Task] = set()  # its own publishes (see publish_soon)
         self.source = require_ray().get_replica_context().replica_id.unique_id
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://replica")
 
     async def forward(self, method: str, path: str, headers: list[tuple[str, str]],
                       body: bytes) -> tuple[int, list[tuple[str, str]], bytes, tuple | None]:
         """One HTTP request through the replica's app; its status, headers and body, and the
         replica's statistics for the router to publish (see :meth:`statistics`)."""
         self.start()
-        sent = [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS]
+        call = AppCall(self.app, method, path, [(k, v) for k, v in headers if k.lower() not in HOP_HEADERS], body)
+        status, kept, chunks = 500, [], []
         try:
-            answer = await self.client.request(method, path, headers=sent, content=body)
-        except asyncio.CancelledError:  # the client left (Serve cancels the call): the app's handler has ended
-            self.publish_soon()
+            async with aclosing(call.answer()) as answer:
+                async for item in answer:
+                    if item[0] == "head":
+                        _, status, kept = item
+                    else:
+                        chunks.append(item[1])
+        except asyncio.CancelledError:  # the client left (Serve cancels the call): the app sees it gone
+            call.leave()
+            self.publish_soon(call.task)
             raise
-        kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in HOP_HEADERS]
-        return answer.status_code, kept, answer.content, self.statistics()
+        return status, kept, b"".join(chunks), self.statistics()
 
     async def stream(self, method: str, path: str, headers: list[tuple[str, str]],
                      body: bytes) -> AsyncIterator[tuple]:
