@@ -13,7 +13,6 @@ serves the same folder); ``/generate`` and ``/generate_stream`` are :mod:`servic
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -224,11 +223,10 @@ class GenerationRun:
     async def pieces(self) -> AsyncIterator[tuple[int, str]]:
         """``(index, text piece)`` of each token as it comes; a piece may be empty while a character
         or a possible stop sequence is incomplete. Ends with ``finish_reason`` set."""
-        loop = asyncio.get_running_loop()
         try:
             while self.finish_reason is None:
                 try:
-                    token = await loop.run_in_executor(self.model.worker.executor, next, self.tokens, None)
+                    token = await self.model.worker.executor.call(next, self.tokens, None)
                 except Exception as err:
                     self.failed = True
                     log.exception("generation on model %s failed", self.model.name)
