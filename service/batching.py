@@ -12,13 +12,13 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .settings import BatchingConfig
+from .worker import WorkerThread
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DynamicBatcher:
     ``run_batch(feeds) -> Execution`` is the model's blocking call (see ``ModelWorker.run_batch``).
     """
 
-    def __init__(self, run_batch: Callable[[list[dict[str, np.ndarray]]], Any], executor: Executor,
+    def __init__(self, run_batch: Callable[[list[dict[str, np.ndarray]]], Any], executor: WorkerThread,
                  config: BatchingConfig) -> None:
         self.run_batch, self.executor, self.config = run_batch, executor, config
         self.queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -116,9 +116,8 @@ class DynamicBatcher:
             return None
 
     async def _execute(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            execution = await loop.run_in_executor(self.executor, self.run_batch, [p.feed for p in batch])
+            execution = await self.executor.call(self.run_batch, [p.feed for p in batch])
         except Exception as err:
             for pending in batch:
                 if not pending.future.done():
