@@ -53,7 +53,8 @@ class WorkerThread(Executor):
     and for a coroutine a leaner way, :meth:`call`: the thread sets an asyncio future directly,
     without a ``concurrent.futures.Future`` to create, wrap and chain. The round trip of an empty
     call from the event loop: ~18 µs instead of ~45 µs for a one-thread ``ThreadPoolExecutor``
-    (uvloop, 2 cores, threads idle in between); an inference request makes one.
+    (uvloop, 2 cores, threads idle in between). Every backend call makes one: an inference, a
+    dynamic batch, a generation step.
     """
 
     def __init__(self, name: str) -> None:
