@@ -1,13 +1,17 @@
-"""Latency statistics: percentiles, ratios with bootstrap intervals, interleaved schedules.
+"""Latency statistics: percentiles, ratios with bootstrap intervals, interleaved schedules, and the
+verdict a ratio supports (:func:`judge`, one for the bench reports and the service alike).
 
-Timings are seconds; summaries report milliseconds. Nothing here measures anything: the
-functions are pure so they can be tested on synthetic timings.
+Timings are seconds; summaries report milliseconds. Nothing here times anything (the load average
+is read from the OS): the functions can be tested on synthetic timings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -118,3 +122,121 @@ def ratio_from_intervals(variant_ms: float, variant_interval: Sequence[float], b
     up = float(np.hypot(max(a_high - log_a, 0.0), max(log_b - b_low, 0.0)))
     ratio = variant_ms / baseline_ms
     return Ratio(ratio, ratio * float(np.exp(-down)), ratio * float(np.exp(up)), confidence)
+
+
+# ---- verdicts: what a ratio and its interval support, on this many samples, on this machine ----
+
+MIN_SAMPLES = 20  # below this a percentile-bootstrap interval of a median is too narrow to trust
+SAME_WITHIN = 0.01  # medians within 1% of each other: no number of rounds would settle which is faster
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """The 1-minute load average before and after a measurement, and the CPUs it ran on."""
+
+    before: float
+    after: float
+    cpus: int
+
+    @property
+    def loaded(self) -> bool:
+        """More runnable tasks than CPUs at either end: other work competed for the cores."""
+        return max(self.before, self.after) > self.cpus
+
+    def as_dict(self) -> dict:
+        return {"before": self.before, "after": self.after, "cpus": self.cpus, "loaded": self.loaded}
+
+    def text(self) -> str:
+        """``load average 3.1 → 3.4 on 2 CPUs``."""
+        return f"load average {self.before:.2f} → {self.after:.2f} on {self.cpus} CPUs"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the platform says, else every CPU)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average() -> float:
+    """The 1-minute load average (0.0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def machine_load(before: float) -> MachineLoad:
+    """The load record of a measurement that started at load average ``before`` and ends now."""
+    return MachineLoad(before, load_average(), usable_cpus())
+
+
+def load_from(record: Mapping[str, Any] | None) -> MachineLoad | None:
+    """A :class:`MachineLoad` from its ``as_dict()`` form (None stays None)."""
+    return None if not record else MachineLoad(record["before"], record["after"], record["cpus"])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a ratio of medians supports: ``faster``/``slower`` only with enough samples and an
+    interval that excludes 1, else ``no clear difference``; ``note`` says why and what would settle it."""
+
+    verdict: str
+    samples: int
+    min_samples: int
+    rounds_to_settle: int | None  # None: settled already, or no number of rounds would settle it
+    loaded: bool
+    note: str
+
+    @property
+    def clear(self) -> bool:
+        """A verdict a colour may show (faster or slower)."""
+        return self.verdict != "no clear difference"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def rounds_to_exclude_one(ratio: float, low: float, high: float, samples: int) -> int | None:
+    """Rounds after which the interval would stop at 1, if the spread shrinks as 1/sqrt(rounds) at the
+    observed ratio: ``samples * (half-width towards 1 / distance to 1)²`` on the log scale. None when
+    the ratio is within :data:`SAME_WITHIN` of 1 (no number of rounds would settle it)."""
+    if abs(math.log(ratio)) < math.log1p(SAME_WITHIN):
+        return None
+    distance = abs(math.log(ratio))
+    half = math.log(ratio) - math.log(low) if ratio > 1 else math.log(high) - math.log(ratio)
+    return max(1, math.ceil(samples * (max(half, 0.0) / distance) ** 2))
+
+
+def judge(ratio: Ratio | Mapping[str, float], samples: int, load: MachineLoad | None = None,
+          min_samples: int = MIN_SAMPLES) -> Verdict:
+    """The verdict on ``ratio`` (variant / reference median, with its interval) from ``samples`` rounds
+    (the fewer of the two sides'), measured under ``load`` (None: not recorded). One function for the
+    bench reports, the service's comparison and its live view."""
+    r = ratio.as_dict() if isinstance(ratio, Ratio) else ratio
+    value, low, high = float(r["ratio"]), float(r["low"]), float(r["high"])
+    excludes_one = high < 1 or low > 1
+    word = ("faster" if high < 1 else "slower") if excludes_one and samples >= min_samples else "no clear difference"
+    loaded = bool(load and load.loaded)
+    notes = [] if word != "no clear difference" else [_unsettled_note(value, low, high, samples, min_samples)]
+    if loaded:
+        notes.append(f"loaded machine: {load.text()}")
+    needed = None if word != "no clear difference" else _rounds_needed(value, low, high, samples, min_samples)
+    return Verdict(word, samples, min_samples, needed, loaded, "; ".join(notes))
+
+
+def _rounds_needed(value: float, low: float, high: float, samples: int, min_samples: int) -> int | None:
+    if value <= 0 or low <= 0 or high <= 0:
+        return None
+    needed = rounds_to_exclude_one(value, low, high, samples)
+    return None if needed is None else max(needed, min_samples)
+
+
+def _unsettled_note(value: float, low: float, high: float, samples: int, min_samples: int) -> str:
+    """Why there is no clear difference, and how many rounds would settle it."""
+    why = (f"{samples} rounds, under the minimum of {min_samples}" if samples < min_samples
+           else f"the interval holds 1 after {samples} rounds")
+    needed = _rounds_needed(value, low, high, samples, min_samples)
+    if needed is None:
+        return f"{why}; the medians are within {SAME_WITHIN:.0%} of each other: more rounds would not settle it"
+    return f"{why}; about {needed} rounds would settle it at this spread"
