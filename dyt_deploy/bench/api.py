@@ -19,7 +19,7 @@ from ..runners import MissingBackendError, Runner, create_runner
 from .config import BENCH_RUNNERS, ONNX_BENCH_RUNNERS, TORCH_BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all
 from .report import SCHEMA_ID, SCHEMA_VERSION
-from .stats import median_interval
+from .stats import load_average, machine_load, median_interval
 from .variants import VARIANTS, VariantSet, export_variants, model_variants, optimize, zoo_variants
 
 __all__ = ["BENCH_RUNNERS", "BenchConfig", "benchmark", "run_benchmark"]
@@ -84,14 +84,17 @@ def benchmark(config: BenchConfig, progress: Callable[[str, int, int], None] | N
                              f"{build}); run on a machine with an NVIDIA GPU, or benchmark on the CPU")
     if config.threads:
         torch.set_num_threads(config.threads)
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="dyt-bench-") as tmp:
         work = Path(config.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         if config.task == "text-generation":
             from .generate import generation_benchmark
 
-            return generation_benchmark(config, work, progress or (lambda *_: None))
-        return _run(config, work, progress or (lambda *_: None))
+            report = generation_benchmark(config, work, progress or (lambda *_: None))
+        else:
+            report = _run(config, work, progress or (lambda *_: None))
+    return {**report, "load": machine_load(load_before).as_dict()}  # the verdicts name a loaded machine
 
 
 def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stats import Ratio, ratio_from_intervals
+from .stats import MIN_SAMPLES, Ratio, judge, load_from, ratio_from_intervals
 
 SCHEMA_ID = "dyt-deploy/bench-report"
 SCHEMA_VERSION = 2  # 2: the "summary" block (write_reports adds it), optional "device" per result
@@ -36,6 +36,8 @@ _ANSWER = {"type": "object",
                         "variant_setting", "reference_setting", "variant_median_ms", "reference_median_ms"],
            "properties": {"ratio": _RATIO, "verdict": {"enum": ["faster", "slower", "no clear difference"]},
                           "interval": {"enum": ["bootstrap", "combined"]},
+                          "samples": {"type": "integer"}, "rounds_to_settle": {"type": ["integer", "null"]},
+                          "verdict_note": {"type": "string"}, "loaded": {"type": "boolean"},
                           "variant_median_ms": {"type": "number"}, "reference_median_ms": {"type": "number"}}}
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -57,6 +59,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                            "device": {"type": "string"},
                            "ratio_to_baseline": {"anyOf": [_RATIO, {"type": "null"}]}}}},
         "headline": {"type": "array"},
+        "load": {"type": ["object", "null"], "required": ["before", "after", "cpus", "loaded"]},
         "layer": {"type": ["object", "null"]},
         "profile": {"type": ["object", "null"]},
     },
@@ -119,13 +122,6 @@ def split_group(group: str) -> tuple[str, str]:
     return runtime, setting or "default"
 
 
-def verdict(ratio: dict) -> str:
-    """``faster`` when the whole interval is below 1, ``slower`` above 1, else ``no clear difference``."""
-    if ratio["high"] < 1:
-        return "faster"
-    return "slower" if ratio["low"] > 1 else "no clear difference"
-
-
 def _best_rows(report: dict) -> dict[tuple[str, str, str], dict[str, dict]]:
     """Per (device, runtime, shape): each variant's fastest result (lowest median) over the runtime's settings."""
     best: dict[tuple[str, str, str], dict[str, dict]] = {}
@@ -151,7 +147,8 @@ def _pair_ratio(row: dict, reference: dict, baseline: str) -> tuple[Ratio | dict
 def summary_block(report: dict) -> list[dict]:
     """One entry per device x runtime x shape x :func:`comparisons` pair that ran there: the ratio of
     medians variant / reference, each at its fastest setting of that runtime, with its 95% interval
-    and its verdict (:func:`verdict`). The model's own variant is ``settings["own_norm"]`` (absent or null:
+    and its verdict (:func:`dyt_deploy.bench.stats.judge`: on the fewer rounds of the two, under the
+    report's ``load``). The model's own variant is ``settings["own_norm"]`` (absent or null:
     ``dyt``, see :func:`comparisons`)."""
     s = report["settings"]
     variants = list(dict.fromkeys([*s["variants"], *(r["variant"] for r in report["results"])]))
@@ -160,7 +157,8 @@ def summary_block(report: dict) -> list[dict]:
     for (device, runtime, shape), rows in sorted(_best_rows(report).items(), key=lambda kv: _place_key(kv[0])):
         for variant, reference in pairs:
             if variant in rows and reference in rows and _timed(rows[variant]) and _timed(rows[reference]):
-                entries.append(_entry(device, runtime, shape, rows[variant], rows[reference], s["baseline"]))
+                entries.append(_entry(device, runtime, shape, rows[variant], rows[reference], s["baseline"],
+                                      report.get("load")))
     return entries
 
 
@@ -173,20 +171,26 @@ def _place_key(place: tuple[str, str, str]) -> tuple:
     return place[0], place[1], _shape_key(place[2])
 
 
-def _entry(device: str, runtime: str, shape: str, row: dict, reference: dict, baseline: str) -> dict:
+def _entry(device: str, runtime: str, shape: str, row: dict, reference: dict, baseline: str,
+           load: dict | None = None) -> dict:
     ratio, method = _pair_ratio(row, reference, baseline)
     ratio = ratio.as_dict() if isinstance(ratio, Ratio) else dict(ratio)
+    samples = min(row["summary"]["count"], reference["summary"]["count"])
+    verdict = judge(ratio, samples, load_from(load))
     return {"device": device, "runtime": runtime, "shape": shape, "variant": row["variant"],
-            "reference": reference["variant"], "ratio": ratio, "verdict": verdict(ratio), "interval": method,
+            "reference": reference["variant"], "ratio": ratio, "verdict": verdict.verdict, "interval": method,
+            "samples": samples, "rounds_to_settle": verdict.rounds_to_settle, "verdict_note": verdict.note,
+            "loaded": verdict.loaded,
             "variant_setting": split_group(row["group"])[1], "reference_setting": split_group(reference["group"])[1],
             "variant_median_ms": row["summary"]["median_ms"],
             "reference_median_ms": reference["summary"]["median_ms"]}
 
 
 def answer_text(entry: dict) -> str:
-    """``x0.930 [0.910, 0.950] faster``: the ratio of medians, its interval and the verdict."""
-    r = entry["ratio"]
-    return f"x{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] {entry['verdict']}"
+    """``x0.930 [0.910, 0.950] faster``: the ratio of medians, its interval and the verdict, then in
+    brackets why there is no clear difference and what would settle it, or that the machine was loaded."""
+    r, note = entry["ratio"], entry.get("verdict_note")
+    return f"x{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] {entry['verdict']}" + (f" ({note})" if note else "")
 
 
 SUMMARY_COLUMNS = ["device", "runtime", "shape", "comparison", "ratio of medians [95% CI]",
@@ -207,8 +211,19 @@ def summary_note(report: dict) -> str:
     skipped = "".join(f" Not timed: {variant} ({why})." for variant, why in not_timed.items())
     return ("Ratio of median latencies, variant / reference, each at its fastest setting of that runtime (for "
             "onnxruntime: the graph optimizer) at that shape; below 1 the variant is faster. \"no clear difference\": "
-            "the 95% interval holds 1. The interval is the bootstrap of the ratio where both ran in the same setting "
+            f"the 95% interval holds 1, or fewer than {MIN_SAMPLES} rounds ran; the rounds that would settle it are "
+            "estimated from the observed spread at the observed ratio. " + load_text(report)
+            + "The interval is the bootstrap of the ratio where both ran in the same setting "
             "against the baseline, else combined from the two medians' bootstrap intervals." + skipped)
+
+
+def load_text(report: dict) -> str:
+    """The machine's load during the run, as a sentence (nothing for a report that did not record it)."""
+    load = load_from(report.get("load"))
+    if load is None:
+        return ""
+    busy = " (a loaded machine: more runnable tasks than CPUs, so other work competed for the cores)"
+    return f"Measured at {load.text()}{busy if load.loaded else ''}. "
 
 
 # ---- detail tables, shared by report.md and report.html ----

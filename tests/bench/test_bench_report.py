@@ -20,11 +20,10 @@ from dyt_deploy.bench.report import (
     markdown,
     summary_block,
     variant_colors,
-    verdict,
     with_summary,
     write_reports,
 )
-from dyt_deploy.bench.stats import median_interval, median_ratio, ratio_from_intervals
+from dyt_deploy.bench.stats import MIN_SAMPLES, judge, median_interval, median_ratio, ratio_from_intervals
 
 # Relative latency per (group, variant): onnxruntime's transformer fusions speed LayerNorm and RMSNorm
 # up, not DyT, so each variant's fastest setting differs; torch has no folded variant.
@@ -182,7 +181,7 @@ def test_comparisons_put_the_models_variant_against_each_twin():
                                                        (0.9, 1.0, "no clear difference"),
                                                        (1.0, 1.1, "no clear difference")])
 def test_verdict_says_faster_or_slower_only_when_the_interval_excludes_one(low, high, expected):
-    assert verdict({"ratio": (low + high) / 2, "low": low, "high": high}) == expected
+    assert judge({"ratio": (low + high) / 2, "low": low, "high": high}, MIN_SAMPLES).verdict == expected
 
 
 def test_a_ratio_combined_from_two_median_intervals_matches_the_bootstrap():
@@ -252,3 +251,31 @@ def test_a_median_of_zero_gives_no_ratio_instead_of_failing_the_report(tmp_path)
     page = write_reports(report, tmp_path)["html"].read_text()
     assert "no variant could be compared with a twin timed on the same runtime" in page
     assert "| no variant could be compared with a twin timed on the same runtime |" in markdown(report)
+
+
+def test_too_few_rounds_give_no_clear_difference_with_the_rounds_that_would_settle_it(tmp_path):
+    timings = synthetic_timings((1,), {"torch": {"layernorm": 1.0, "dyt": 0.8}}, rounds=10)
+    report = report_from(timings, ["layernorm", "dyt"])
+    (entry,) = summary_block(report)
+    assert entry["ratio"]["high"] < 1  # the interval alone would say faster
+    assert entry["verdict"] == "no clear difference" and entry["samples"] == 10
+    assert entry["rounds_to_settle"] == MIN_SAMPLES
+    paths = write_reports(report, tmp_path)
+    jsonschema.validate(json.loads(paths["json"].read_text()), REPORT_SCHEMA)
+    line = next(x for x in paths["md"].read_text().splitlines() if x.startswith("| cpu | torch | batch=1 | dyt vs"))
+    assert f"no clear difference (10 rounds, under the minimum of {MIN_SAMPLES}; about {MIN_SAMPLES} rounds" in line
+    assert '<tr class="unclear"><td>cpu</td>' in paths["html"].read_text()  # no colour for it
+
+
+def test_the_load_average_is_recorded_and_a_loaded_machine_named_beside_each_figure(tmp_path):
+    report = report_from(synthetic_timings((1,), {"torch": {"layernorm": 1.0, "dyt": 0.9}}), ["layernorm", "dyt"])
+    report["load"] = {"before": 3.0, "after": 5.5, "cpus": 2, "loaded": True}
+    paths = write_reports(report, tmp_path)
+    (entry,) = json.loads(paths["json"].read_text())["summary"]
+    assert entry["verdict"] == "faster" and entry["loaded"]
+    md = paths["md"].read_text()
+    assert "faster (loaded machine: load average 3.00 → 5.50 on 2 CPUs)" in md
+    assert "Measured at load average 3.00 → 5.50 on 2 CPUs (a loaded machine" in md
+    report["load"] = {"before": 0.2, "after": 0.4, "cpus": 2, "loaded": False}
+    md = markdown(report)
+    assert "Measured at load average 0.20 → 0.40 on 2 CPUs." in md and "loaded machine" not in md
