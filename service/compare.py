@@ -12,9 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+from datetime import datetime, timezone
 from typing import Any
 
-from dyt_deploy.bench.stats import interleaved_schedule, median_ratio, summarize
+from dyt_deploy.bench.stats import (
+    MachineLoad,
+    interleaved_schedule,
+    judge,
+    load_average,
+    machine_load,
+    median_ratio,
+    summarize,
+)
 
 from .errors import BadRequest, NotFound, Unavailable
 from .registry import ModelRegistry
@@ -41,18 +50,34 @@ def percentiles(seconds: list[float]) -> dict[str, float] | None:
     return {"p50": summary.median_ms, "p90": summary.p90_ms, "p99": summary.p99_ms, "mean": summary.mean_ms}
 
 
-def ratio_or_none(variant: list[float], baseline: list[float], resamples: int) -> dict[str, float] | None:
-    """Ratio of medians with its bootstrap interval (None when either side has no samples)."""
+def ratio_or_none(variant: list[float], baseline: list[float], resamples: int,
+                  load: MachineLoad | None = None) -> dict[str, Any] | None:
+    """Ratio of medians with its bootstrap interval and its verdict (:func:`judged_ratio`); None when
+    either side has no samples."""
     if not variant or not baseline:
         return None
-    return median_ratio(variant, baseline, resamples=resamples).as_dict()
+    return judged_ratio(variant, baseline, resamples, load)
+
+
+def judged_ratio(variant: list[float], baseline: list[float], resamples: int = 2000,
+                 load: MachineLoad | None = None) -> dict[str, Any]:
+    """``ratio``/``low``/``high`` and dyt-bench's verdict on them (``verdict``, ``samples``,
+    ``min_samples``, ``rounds_to_settle``, ``loaded``, ``note``): faster or slower only with enough
+    samples and an interval that excludes 1, the same rule as the bench reports."""
+    ratio = median_ratio(variant, baseline, resamples=resamples)
+    return {**ratio.as_dict(), **judge(ratio, min(len(variant), len(baseline)), load).as_dict()}
+
+
+def load_now() -> MachineLoad:
+    """The machine's load average now (for the live view: no measurement with a start)."""
+    return machine_load(load_average())
 
 
 def live_family(models: list[ServedModel]) -> dict[str, Any]:
     """One family's live figures: each variant's percentiles, and ratios to the baseline. For
     text-generation models also each variant's ``generation`` statistics (else null) and the
     ratios of the medians of time to first token and inter-token latency."""
-    baseline = pick_baseline(models)
+    baseline, load = pick_baseline(models), load_now()
     samples = {m.name: m.stats.samples() for m in models}
     generation = {m.name: generation_of(m) for m in models}
     variants = [{"model": m.name, "variant": m.variant, "state": m.state, "reason": m.reason,
@@ -62,11 +87,12 @@ def live_family(models: list[ServedModel]) -> dict[str, Any]:
                 for m in models]
     base_compute, base_e2e = samples[baseline.name]
     ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
-               "compute": ratio_or_none(samples[m.name][0], base_compute, LIVE_RESAMPLES),
-               "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES),
-               **generation_ratios(generation[m.name][1], generation[baseline.name][1])}
+               "compute": ratio_or_none(samples[m.name][0], base_compute, LIVE_RESAMPLES, load),
+               "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES, load),
+               **generation_ratios(generation[m.name][1], generation[baseline.name][1], load)}
               for m in models if m is not baseline]
-    return {"family": models[0].family, "baseline": baseline.name, "variants": variants, "ratios": ratios}
+    return {"family": models[0].family, "baseline": baseline.name, "variants": variants, "ratios": ratios,
+            "load": load.as_dict()}
 
 
 def generation_of(model: Any) -> tuple[dict[str, Any] | None, tuple[list[float], list[float]] | None]:
@@ -77,13 +103,14 @@ def generation_of(model: Any) -> tuple[dict[str, Any] | None, tuple[list[float],
 
 
 def generation_ratios(variant: tuple[list[float], list[float]] | None,
-                      baseline: tuple[list[float], list[float]] | None) -> dict[str, Any]:
+                      baseline: tuple[list[float], list[float]] | None,
+                      load: MachineLoad | None = None) -> dict[str, Any]:
     """Ratios of the medians of time to first token and inter-token latency (variant / baseline)
     with bootstrap intervals; nothing unless both generate."""
     if variant is None or baseline is None:
         return {}
-    return {"time_to_first_token": ratio_or_none(variant[0], baseline[0], LIVE_RESAMPLES),
-            "inter_token": ratio_or_none(variant[1], baseline[1], LIVE_RESAMPLES)}
+    return {"time_to_first_token": ratio_or_none(variant[0], baseline[0], LIVE_RESAMPLES, load),
+            "inter_token": ratio_or_none(variant[1], baseline[1], LIVE_RESAMPLES, load)}
 
 
 def live_report(registry: ModelRegistry) -> dict[str, Any]:
@@ -125,7 +152,7 @@ def check_dims(models: list[ServedModel], dims: dict[str, int], max_elements: in
 async def run_comparison(models: list[ServedModel], dims: dict[str, int], rounds: int, warmup: int,
                          seed: int = 0) -> dict[str, Any]:
     """Time every model ``rounds`` times in an interleaved schedule after ``warmup`` calls each."""
-    feeds = {m.name: m.example_feed(dims, seed) for m in models}
+    feeds, load_before = {m.name: m.example_feed(dims, seed) for m in models}, load_average()
     by_name = {m.name: m for m in models}
     for model in models:
         for _ in range(warmup):
@@ -134,18 +161,26 @@ async def run_comparison(models: list[ServedModel], dims: dict[str, int], rounds
     for name in interleaved_schedule(list(by_name), rounds):
         timings[name].append(await by_name[name].timed(feeds[name]))
         await asyncio.sleep(0)  # let traffic queued meanwhile reach the event loop
-    return comparison_report(models, timings, dims, rounds, warmup)
+    return comparison_report(models, timings, dims, rounds, warmup, machine_load(load_before))
 
 
 def comparison_report(models: list[ServedModel], timings: dict[str, list[float]], dims: dict[str, int],
-                      rounds: int, warmup: int) -> dict[str, Any]:
-    """Summaries, timings and ratios to the baseline of a controlled comparison."""
-    baseline = pick_baseline(models)
+                      rounds: int, warmup: int, load: MachineLoad | None = None) -> dict[str, Any]:
+    """Summaries, timings and ratios to the baseline (each with its verdict) of a controlled comparison
+    that ran under ``load`` (None: the load average now, before and after), stamped ``finished_at``."""
+    baseline, load = pick_baseline(models), load or load_now()
     items = dims.get("batch", 1)
     variants = [{"model": m.name, "variant": m.variant, "summary": summarize(timings[m.name], items).as_dict(),
                  "timings_ms": [t * 1e3 for t in timings[m.name]]} for m in models]
     ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
-               **median_ratio(timings[m.name], timings[baseline.name]).as_dict()}
+               **judged_ratio(timings[m.name], timings[baseline.name], load=load)}
               for m in models if m is not baseline]
     return {"family": models[0].family, "dims": dims, "rounds": rounds, "warmup": warmup,
-            "schedule": "interleaved, rotated", "baseline": baseline.name, "variants": variants, "ratios": ratios}
+            "schedule": "interleaved, rotated", "baseline": baseline.name, "variants": variants, "ratios": ratios,
+            "load": load.as_dict(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+
+
+def comparison_index(reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Family -> when its last controlled comparison finished: the dashboard shows the newest (also
+    one run through ``POST /api/compare`` by another client)."""
+    return {family: report.get("finished_at", "") for family, report in reports.items()}

@@ -647,7 +647,8 @@ class Router:
     async def live_report(self) -> dict[str, Any]:
         families = await self.families(with_stats=True)
         report = [compare.live_family(models) for _, models in sorted(families.items())]
-        return {"window": self.window, "families": report, "comparison_running": self.running}
+        return {"window": self.window, "families": report, "comparison_running": self.running,
+                "comparisons": compare.comparison_index(self.reports)}
 
     @api.post("/api/compare")
     async def run_compare(self, request: Request) -> JSONResponse:

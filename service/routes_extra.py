@@ -55,9 +55,11 @@ def security_headers(page: str) -> dict[str, str]:
 async def live(state: StateDep) -> dict[str, Any]:
     """Per family: served-traffic percentiles (compute and end-to-end, ms) per variant, and each
     variant's ratio of medians to the baseline (LayerNorm, else RMSNorm) with a bootstrap interval;
-    ``comparison_running`` names the family of a controlled comparison in progress (else null)."""
+    ``comparison_running`` names the family of a controlled comparison in progress (else null);
+    ``comparisons``: when each family's last controlled comparison finished."""
     report = await anyio.to_thread.run_sync(compare.live_report, state.registry)
     report["comparison_running"] = state.comparisons.running
+    report["comparisons"] = compare.comparison_index(state.comparisons.reports)
     return report
 
 

@@ -37,7 +37,8 @@ _ANSWER = {"type": "object",
            "properties": {"ratio": _RATIO, "verdict": {"enum": ["faster", "slower", "no clear difference"]},
                           "interval": {"enum": ["bootstrap", "combined"]},
                           "samples": {"type": "integer"}, "rounds_to_settle": {"type": ["integer", "null"]},
-                          "verdict_note": {"type": "string"}, "loaded": {"type": "boolean"},
+                          "min_samples": {"type": "integer"}, "note": {"type": "string"},
+                          "loaded": {"type": "boolean"},
                           "variant_median_ms": {"type": "number"}, "reference_median_ms": {"type": "number"}}}
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -178,9 +179,7 @@ def _entry(device: str, runtime: str, shape: str, row: dict, reference: dict, ba
     samples = min(row["summary"]["count"], reference["summary"]["count"])
     verdict = judge(ratio, samples, load_from(load))
     return {"device": device, "runtime": runtime, "shape": shape, "variant": row["variant"],
-            "reference": reference["variant"], "ratio": ratio, "verdict": verdict.verdict, "interval": method,
-            "samples": samples, "rounds_to_settle": verdict.rounds_to_settle, "verdict_note": verdict.note,
-            "loaded": verdict.loaded,
+            "reference": reference["variant"], "ratio": ratio, **verdict.as_dict(), "interval": method,
             "variant_setting": split_group(row["group"])[1], "reference_setting": split_group(reference["group"])[1],
             "variant_median_ms": row["summary"]["median_ms"],
             "reference_median_ms": reference["summary"]["median_ms"]}
@@ -189,7 +188,7 @@ def _entry(device: str, runtime: str, shape: str, row: dict, reference: dict, ba
 def answer_text(entry: dict) -> str:
     """``x0.930 [0.910, 0.950] faster``: the ratio of medians, its interval and the verdict, then in
     brackets why there is no clear difference and what would settle it, or that the machine was loaded."""
-    r, note = entry["ratio"], entry.get("verdict_note")
+    r, note = entry["ratio"], entry.get("note")
     return f"x{r['ratio']:.3f} [{r['low']:.3f}, {r['high']:.3f}] {entry['verdict']}" + (f" ({note})" if note else "")
 
 
