@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import DytDeployError
 from .export import export_onnx
 from .models import create_model
 from .nn.convert import norm_kind_of
@@ -103,9 +104,16 @@ def main(argv: list[str] | None = None) -> None:
     console.print(exports)
     repo = args.out / "repo"
     console.print("\n[bold]Serving the repository[/] and querying it with tritonclient (JSON and binary) ...")
-    from service.demo import run_service_demo
+    from service.demo import demo_passed, run_service_demo
 
-    run_service_demo(repo, requests=10, rounds=30, console=console)
+    try:
+        passed = demo_passed(run_service_demo(repo, requests=10, rounds=30, console=console))
+    except DytDeployError as err:
+        console.print(f"error: {err}", highlight=False)
+        passed = False
+    console.print("service checks: PASSED" if passed else "service checks: FAILED")
+    if not passed:
+        sys.exit(1)
     if args.no_serve:
         return
     name = f"{args.arch}-dyt"

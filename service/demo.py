@@ -44,23 +44,42 @@ def demo_inputs(metadata: dict[str, Any], batch: int, seed: int) -> dict[str, np
     return example_feed(inputs, {"batch": batch, "other": 8}, seed)
 
 
+def demo_batch(seed: int) -> int:
+    """The batch size of the demo's request ``seed``: 1, 2, 3, 4, 1, ... (every request is sent as
+    JSON and as binary tensors, so both encodings meet batches above 1)."""
+    return 1 + seed % 4
+
+
 def query_model(client: Any, httpclient: Any, name: str, requests: int) -> bool:
-    """Send ``requests`` inferences, each as JSON and as binary tensors; True if every pair agrees."""
+    """Send ``requests`` inferences, each as JSON and as binary tensors; True if every pair agrees.
+    A refused request raises :class:`DytDeployError` naming the model, the batch and the encoding."""
     metadata = client.get_model_metadata(name)
     agree = True
     for seed in range(requests):
         results = []
         for binary in (False, True):
-            tensors = []
-            for tensor_name, array in demo_inputs(metadata, 1 + seed % 4, seed).items():
-                tensor = httpclient.InferInput(tensor_name, list(array.shape), datatype_of_array(array))
-                tensor.set_data_from_numpy(array, binary_data=binary)
-                tensors.append(tensor)
-            outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
-            result = client.infer(name, tensors, outputs=outputs)
-            results.append([result.as_numpy(o["name"]) for o in metadata["outputs"]])
+            feed = demo_inputs(metadata, demo_batch(seed), seed)
+            try:
+                results.append(_infer(client, httpclient, name, metadata, feed, binary))
+            except httpclient.InferenceServerException as err:
+                encoding = "binary tensors" if binary else "JSON"
+                raise DytDeployError(f"{name} refused a batch-{demo_batch(seed)} request as {encoding}: "
+                                     f"{err.message()} (status {err.status()})") from None
         agree &= all(np.array_equal(a, b) for a, b in zip(*results, strict=True))
     return agree
+
+
+def _infer(client: Any, httpclient: Any, name: str, metadata: dict[str, Any], feed: dict[str, np.ndarray],
+           binary: bool) -> list[np.ndarray]:
+    """One inference of ``feed`` through tritonclient; the outputs in the metadata's order."""
+    tensors = []
+    for tensor_name, array in feed.items():
+        tensor = httpclient.InferInput(tensor_name, list(array.shape), datatype_of_array(array))
+        tensor.set_data_from_numpy(array, binary_data=binary)
+        tensors.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
+    result = client.infer(name, tensors, outputs=outputs)
+    return [result.as_numpy(o["name"]) for o in metadata["outputs"]]
 
 
 def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -130,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     except DytDeployError as err:
         console.print(f"service demo: error: {err}")
         return 2
-    passed = all(report["json_binary_agree"].values()) and bool(report["json_binary_agree"])
+    passed = demo_passed(report)
     console.print("PASSED" if passed else "FAILED")
     return 0 if passed else 1
+
+
+def demo_passed(report: dict[str, Any]) -> bool:
+    """Every model answered, and its JSON and binary answers agreed."""
+    return bool(report["json_binary_agree"]) and all(report["json_binary_agree"].values())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""``make demo`` with its defaults, to its end: the command the Makefile runs (read from ``make -n``),
+run in a scratch folder so its ``demo-out/`` lands there. It must export, pass the service checks
+(every batch size it sends, as JSON and as binary tensors), then serve the dashboard until Ctrl-C,
+and stop cleanly on it. Slow (about a minute and a half on 2 cores): the only test that runs the demo
+exactly as a new user does."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def demo_command(port: int) -> list[str]:
+    """The recipe line of ``make demo PORT=port`` (STAMP=Makefile: without the install step)."""
+    done = subprocess.run(["make", "-n", "-s", "demo", f"PORT={port}", "STAMP=Makefile"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    line = next(ln for ln in done.stdout.splitlines() if "dyt_deploy.demo" in ln)
+    command = shlex.split(line)
+    command[0] = str(ROOT / command[0])  # the venv's python: a symlink, kept as is (resolving it leaves the venv)
+    return command
+
+
+def wait_for_dashboard(process: subprocess.Popen, log: Path, url: str) -> str:
+    """The demo's output once its dashboard answers; fails with the output when it exits first."""
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"make demo exited with {process.returncode} before serving:\n{log.read_text()[-4000:]}")
+        if "Dashboard:" in log.read_text():
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
+                    return log.read_text()
+            except httpx.TransportError:
+                pass
+        time.sleep(1)
+    pytest.fail(f"make demo did not serve within {STARTUP_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+def test_make_demo_runs_to_its_end_with_its_defaults(tmp_path: Path) -> None:
+    port = free_port()
+    command = demo_command(port)
+    assert "--out" not in command and "--no-serve" not in command  # the defaults, as a user runs it
+    log = tmp_path / "demo.log"
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            output = wait_for_dashboard(process, log, url)
+            assert "service checks: PASSED" in output and "Traceback" not in output
+            page = httpx.get(f"{url}/", timeout=30)
+            assert page.status_code == 200 and "<html" in page.text.lower()
+            models = {m["name"] for m in httpx.post(f"{url}/v2/repository/index", timeout=30).json()}
+            assert {"vit_small-layernorm", "vit_small-dyt", "vit_small-dyt-folded"} <= models
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    assert process.returncode == 0, log.read_text()[-4000:]
+    assert (tmp_path / "demo-out" / "repo" / "vit_small-dyt" / "1" / "model.onnx").is_file()
