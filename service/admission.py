@@ -14,23 +14,27 @@ Every refusal answers ``{"error": "..."}`` as the Open Inference Protocol asks.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 from starlette.requests import Request
 
 from .auth import key_problem
+from .errors import ServiceError
 from .metrics import ServiceMetrics
 from .middleware import ASGIApp, Message, Receive, Scope, Send, header, send_error
-from .protocol import HEADER_LENGTH
+from .protocol import HEADER_LENGTH, inflate_body
 from .settings import Settings
 
 log = logging.getLogger("dyt_deploy.service")
 
 PROBE_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 SMALL_BODY_BYTES = 64 << 10  # bodies of routes other than inference (repository index, comparison)
-JSON_MEMORY_FACTOR = 16  # a JSON inference body costs about 14 times its size while decoded (measured)
+JSON_MEMORY_FACTOR = 4  # a JSON inference body costs its size and ~2.5 times more while decoded (measured)
 BODY_KEY = "dyt.body"  # the scope key under which BodyGate leaves the body it read (see request_body)
+INFER_PATH = re.compile(r"/v2/models/(?P<model_name>[^/]+)(?:/versions/(?P<model_version>[^/]+))?/infer")
 MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is over every limit (and int() of it is costly)
 
 
@@ -58,11 +62,28 @@ class ApiKeyGate:
 
 @dataclass(frozen=True)
 class BodyRules:
-    """How much body a request may send and what a 413 says about it."""
+    """How much body a request may send, what its JSON part may be, and what a 413 says about it.
+
+    ``json_part``: the JSON part's length from Inference-Header-Content-Length (None: the whole
+    body is JSON). ``encoding``: its Content-Encoding (None: sent as is).
+    """
 
     limit: int
-    cost_factor: int
-    advice: str
+    json_limit: int
+    json_part: int | None = None
+    encoding: str | None = None
+    advice: str = ""
+
+    def cost(self, size: int) -> int:
+        """What a body of ``size`` bytes costs in memory while decoded: JSON bytes count
+        JSON_MEMORY_FACTOR times, binary tensor bytes once."""
+        json_bytes = size if self.json_part is None else min(self.json_part, size)
+        return size + json_bytes * (JSON_MEMORY_FACTOR - 1)
+
+    def too_large(self, size: int, at_least: bool = False) -> BodyRefused:
+        what = "JSON request body" if self.json_part is None and self.advice else "request body"
+        return BodyRefused(413, f"{what} of {'at least ' if at_least else ''}{size} bytes is over the limit of "
+                           f"{self.limit} bytes{self.advice}", "body_size")
 
 
 class BodyRefused(Exception):
@@ -77,11 +98,23 @@ class ClientGone(Exception):
     """The client disconnected before its body was complete."""
 
 
-class BodyGate:
-    """Read each request body completely (deadline, count and byte bounds) before the app runs."""
+def whole_body_limit(settings: Settings) -> Callable[[str], int]:
+    """The JSON limit of every model when the gate knows no models: ``max_json_bytes``."""
+    return lambda _model: min(settings.max_json_bytes, settings.max_body_bytes)
 
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
+
+class BodyGate:
+    """Read each request body completely (deadline, count and byte bounds) before the app runs;
+    inflate a gzip or deflate inference body here, counting its inflated bytes.
+
+    ``json_limit_of``: a model's name -> the largest all-JSON inference body it takes (default:
+    ``max_json_bytes`` for every model).
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics,
+                 json_limit_of: Callable[[str], int] | None = None) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
+        self.json_limit_of = json_limit_of or whole_body_limit(settings)
         self.reading = 0
         self.reading_by_client: dict[str, int] = {}
         self.bytes_in_flight = 0
@@ -89,14 +122,20 @@ class BodyGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not announces_body(scope):
             return await self.app(scope, receive, send)
-        rules = self.rules(scope)
         charged = 0
         try:
+            rules = self.rules(scope)
             declared = declared_length(scope)
-            self.check_size(declared, rules)
-            charged = self.charge(declared or 0, rules)
+            if declared is not None and declared > rules.limit:
+                raise rules.too_large(declared)
+            charged = self.charge(rules.cost(declared or 0), charged)
             body = await self.read_body(scope, receive, rules)
-            charged += self.charge(len(body) - (declared or 0), rules) if len(body) > (declared or 0) else 0
+            charged = self.charge(rules.cost(len(body)), charged)
+            if rules.encoding is not None:  # counted at its worst before inflation, at its size after
+                worst = min(rules.limit, self.settings.max_inflate_ratio * len(body))
+                charged = self.charge(rules.cost(worst), charged)
+                body = await self.inflate(scope, body, rules)
+                charged = self.charge(rules.cost(len(body)), charged)
         except BodyRefused as refused:
             self.metrics.rejected.labels(refused.reason).inc()
             self.bytes_in_flight -= charged
@@ -114,31 +153,53 @@ class BodyGate:
             self.bytes_in_flight -= charged
 
     def rules(self, scope: Scope) -> BodyRules:
-        """The body limit of this request: inference bodies up to max_body_bytes (JSON-only ones
-        up to max_json_bytes), other routes' bodies up to 64 KiB."""
+        """The limits of this request's body: an inference body up to max_body_bytes, its JSON part
+        (all of it without Inference-Header-Content-Length) up to the model's JSON limit (413 at
+        once when the header announces more); other routes' bodies up to 64 KiB."""
         settings = self.settings
-        if not scope["path"].endswith("/infer"):
-            return BodyRules(min(SMALL_BODY_BYTES, settings.max_body_bytes), 1, "")
-        if header(scope, HEADER_LENGTH.encode()) is not None or header(scope, b"content-encoding") is not None:
-            return BodyRules(settings.max_body_bytes, 1, "")
-        return BodyRules(min(settings.max_json_bytes, settings.max_body_bytes), JSON_MEMORY_FACTOR,
-                         json_advice(settings.max_json_bytes))
+        match = INFER_PATH.fullmatch(scope["path"])
+        if match is None:
+            small = min(SMALL_BODY_BYTES, settings.max_body_bytes)
+            return BodyRules(small, small)
+        json_limit = self.json_limit_of(match["model_name"])
+        advice = json_advice(json_limit)
+        encoding = header(scope, b"content-encoding")
+        encoding = None if encoding is None or encoding.strip().lower() == "identity" else encoding
+        json_part = json_part_length(scope)
+        if json_part is None:
+            return BodyRules(json_limit, json_limit, None, encoding, advice)
+        if json_part > json_limit:
+            raise BodyRefused(413, f"the JSON part of {json_part} bytes (Inference-Header-Content-Length) is over "
+                              f"the limit of {json_limit} bytes{advice}", "body_size")
+        return BodyRules(settings.max_body_bytes, json_limit, json_part, encoding)
 
-    def check_size(self, declared: int | None, rules: BodyRules) -> None:
-        if declared is not None and declared > rules.limit:
-            raise BodyRefused(413, f"request body of {declared} bytes is over the limit of {rules.limit} bytes"
-                              + rules.advice, "body_size")
-
-    def charge(self, size: int, rules: BodyRules) -> int:
-        """Count ``size`` body bytes (times the rules' cost factor) as in flight; 503 over the bound
-        (a request alone is admitted whatever its cost: its size limit bounds it)."""
-        cost = size * rules.cost_factor
-        bound = self.settings.max_inflight_bytes
-        if cost and self.bytes_in_flight and self.bytes_in_flight + cost > bound:
-            raise BodyRefused(503, f"server busy: {self.bytes_in_flight} bytes of requests in flight, this one "
-                              f"would add {cost} (limit {bound}); retry later", "inflight_bytes")
-        self.bytes_in_flight += cost
+    def charge(self, cost: int, charged: int) -> int:
+        """Count a request's cost as in flight, in place of the ``charged`` counted so far; 503 over
+        the bound (a request alone is admitted whatever its cost: its size limit bounds it).
+        Returns what is now counted for it."""
+        bound, others = self.settings.max_inflight_bytes, self.bytes_in_flight - charged
+        if cost > charged and others and others + cost > bound:
+            raise BodyRefused(503, f"server busy: {others} bytes of requests in flight, this one would add "
+                              f"{cost} (limit {bound}); retry later", "inflight_bytes")
+        self.bytes_in_flight += cost - charged
         return cost
+
+    async def inflate(self, scope: Scope, body: bytes, rules: BodyRules) -> bytes:
+        """The body inflated (bounded by its kind's limit and max_inflate_ratio); the scope then
+        describes the inflated body."""
+        ratio = self.settings.max_inflate_ratio
+        try:
+            body = await anyio.to_thread.run_sync(inflate_body, body, rules.encoding, rules.limit, ratio)
+        except ServiceError as err:
+            raise BodyRefused(err.status, str(err) + (rules.advice if err.status == 413 else ""),
+                              "body_size" if err.status == 413 else "bad_encoding") from None
+        if rules.json_part is not None and rules.json_part > len(body):
+            raise BodyRefused(400, f"Inference-Header-Content-Length {rules.json_part} does not fit the inflated "
+                              f"body of {len(body)} bytes", "bad_length")
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() not in (b"content-encoding",
+                                                                                    b"content-length")]
+        scope["headers"].append((b"content-length", str(len(body)).encode()))
+        return body
 
     async def read_body(self, scope: Scope, receive: Receive, rules: BodyRules) -> bytes:
         """The whole body, read while holding a body-read slot, within body_timeout_s."""
@@ -162,8 +223,7 @@ class BodyGate:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > rules.limit:
-                raise BodyRefused(413, f"request body of at least {size} bytes is over the limit of {rules.limit} "
-                                  "bytes" + rules.advice, "body_size")
+                raise rules.too_large(size, at_least=True)
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
@@ -189,9 +249,21 @@ class BodyGate:
             del self.reading_by_client[client]
 
 
-def json_advice(max_json_bytes: int) -> str:
-    return (f" for a JSON body ({max_json_bytes} bytes); send large tensors with the binary tensor extension "
+def json_advice(json_limit: int) -> str:
+    """What a 413 of a JSON body adds: the JSON limit is the model's largest valid request (or the
+    server's budget, --max-json-mb); what is larger goes as binary tensors."""
+    return (f" for JSON ({json_limit} bytes: this model's largest valid request, within the server's "
+            "--max-json-mb); send large tensors with the binary tensor extension "
             "(Inference-Header-Content-Length; tritonclient: binary_data=True)")
+
+
+def json_part_length(scope: Scope) -> int | None:
+    """The Inference-Header-Content-Length (None when absent; a value that is not a number is left
+    to the protocol's 400, counted as the whole body here)."""
+    value = header(scope, HEADER_LENGTH.encode())
+    if value is None or not value.strip().isdigit() or len(value.strip()) > MAX_LENGTH_DIGITS:
+        return None
+    return int(value)
 
 
 def announces_body(scope: Scope) -> bool:

@@ -77,7 +77,8 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
     app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=state.metrics)
     app.add_middleware(InFlightLimit, max_in_flight=settings.max_in_flight, retry_after_s=settings.retry_after_s,
                        metrics=state.metrics)
-    app.add_middleware(BodyGate, settings=settings, metrics=state.metrics)
+    app.add_middleware(BodyGate, settings=settings, metrics=state.metrics,
+                       json_limit_of=state.registry.json_limit)
     app.add_middleware(ApiKeyGate, api_key=settings.api_key, public_metrics=settings.public_metrics,
                        metrics=state.metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

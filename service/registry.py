@@ -70,6 +70,14 @@ class ModelRegistry:
             raise NotFound(f"model {name!r} has no version {version!r}; served: {model.version}")
         return model
 
+    def json_limit(self, name: str) -> int:
+        """The largest all-JSON inference body model ``name`` takes (``max_json_bytes`` for an
+        unknown name: its request is answered 404 anyway)."""
+        model = self.models.get(name)
+        if model is None:
+            return min(self.settings.max_json_bytes, self.settings.max_body_bytes)
+        return model.json_limit()
+
     def families(self) -> dict[str, list[ServedModel]]:
         """Models grouped by family, in name order."""
         grouped: dict[str, list[ServedModel]] = {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ from fastapi.responses import JSONResponse
 import dyt_deploy
 
 from . import protocol
-from .admission import request_body
+from .admission import INFER_PATH, request_body
 from .auth import require_api_key
 from .schemas import (
     ERROR_RESPONSES,
@@ -147,7 +146,7 @@ class InferenceLane:
     exception handler (:func:`service.app.answer_error`).
     """
 
-    PATH = re.compile(r"/v2/models/(?P<model_name>[^/]+)(?:/versions/(?P<model_version>[^/]+))?/infer")
+    PATH = INFER_PATH
 
     def __init__(self, app: Any, on_error: Callable[[Request, Exception], Awaitable[Response]]) -> None:
         self.app, self.on_error = app, on_error

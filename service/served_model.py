@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,7 +26,7 @@ from dyt_deploy.specs import TensorSpec
 
 from . import protocol
 from .batching import DynamicBatcher
-from .errors import BadRequest, DeadlineExceeded, PayloadTooLarge, ServiceError, Unavailable
+from .errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
 from .metrics import ServiceMetrics
 from .model_config import ServingConfig, config_answer, read_serving_config
 from .protocol import Signature
@@ -50,24 +49,6 @@ def example_feed(tensors: Sequence[dict[str, Any]], dims: Mapping[str, int], see
     else 1. For warm-up and controlled comparisons."""
     specs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in tensors]
     return random_feed(specs, dims, seed, default_dim=1)
-
-
-def inflate_body(body: bytes, encoding: str, limit: int) -> bytes:
-    """A request body sent with Content-Encoding gzip or deflate, inflated (bounded by ``limit``
-    after inflation, so a small compressed bomb is refused too); "identity" passes through."""
-    encoding = encoding.lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r}; use gzip, deflate or none")
-    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        inflated = inflater.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise BadRequest(f"body is not valid {encoding} data: {err}") from None
-    if len(inflated) > limit:
-        raise PayloadTooLarge(f"inflated request body is over the limit of {limit} bytes")
-    return inflated
 
 
 def without_server_paths(text: str, repository: Path) -> str:
@@ -186,11 +167,10 @@ class ServedModel:
         request's stage times go to the model's statistics and the service's metrics."""
         self.require_ready()
         encoding = headers.get("content-encoding", "identity")
-        if encoding.lower() != "identity":  # inflated no further than the limit of its kind (JSON or binary)
-            json_only = headers.get(protocol.HEADER_LENGTH) is None
-            limit = min(self.settings.max_json_bytes, self.settings.max_body_bytes) if json_only else \
-                self.settings.max_body_bytes
-            body = await anyio.to_thread.run_sync(inflate_body, body, encoding, limit)
+        if encoding.lower() != "identity":  # (behind BodyGate, bodies come inflated: on Ray they do not)
+            limit = self.json_limit() if headers.get(protocol.HEADER_LENGTH) is None else self.settings.max_body_bytes
+            body = await anyio.to_thread.run_sync(protocol.inflate_body, body, encoding, limit,
+                                                  self.settings.max_inflate_ratio)
         started = time.perf_counter()
         try:
             content, extra, timing, items = await self._answer(body, headers.get(protocol.HEADER_LENGTH))
@@ -260,6 +240,12 @@ class ServedModel:
     def require_ready(self) -> None:
         if not self.ready:
             raise Unavailable(f"model {self.name!r} is not ready: {self.reason or self.state}")
+
+    def json_limit(self) -> int:
+        """The largest all-JSON inference body this model takes (413 above it): its largest valid
+        request (:func:`service.protocol.json_body_limit`), within ``max_json_bytes``."""
+        cap = min(self.settings.max_json_bytes, self.settings.max_body_bytes)
+        return cap if self.signature is None else protocol.json_body_limit(self.signature, cap)
 
     def require_signature(self) -> Signature:
         if self.signature is None:

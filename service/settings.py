@@ -57,8 +57,12 @@ class Settings(BaseSettings):
         workers: server processes (dyt-serve --workers), each loading every model.
         warmup_runs: inferences run on each model at load, before it is reported ready.
         max_body_bytes: request body limit (413 above it); 64 MiB is Triton's default.
-        max_json_bytes: limit of an inference body that is all JSON (413 above it, pointing to the
-            binary tensor extension): decoding JSON costs several times its size.
+        max_json_bytes: the memory budget of one all-JSON inference body: its limit is the model's
+            largest valid request (max batch of every input, each number at its longest JSON
+            text), at most this (413 above it, pointing to the binary tensor extension); decoding
+            JSON costs a few times its size.
+        max_inflate_ratio: a gzip or deflate body may inflate to at most this many times its
+            compressed size (413 above it), and never past its kind's size limit.
         max_inflight_bytes: bound on the body bytes of the requests being received or handled (503
             with Retry-After above it); a JSON inference body counts 16 times its size (what decoding
             it costs: about 14 times, measured), and one request is admitted whatever its size when none
@@ -96,7 +100,8 @@ class Settings(BaseSettings):
     workers: PositiveInt = 1
     warmup_runs: NonNegativeInt = 2
     max_body_bytes: PositiveInt = 64 << 20
-    max_json_bytes: PositiveInt = 8 << 20
+    max_json_bytes: PositiveInt = 64 << 20
+    max_inflate_ratio: PositiveInt = 100
     max_inflight_bytes: PositiveInt = 512 << 20
     max_in_flight: PositiveInt = 64
     body_timeout_s: Annotated[float, Field(gt=0)] = 10.0

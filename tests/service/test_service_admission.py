@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from service_testlib import API_KEY, BackgroundServer, images, json_request, serve_in_thread
 
@@ -212,13 +213,55 @@ def test_a_json_body_over_its_limit_points_to_the_binary_extension(http: httpx.C
     assert response.status_code == 413 and "binary tensor extension" in response.json()["error"]
     binary = http.post(INFER, content=b"{}" + body, headers={**KEY, "inference-header-content-length": "2"})
     assert binary.status_code == 400  # a binary-extension body of that size is read (and refused as malformed)
-    packed = http.post(INFER, content=gzip.compress(body), headers={**KEY, "content-encoding": "gzip"})
+    digits = b"[" + ",".join(str(x) for x in np.random.default_rng(0).random(JSON_LIMIT // 10)).encode() + b"]"
+    packed = http.post(INFER, content=gzip.compress(digits), headers={**KEY, "content-encoding": "gzip"})
     assert packed.status_code == 413 and f"limit of {JSON_LIMIT} bytes" in packed.json()["error"]  # JSON's, inflated
+
+
+def test_the_json_part_of_a_binary_request_obeys_the_json_limit(gated: BackgroundServer, http: httpx.Client) -> None:
+    """An all-JSON body announced as a binary-extension request whose JSON part is all of it is
+    refused at once, before its body is read."""
+    length = JSON_LIMIT * 3
+    raw = start_request(gated.address, INFER, length, b"{", headers={**KEY, "Inference-Header-Content-Length":
+                                                                     str(length)})
+    try:
+        status, body = reply_of(raw, timeout_s=BODY_TIMEOUT_S / 2)
+    finally:
+        raw.close()
+    assert status == 413 and b"the JSON part of" in body and b"binary tensor extension" in body
+    request = json.dumps(json_request(images(1))).encode()
+    fits = http.post(INFER, content=request, headers={**KEY, "Inference-Header-Content-Length": str(len(request))})
+    assert fits.status_code == 200  # a JSON part within the limit is served as before
+
+
+def test_inflated_bytes_count_in_flight(gated: BackgroundServer, http: httpx.Client) -> None:
+    """A small gzip body is counted for what it inflates to (worst case first): with most of the
+    in-flight bound held, it is refused where its compressed size alone would fit."""
+    packed = gzip.compress(json.dumps(json_request(images(1))).encode())
+    binary = {**KEY, "Inference-Header-Content-Length": "2"}
+    held = [start_request(gated.address, INFER, size, b"{}", f"127.0.0.{20 + i}", binary)
+            for i, size in enumerate((BODY_LIMIT, INFLIGHT_BYTES - BODY_LIMIT - (512 << 10)))]
+    try:
+        time.sleep(0.2)
+        refused = http.post(INFER, content=packed, headers={**KEY, "content-encoding": "gzip"})
+        assert refused.status_code == 503 and "bytes of requests in flight" in refused.json()["error"]
+    finally:
+        close_all(held)
+    deadline = time.monotonic() + 5
+    while (answer := http.post(INFER, content=packed, headers={**KEY, "content-encoding": "gzip"})).status_code != 200:
+        assert time.monotonic() < deadline, answer.text
+        time.sleep(0.05)
+
+
+def test_a_compressed_bomb_is_refused_by_its_ratio(http: httpx.Client) -> None:
+    bomb = gzip.compress(b" " * (JSON_LIMIT // 2))  # ~1000 times smaller than what it inflates to
+    refused = http.post(INFER, content=bomb, headers={**KEY, "content-encoding": "gzip"})
+    assert refused.status_code == 413 and "more than 100 times" in refused.json()["error"], refused.text
 
 
 def test_bytes_in_flight_are_bounded(gated: BackgroundServer, http: httpx.Client) -> None:
     binary = {**KEY, "Inference-Header-Content-Length": "2"}
-    held = [start_request(gated.address, INFER, BODY_LIMIT, b"{}", f"127.0.0.{5 + i}", binary) for i in range(2)]
+    held = [start_request(gated.address, INFER, BODY_LIMIT - 64, b"{}", f"127.0.0.{5 + i}", binary) for i in range(2)]
     try:
         time.sleep(0.2)
         late = start_request(gated.address, INFER, 1 << 20, b"{}", "127.0.0.7", binary)
