@@ -5,6 +5,7 @@ runner's answers, reports healthy, runs as a non-root user, and runs the CLI too
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -92,6 +93,18 @@ def test_cli_tools_run_in_the_image(podman: Podman, image: str, workdir: Path,
     with OnnxRuntimeRunner(exported, threads=1) as runner:
         np.testing.assert_allclose(runner.infer({"pixel_values": x})["logits"],
                                    reference["vit-dyt"].infer({"pixel_values": x})["logits"], rtol=1e-4, atol=1e-5)
+
+
+def test_cli_writes_into_a_folder_of_the_callers_uid(podman: Podman, image: str, workdir: Path) -> None:
+    """The README's way to run a writing command: a folder only its owner may write (0755, owned by
+    a uid that is not the image's 10001), and `--user UID:GID -e HOME=/tmp`."""
+    owner = 12345
+    for path in [workdir, *workdir.iterdir()]:
+        os.chown(path, owner, owner)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    done = podman.run("run", "--rm", "--user", f"{owner}:{owner}", "-e", "HOME=/tmp", "-v", f"{workdir}:/work",
+                      "-w", "/work", image, "dyt-export", "vit-dyt.pt", "--no-verify", timeout=300)
+    assert (workdir / "vit-dyt.onnx").stat().st_uid == owner, done.stdout + done.stderr
 
 
 def test_serve_options_pass_through_the_entry_point(podman: Podman, image: str) -> None:

@@ -100,3 +100,32 @@ def test_requirements_script_reads_pyproject() -> None:
 def test_shell_scripts_parse(script: str) -> None:
     shell = "bash" if script.startswith("scripts/") else "sh"
     subprocess.run([shell, "-n", str(ROOT / script)], check=True)
+
+
+def docker_commands() -> list[str]:
+    """Every ``docker ...`` line of the shell blocks of README.md and docker/README.md."""
+    lines = []
+    for page in (ROOT / "README.md", DOCKER / "README.md"):
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
+            lines += [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.startswith("docker ")]
+    return lines
+
+
+def test_readme_and_compose_tell_one_docker_story() -> None:
+    """One image name (what `docker build -t` makes is what compose runs), loopback publishing as
+    compose does, and a writable mount only with the caller's uid (the image's own is 10001)."""
+    yaml = pytest.importorskip("yaml")
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    compose_images = {re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", s["image"]) for s in services.values()}
+    commands = docker_commands()
+    built = {re.search(r"-t (\S+)", c).group(1) for c in commands if c.startswith("docker build")}
+    assert built == compose_images == {"dyt-deploy:cpu", "dyt-deploy:gpu"}
+    assert all(p.startswith("${DYT_BIND:-127.0.0.1}:") for s in services.values() for p in s["ports"])
+    runs = [c for c in commands if c.startswith("docker run")]
+    assert runs
+    for run in runs:
+        assert all(p.startswith("127.0.0.1:") for p in re.findall(r"-p (\S+)", run)), run
+        writable = [v for v in re.findall(r'-v "?(\S+?)"?(?: |$)', run) if not v.endswith(":ro")
+                    and not v.startswith("dyt-engines")]
+        if writable:
+            assert '--user "$(id -u):$(id -g)"' in run and "-e HOME=/tmp" in run, run
