@@ -279,3 +279,40 @@ def test_the_load_average_is_recorded_and_a_loaded_machine_named_beside_each_fig
     report["load"] = {"before": 0.2, "after": 0.4, "cpus": 2, "loaded": False}
     md = markdown(report)
     assert "Measured at load average 0.20 → 0.40 on 2 CPUs." in md and "loaded machine" not in md
+
+
+def test_batch_plots_have_round_y_ticks_and_the_unit_on_the_axis_title():
+    report = synthetic_report((1, 8))
+    lines = [p for p in latency_plots(report, variant_colors(report)) if "against batch size" in p]
+    assert len(lines) == 3
+    for plot in lines:
+        ticks = [float(t) for t in re.findall(r'<text class="ytick"[^>]*>([^<]*)</text>', plot)]
+        steps = np.diff(ticks)
+        assert ticks[0] == 0 and len(ticks) >= 3 and np.allclose(steps, steps[0])
+        group = re.search(r"<title>([^:<]*):", plot).group(1)
+        top = max(r["summary"]["median_ms"] for r in report["results"] if r["group"] == group)
+        assert top <= ticks[-1] < 2 * top  # the axis reaches the data, not far past it
+        assert steps[0] / 10 ** np.floor(np.log10(steps[0])) in (1, 2, 2.5, 5)  # a round step
+        assert '<text class="axis-title" x="4" y="38">median latency (ms)</text>' in plot and "(max" not in plot
+
+
+def test_the_layer_table_sets_each_row_beside_a_same_size_copy_and_says_why_it_passes_main_memory():
+    report = synthetic_report((1,))
+    report["layer"] = {"copy_gbps": 10.0, "rows": [
+        {"kind": "layernorm", "tokens": 256, "width": 384, "median_us": 38.0, "gbps": 20.7, "copy_gbps": 30.0,
+         "bytes": 786432, "in_cache": True},
+        {"kind": "dyt", "tokens": 256, "width": 384, "median_us": 50.0, "gbps": 7.9}]}  # a report from before
+    md = markdown(report)
+    assert "| layernorm | 256 | 384 | 0.75 | 38.0 | 20.70 | 69% | 207% | yes |" in md
+    assert "| dyt | 256 | 384 | – | 50.0 | 7.90 | – | 79% | ? |" in md
+    assert "a LayerNorm at 200% of it is a cache-resident size, not a layer faster than memory" in md
+
+
+def test_the_layer_bench_times_a_same_size_copy_beside_the_layers():
+    from dyt_deploy.bench.layer import cpu_layer_bench, last_level_cache_bytes
+
+    rows = cpu_layer_bench([16], [32], repeats=3)
+    assert [r["kind"] for r in rows] == ["layernorm", "rmsnorm", "dyt"]
+    assert len({r["copy_gbps"] for r in rows}) == 1 and rows[0]["copy_gbps"] > 0 and rows[0]["bytes"] == 2 * 16 * 32 * 4
+    cache = last_level_cache_bytes()
+    assert rows[0]["in_cache"] is (None if cache is None else True)

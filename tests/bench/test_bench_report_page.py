@@ -5,6 +5,7 @@ Markdown shows."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ const plots = [...document.querySelectorAll("svg")].map(svg => ({
     return {tag: m.tagName, series: m.getAttribute("data-series"), area: box.width * box.height,
             extent: box.width + box.height, paint: m.tagName === "polyline" ? style.stroke : style.fill};
   }),
+  yticks: [...svg.querySelectorAll(".ytick")].map(t => { const b = t.getBBox();
+    return {text: t.textContent, top: b.y, bottom: b.y + b.height}; }),
   legends: [...svg.querySelectorAll(".legend[data-series]")].map(l => {
     const style = getComputedStyle(l);
     return {series: l.getAttribute("data-series"), text: l.textContent,
@@ -76,6 +79,9 @@ def test_the_page_answers_first_draws_every_plot_and_keeps_each_variants_colour(
     for plot in (p for p in page["plots"] if "against batch size" in p["title"]):
         lines = [m for m in plot["marks"] if m["tag"] == "polyline"]
         assert len(lines) == len(plot["legends"]) // 2 >= 3
+        ticks = sorted(plot["yticks"], key=lambda t: t["top"])
+        assert len(ticks) >= 3 and all(float(t["text"]) >= 0 for t in ticks)  # numbers; the unit is on the title
+        assert all(a["bottom"] <= b["top"] for a, b in itertools.pairwise(ticks))  # no tick label over another
 
     colors: dict[str, set[str]] = {}
     for plot in page["plots"]:
