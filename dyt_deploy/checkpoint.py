@@ -15,7 +15,9 @@ Formats read by :func:`load_checkpoint`:
 - A safetensors state dict (``.safetensors``): the architecture from ``arch=``, from the file's
   metadata (``arch``, ``architecture`` or ``model``: a zoo or timm name) or from a timm
   ``config.json`` beside it (its ``architecture``).
-- A ``torch.export`` program (``.pt2``).
+- A ``torch.export`` program (``.pt2``). Its archive is inspected before torch opens it: entries
+  torch would unpickle beyond plain tensors are refused unless ``trust_pickle=True``
+  (:mod:`dyt_deploy.pt2_safety`).
 - A whole pickled ``nn.Module``, only with ``trust_pickle=True``: unpickling runs code.
 
 Anything else (text, JSON, an ONNX model, an empty or damaged file) raises a one-line
@@ -40,6 +42,7 @@ from torch import nn
 
 from .errors import CheckpointError, DytDeployError, OptionError, choice_problem, first_line
 from .models import create_model, get_arch
+from .pt2_safety import refuse_pickled_entries
 from .repository import atomic_write
 
 FORMAT_TAG = "dyt-deploy/model"
@@ -125,7 +128,8 @@ def load_checkpoint(
             dyt-deploy model.pt only if they agree.
         norm: norm kind of such checkpoints; default: inferred from the parameter names
             (``alpha`` + ``shift`` -> derf, ``alpha`` -> dyt, norm biases -> layernorm, else rmsnorm).
-        trust_pickle: allow unpickling arbitrary objects (a whole pickled ``nn.Module``).
+        trust_pickle: allow unpickling arbitrary objects (a whole pickled ``nn.Module``, the pickled
+            entries of a ``.pt2`` archive).
             Unpickling runs code from the file: only for files you made or trust.
         weights: which weights of a training checkpoint: "model" or "ema" (``model_ema``);
             default None: the EMA weights when the checkpoint has them, else the model's.
@@ -142,7 +146,7 @@ def load_checkpoint(
     if weights not in (None, *WEIGHTS):
         raise OptionError(choice_problem("weights", weights, WEIGHTS))
     if path.suffix == ".pt2":
-        return LoadedModel(_load_exported(path), "torch.export", path=path)
+        return LoadedModel(_load_exported(path, trust_pickle), "torch.export", path=path)
     ask = _Ask(path, arch, norm, weights, config)
     kind = sniff_file(path)
     if kind.name == "safetensors" or (path.suffix == ".safetensors" and not kind.torch_loadable):
@@ -207,13 +211,18 @@ def _error_detail(err: BaseException) -> str:
     return (detail or lines or [type(err).__name__])[-1][:200]
 
 
-def _load_exported(path: Path) -> nn.Module:
+def _load_exported(path: Path, trust_pickle: bool) -> nn.Module:
+    """A ``torch.export`` program's module; the archive is inspected first (:mod:`.pt2_safety`), so
+    pickled entries are refused before torch could unpickle them, unless ``trust_pickle``."""
+    kind = sniff_file(path)
+    if kind.name not in ("torch-archive", "zip"):  # not opened at all: only an inspected archive reaches torch
+        raise CheckpointError(f"{path}: not a readable torch.export program (a .pt2 is a zip archive); it is "
+                              f"{kind.description}")
+    refuse_pickled_entries(path, trust_pickle)
     try:
         return torch.export.load(path).module()
     except Exception as err:  # torch.export raises many types for a bad archive
-        kind = sniff_file(path)
-        what = "" if kind.name in ("torch-archive", "zip", "damaged-zip") else f"; it is {kind.description}"
-        raise CheckpointError(f"{path}: not a readable torch.export program ({first_line(err)}){what}") from None
+        raise CheckpointError(f"{path}: not a readable torch.export program ({first_line(err)})") from None
 
 
 def _from_own_format(obj: dict, arch: str | None, path: Path) -> LoadedModel:
@@ -237,6 +246,7 @@ def _from_training_dict(obj: dict, ask: _Ask) -> LoadedModel:
     state, used = _pick_weights(obj, ask)
     name = _timm_name(obj)
     arch, overrides = _arch_and_overrides(ask, name)
+    overrides.update(_recorded_config(obj, arch, name))
     nb_classes = _arg(obj.get("args"), "nb_classes")
     source = "training-checkpoint" if name else "state_dict"
     return _from_state_dict(state, arch, overrides, ask, source, used, nb_classes)
@@ -259,6 +269,13 @@ def _pick_weights(obj: dict, ask: _Ask) -> tuple[dict, str | None]:
         f"{ask.path}: a dict with keys {sorted(map(str, obj))[:8]} holds no state_dict "
         f"(looked for a bare one and for keys {', '.join(_STATE_DICT_KEYS)})"
     )
+
+
+def _recorded_config(obj: dict, arch: str | None, name: str | None) -> dict[str, Any]:
+    """``args.model_config`` of a training checkpoint whose ``args.model`` is the zoo architecture
+    built (dyt-deploy's reference twins record their size there); {} otherwise."""
+    recorded = _arg(obj.get("args"), "model_config")
+    return dict(recorded) if isinstance(recorded, dict) and arch is not None and arch == name else {}
 
 
 def _is_state_dict(value: object) -> bool:

@@ -6,6 +6,7 @@ Written against the mutants `make mutation` found surviving in ``checkpoint.py``
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_module_key_holds_a_state_dict(tmp_path: Path) -> None:
 def test_unreadable_export_program_names_the_first_line_of_the_cause(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.pt2"
-    path.write_bytes(b"x")
+    zipfile.ZipFile(path, "w").close()  # an archive with no pickled entries reaches torch.export.load
 
     def broken(_path: object) -> None:
         raise RuntimeError("archive is damaged\nsecond line of detail")
@@ -85,7 +86,16 @@ def test_unreadable_export_program_names_the_first_line_of_the_cause(tmp_path: P
     monkeypatch.setattr(torch.export, "load", broken)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == (f"{path}: not a readable torch.export program (archive is damaged); "
+    assert str(info.value) == f"{path}: not a readable torch.export program (archive is damaged)"
+
+
+def test_a_pt2_that_is_no_zip_archive_never_reaches_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.pt2"
+    path.write_bytes(b"x")
+    monkeypatch.setattr(torch.export, "load", lambda _path: pytest.fail("torch.export.load was called"))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (f"{path}: not a readable torch.export program (a .pt2 is a zip archive); "
                                "it is a text file (starts 'x')")
 
 
@@ -274,7 +284,7 @@ def test_own_format_without_an_arch_says_so(tmp_path: Path) -> None:
 
 def test_export_program_records_its_path_and_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.pt2"
-    path.write_bytes(b"x")
+    zipfile.ZipFile(path, "w").close()
     module = torch.nn.Linear(2, 2).train()
 
     class Program:

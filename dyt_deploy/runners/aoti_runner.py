@@ -10,6 +10,11 @@ Loading a CUDA package crashed the whole process (segmentation fault) with torch
 host, even for a Linear+tanh model. So a CUDA package is first loaded and run once in a child
 process (``probe``); if that child dies, activation fails with the reason and the caller (the
 service, dyt-check) carries on without it.
+
+Before torch opens a package, its archive is inspected (:mod:`dyt_deploy.pt2_safety`): torch's
+loader also unpickles any exported program a ``.pt2`` holds, so entries it would unpickle beyond
+plain tensors are refused unless ``trust_pickle``. The package's compiled library runs when it loads
+(native code, by design): load only packages you built.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from ..dtypes import torch_dtype
 from ..models.base import flatten_outputs
+from ..pt2_safety import refuse_pickled_entries
 from .base import MissingBackendError, Runner, RunnerError, Timer
 
 META_INPUTS, META_OUTPUTS, META_DTYPE = "dyt_deploy.inputs", "dyt_deploy.outputs", "dyt_deploy.dtype"
@@ -62,17 +68,20 @@ class AotiRunner(Runner):
         device_index: the CUDA device of a CUDA package (-1: the current one).
         probe: load and run the package once in a child process first, so a crash of the loader
             cannot take this process down [default: for CUDA packages only].
+        trust_pickle: load a package whose archive holds pickled entries (unpickling runs code from
+            the file; see :mod:`dyt_deploy.pt2_safety`) [default: refuse it].
     """
 
     name = "aoti"
 
     def __init__(self, path: str | Path, input_names: list[str] | None = None,
                  output_names: list[str] | None = None, *, threads: int = 0, device_index: int = -1,
-                 probe: bool | None = None) -> None:
+                 probe: bool | None = None, trust_pickle: bool = False) -> None:
         super().__init__()
         if threads < 0:
             raise RunnerError(f"threads must be 0 (torch's default) or more, not {threads}")
         self.path, self.threads, self.device_index, self.probe = Path(path), threads, device_index, probe
+        self.trust_pickle = trust_pickle
         self.input_names, self.output_names = input_names, output_names
         self.metadata: dict[str, str] = {}
         self.device, self.dtype = "cpu", "fp32"
@@ -82,11 +91,12 @@ class AotiRunner(Runner):
     def _activate(self) -> None:
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: no such AOTInductor package (build one: dyt-build MODEL --backend aoti)")
+        refuse_pickled_entries(self.path, self.trust_pickle, RunnerError)
         self.metadata = package_metadata(self.path)
         self.device = "cuda" if self.metadata.get(_DEVICE_KEY) == "cuda" else "cpu"
         self._require_device()
         if self.probe if self.probe is not None else self.device == "cuda":
-            probe_in_child(self.path, self.device_index)
+            probe_in_child(self.path, self.device_index, trust_pickle=self.trust_pickle)
         self._compiled = load_package(self.path, self.device_index)
         self.metadata = {**self.metadata, **self._compiled.get_metadata()}
         self.device = "cuda" if self.metadata.get(_DEVICE_KEY) == "cuda" else "cpu"  # the loaded package's word
@@ -142,10 +152,11 @@ def load_package(path: Path, device_index: int = -1) -> Any:
                           "rebuild it with dyt-build MODEL --backend aoti on this torch version") from None
 
 
-def probe_in_child(path: Path, device_index: int = -1, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+def probe_in_child(path: Path, device_index: int = -1, timeout_s: float = PROBE_TIMEOUT_S,
+                   trust_pickle: bool = False) -> None:
     """Load ``path`` and run it once on metadata-shaped inputs in a child Python process; a child
     that crashes, fails or hangs is a RunnerError saying how, and this process is untouched."""
-    command = [sys.executable, "-m", __name__, str(path), str(device_index)]
+    command = [sys.executable, "-m", __name__, str(path), str(device_index), "trust" if trust_pickle else "refuse"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -172,7 +183,8 @@ def _signal_name(number: int) -> str:
 def _probe_main(argv: list[str]) -> int:
     """The child's side of :func:`probe_in_child`: load, run once (every named dim 2), exit 0."""
     path, device_index = Path(argv[0]), int(argv[1]) if len(argv) > 1 else -1
-    runner = AotiRunner(path, device_index=device_index, probe=False)
+    trust_pickle = len(argv) > 2 and argv[2] == "trust"
+    runner = AotiRunner(path, device_index=device_index, probe=False, trust_pickle=trust_pickle)
     with runner:
         inputs, _ = signature_from_metadata(runner.metadata)
         feed = {t["name"]: _zeros(t) for t in inputs}
