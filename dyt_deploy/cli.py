@@ -203,7 +203,8 @@ def generate(
                                    "folder, else UTF-8 bytes]."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow model.pt files holding pickled objects."),
 ) -> None:
-    """Print the prompt's continuation, token by token, then the token count and speed."""
+    """Print the prompt's continuation, token by token, then (on stderr) the token count, the time to
+    the first token and the speed."""
     from .checkpoint import load_checkpoint
     from .generation import GenerationSettings, Generator
     from .tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -212,12 +213,22 @@ def generate(
     own = model / TOKENIZER_FILE if model.is_dir() and (model / TOKENIZER_FILE).is_file() else None
     generator = Generator(loaded.model, load_tokenizer(tokenizer or own))
     settings = GenerationSettings(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop or ()))
-    last = None
-    for last in generator.stream(prompt, settings):
-        console.print(last.text, end="", highlight=False, markup=False, soft_wrap=True)
-    count = 0 if last is None else last.index + 1
-    speed = f", {count / last.seconds:.1f} tokens/s" if last is not None and last.seconds > 0 else ""
-    err_console.print(f"\n[{count} tokens{speed}; {last.finish_reason if last else 'stop'}]", highlight=False)
+    tokens = []
+    for token in generator.stream(prompt, settings):
+        tokens.append(token)
+        console.print(token.text, end="", highlight=False, markup=False, soft_wrap=True)
+    console.print(highlight=False)  # the text ends its line
+    err_console.print(generation_summary(tokens), highlight=False)
+
+
+def generation_summary(tokens: list[Any]) -> str:
+    """``[N tokens, first after T ms, S tokens/s; REASON]`` for a stream's generated tokens (the
+    first token's time is the time to first token: the prompt's prefill and one step)."""
+    if not tokens:
+        return "[0 tokens; stop]"
+    first, last = tokens[0], tokens[-1]
+    speed = f", {len(tokens) / last.seconds:.1f} tokens/s" if last.seconds > 0 else ""
+    return f"[{len(tokens)} tokens, first after {first.seconds * 1000:.0f} ms{speed}; {last.finish_reason or 'stop'}]"
 
 
 form_app = new_app("Convert the DyT form of an ONNX file.")

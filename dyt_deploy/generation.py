@@ -47,7 +47,9 @@ class GenerationSettings:
     Attributes:
         max_new_tokens: the most tokens to generate per sequence.
         temperature: 0 (default): greedy, the most likely token each step; above 0: sample from the
-            softmax of ``logits / temperature``.
+            softmax of ``logits / temperature``, computed in float64 from the logits minus their row
+            maximum, so every finite positive temperature works: as it tends to 0 (1e-8, 1e-45, the
+            smallest float) sampling tends to greedy decoding, ties shared evenly.
         top_k: sampling keeps the ``top_k`` most likely tokens (0: all).
         top_p: sampling keeps the smallest set of most likely tokens whose probability reaches
             ``top_p`` (1.0: all).
@@ -74,8 +76,9 @@ class GenerationSettings:
         found = []
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             found.append(("max_new_tokens", f"max_new_tokens must be a positive integer, not {self.max_new_tokens!r}"))
-        if not self.temperature >= 0:
-            found.append(("temperature", f"temperature must be 0 (greedy) or positive, not {self.temperature!r}"))
+        if not 0 <= self.temperature < float("inf"):
+            found.append(("temperature", f"temperature must be 0 (greedy) or a finite positive number, "
+                                         f"not {self.temperature!r}"))
         if not isinstance(self.top_k, int) or self.top_k < 0:
             found.append(("top_k", f"top_k must be 0 (off) or a positive integer, not {self.top_k!r}"))
         if not 0 < self.top_p <= 1:
@@ -334,10 +337,9 @@ class Sampler:
             self.generator.manual_seed(settings.seed)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
         if self.settings.greedy:
-            return logits.argmax(dim=-1)
-        logits = logits / self.settings.temperature
+            return logits.float().argmax(dim=-1)
+        logits = scaled_logits(logits, self.settings.temperature)
         if self.settings.top_k:
             kth = logits.topk(min(self.settings.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -345,6 +347,15 @@ class Sampler:
             logits = _top_p(logits, self.settings.top_p)
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+def scaled_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` in float64, shifted so each row's maximum is 0: finite for every
+    finite positive temperature (float32 ``logits / 1e-45`` overflows to inf, and softmax to NaN).
+    Tokens below the maximum go to large negative numbers or -inf, so a tiny temperature puts all
+    the probability on the most likely token(s)."""
+    logits = logits.double()
+    return (logits - logits.amax(dim=-1, keepdim=True)) / temperature
 
 
 def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -3,6 +3,7 @@ streaming, cancellation and argument errors, on the zoo decoder and Hugging Face
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -72,6 +73,31 @@ def test_top_k_1_and_a_tiny_top_p_are_greedy(decoder: torch.nn.Module) -> None:
     assert dyt_deploy.generate(decoder, [3, 4], 10, temperature=2.0, top_p=1e-6, seed=1).tokens == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 1e-8, 5e-324])
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 1.0), (0, 0.9)])
+def test_a_tiny_temperature_is_greedy_decoding(temperature: float, top_k: int, top_p: float) -> None:
+    """logits / 1e-45 overflows float32 (softmax NaN, "probability tensor contains inf/nan"):
+    the sampler scales in float64 from the row maximum, so the limit is the argmax."""
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(1)) * 8
+    sampler = Sampler(GenerationSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=0))
+    for _ in range(3):
+        assert sampler(logits).tolist() == logits.argmax(dim=-1).tolist()
+
+
+def test_a_tiny_temperature_shares_a_tie_and_never_picks_below_it() -> None:
+    logits = torch.tensor([[2.0, 5.0, 5.0, -1.0]])
+    sampler = Sampler(GenerationSettings(temperature=1e-45, seed=0))
+    picked = {int(sampler(logits)) for _ in range(40)}
+    assert picked == {1, 2}
+
+
+def test_generation_at_a_tiny_temperature_equals_greedy(decoder: torch.nn.Module) -> None:
+    prompt = [5, 17, 42, 7]
+    greedy = dyt_deploy.generate(decoder, prompt, 8).tokens
+    for temperature in (1e-45, 1e-30, 1e-8):
+        assert dyt_deploy.generate(decoder, prompt, 8, temperature=temperature, seed=3).tokens == greedy
+
+
 def test_the_sampler_keeps_only_the_nucleus() -> None:
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     drawn = {int(Sampler(GenerationSettings(temperature=1.0, top_p=0.7, seed=s))(logits)) for s in range(200)}
@@ -115,6 +141,7 @@ def test_the_text_stream_never_splits_a_character() -> None:
 
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"max_new_tokens": 0}, "max_new_tokens"), ({"temperature": -1.0}, "temperature"),
+    ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
     ({"top_k": -2}, "top_k"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
 ])
 def test_bad_settings_are_named(kwargs: dict, field: str) -> None:
@@ -148,8 +175,31 @@ def test_the_command_line_streams_a_continuation(tmp_path) -> None:
                                                "--temperature", "0.9"])
     assert result.exit_code == 0, result.output
     assert "[5 tokens" in result.output and "length]" in result.output
+    assert result.stdout.endswith("\n")
     bad = CliRunner().invoke(generate_app, [str(tmp_path / "m.pt"), "-p", "DyT", "--top-p", "2"])
     assert bad.exit_code == 2 and "top_p" in bad.output
+
+
+def test_the_command_line_at_a_tiny_temperature_prints_the_greedy_text(tmp_path) -> None:
+    """dyt-generate --temperature 1e-45 ended in a traceback (inf/nan probabilities); it is greedy
+    decoding. The text ends its line, and the summary line gives the time to the first token."""
+    from typer.testing import CliRunner
+
+    from dyt_deploy.checkpoint import save_checkpoint
+    from dyt_deploy.cli import generate_app
+
+    save_checkpoint(create_model("llama_tiny", norm="dyt", **TINY), tmp_path / "m.pt")
+    args = [str(tmp_path / "m.pt"), "-p", "DyT", "-n", "6"]
+    greedy = CliRunner().invoke(generate_app, args)
+    assert greedy.exit_code == 0, greedy.output
+    for temperature in ("1e-45", "1e-30", "1e-8"):
+        tiny = CliRunner().invoke(generate_app, [*args, "--temperature", temperature, "--seed", "2"])
+        assert tiny.exit_code == 0, tiny.output
+        assert "Traceback" not in tiny.output and tiny.stdout == greedy.stdout
+    assert greedy.stdout.endswith("\n") and greedy.stdout.strip()
+    summary = re.search(r"\[6 tokens, first after (\d+) ms, ([\d.]+) tokens/s; length\]", greedy.stderr)
+    assert summary is not None, greedy.stderr
+    assert float(summary.group(2)) > 0
 
 
 def test_a_stream_advanced_from_other_threads_and_dropped_leaves_nothing_behind(decoder: torch.nn.Module) -> None:
