@@ -37,7 +37,7 @@ from .routes_extra import router as extra_router
 from .routes_generate import router as generate_router
 from .routes_v2 import InferenceLane
 from .routes_v2 import router as v2_router
-from .schemas import add_infer_request_body, validation_errors_are_400
+from .schemas import add_infer_request_body, add_service_limits, validation_errors_are_400
 from .settings import SETTINGS_ENV, Settings
 from .state import ServiceState
 
@@ -89,8 +89,22 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is None:
         document = get_openapi(title=app.title, version=app.version, description=app.description,
                                routes=app.routes)
-        app.openapi_schema = validation_errors_are_400(add_infer_request_body(document))
+        document = validation_errors_are_400(add_infer_request_body(document))
+        app.openapi_schema = add_service_limits(document, documented_limits(app.state.service.settings))
     return app.openapi_schema
+
+
+def documented_limits(settings: Settings) -> dict[str, dict[tuple[str, ...], dict[str, Any]]]:
+    """The settings that bound request fields, as the OpenAPI document shows them (the routes check
+    the same settings): per path suffix, {property path ("*": a map's values): JSON Schema}."""
+    max_tokens = {("parameters", "max_tokens"): {"maximum": settings.max_generate_tokens}}
+    return {
+        "/api/compare": {("rounds",): {"maximum": settings.compare_max_rounds},
+                         ("dims",): {"properties": {"batch": {"type": "integer", "minimum": 1,
+                                                              "maximum": settings.compare_max_batch}}}},
+        "/generate": max_tokens,
+        "/generate_stream": max_tokens,
+    }
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

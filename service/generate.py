@@ -56,7 +56,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = Field(None, max_length=256, description="echoed in the answer")
-    text_input: str = Field(description="the prompt")
+    text_input: str = Field(min_length=1, description="the prompt (not empty)")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
 
 
@@ -76,12 +76,35 @@ class GenerateResponse(BaseModel):
     tokens_per_s: float = Field(description="output_tokens over the seconds from the start to the last token")
 
 
+class GenerateTokenEvent(BaseModel):
+    """An event of ``/generate_stream`` per token (the last event is a :class:`GenerateResponse` with
+    the rest of the text; an error after the stream began is ``{"error": ...}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, description="the request's id, when it gave one")
+    model_name: str
+    model_version: str
+    text_output: str = Field(description="this token's text (may be empty while a character is incomplete "
+                             "or a stop sequence may begin)")
+    index: int = Field(ge=0, description="the token's position in the output, from 0")
+
+
+class StreamError(BaseModel):
+    """The event of a stream that failed after it began."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str
+
+
 class GenerationFailed(ServiceError):
     """The model failed while generating (500)."""
 
     status = 500
 
 
+EMPTY_PROMPT = "text_input is empty: give a prompt of at least one token"
 KNOWN_FIELDS = {"body": list(GenerateRequest.model_fields), "parameters": list(GenerateParameters.model_fields)}
 LIMIT_FIELDS = {"seed": f"an integer from 0 to {MAX_SEED}", "stop": f"a string or a list of at most "
                 f"{MAX_STOP_SEQUENCES} strings of 1 to {MAX_STOP_CHARS} characters"}
@@ -141,6 +164,8 @@ def _problem(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown field {location!r}; known fields: {', '.join(KNOWN_FIELDS['body'])}"
     name = str(error["loc"][-1]) if error["loc"] else ""
+    if error["type"] == "string_too_short" and error["loc"] == ("text_input",):
+        return EMPTY_PROMPT
     if name in LIMIT_FIELDS and error["loc"][0] == "parameters":
         return f"{location}: must be {LIMIT_FIELDS[name]} (got {json.dumps(error.get('input'))[:80]})"
     return f"{location}: {error['msg']} (got {json.dumps(error.get('input'), default=str)[:80]})"

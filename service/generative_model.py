@@ -29,7 +29,7 @@ from dyt_deploy.runners import runner_for_folder
 from dyt_deploy.tokenizer import TOKENIZER_FILE, ByteTokenizer, FileTokenizer, TextStream, Tokenizer
 
 from .errors import BadRequest, Unavailable
-from .generate import GenerateRequest, GenerationFailed, StopSequences
+from .generate import EMPTY_PROMPT, GenerateRequest, GenerationFailed, StopSequences
 from .generation_stats import GenerationRecord, GenerationStats
 from .metrics import ServiceMetrics
 from .model_config import read_serving_config
@@ -157,7 +157,7 @@ class GenerativeModel(ServedModel):
             problems.append(f"max_tokens {params.max_tokens} is over this server's limit of "
                             f"{limits.max_generate_tokens} (--max-generate-tokens); ask for fewer")
         if not prompt:
-            problems.append("text_input is empty: give a prompt of at least one token")
+            problems.append(EMPTY_PROMPT)
         elif len(prompt) > limits.max_prompt_tokens:
             problems.append(f"the prompt is {len(prompt)} tokens, over this server's limit of "
                             f"{limits.max_prompt_tokens} (--max-prompt-tokens); shorten it")

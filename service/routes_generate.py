@@ -18,13 +18,21 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .admission import request_body
 from .auth import require_api_key
 from .errors import BadRequest, ServiceError
-from .generate import GenerateRequest, GenerateResponse, parse_generate_request, sse
+from .generate import (
+    GenerateRequest,
+    GenerateResponse,
+    GenerateTokenEvent,
+    StreamError,
+    parse_generate_request,
+    sse,
+)
 from .generative_model import GenerationRun, GenerativeModel
 from .routes_v2 import model_route
 from .state import StateDep
@@ -121,7 +129,7 @@ async def events(model: GenerativeModel, body: GenerateRequest, run: GenerationR
         run.close()
 
 
-def inline_schema(model: type[GenerateRequest]) -> dict[str, Any]:
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
     """``model``'s JSON schema with its nested models written in place (an OpenAPI body cannot
     point into the schema's own ``$defs``)."""
     schema = model.model_json_schema()
@@ -141,9 +149,18 @@ GENERATE_BODY = {"required": True, "content": {"application/json": {"schema": in
 
 model_route("/generate", model_generate, method="POST", on=router, response_model=GenerateResponse,
             tags=["generation"], openapi_extra={"requestBody": GENERATE_BODY})
-STREAM_ANSWER = {"200": {"description": "server-sent events: `data: {json}` per token (text_output, index), the "
-                              "last with finish_reason, prompt_tokens, output_tokens, time_to_first_token_ms, "
-                              "tokens_per_s; `data: {\"error\": ...}` if it fails after it began",
-                       "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+def stream_event_schema() -> dict[str, Any]:
+    """The JSON of one stream event's ``data``: a token, the last event, or an error."""
+    return {"anyOf": [inline_schema(GenerateTokenEvent), inline_schema(GenerateResponse), inline_schema(StreamError)]}
+
+
+# itemSchema (OpenAPI 3.2's word for the schema of each item of a sequential media type): each
+# event's data; every event ends with a blank line, as server-sent events must.
+STREAM_ANSWER = {"200": {"description": "server-sent events, each `data: {json}` and a blank line: one per token "
+                                        "(text_output, index), the last with finish_reason, prompt_tokens, "
+                                        "output_tokens, time_to_first_token_ms, tokens_per_s; `data: {\"error\": "
+                                        "...}` if it fails after it began",
+                         "content": {"text/event-stream": {"schema": {"type": "string"},
+                                                           "itemSchema": stream_event_schema()}}}}
 model_route("/generate_stream", model_generate_stream, method="POST", on=router, tags=["generation"],
             response_class=StreamingResponse, openapi_extra={"requestBody": GENERATE_BODY, "responses": STREAM_ANSWER})

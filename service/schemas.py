@@ -8,6 +8,7 @@ so :mod:`service.protocol` validates the JSON part with :class:`InferenceRequest
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
@@ -92,7 +93,21 @@ class OutputParameters(StrictModel):
                                                                  "\"value:index\" strings")
 
 
+# What RequestInput.data_or_binary checks, in the document's words: ``data``, or a
+# ``parameters.binary_data_size``, never both.
+DATA_OR_BINARY: dict[str, Any] = {
+    "anyOf": [{"required": ["data"]},
+              {"required": ["parameters"], "properties": {"parameters": {
+                  "required": ["binary_data_size"],
+                  "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}}}],
+    "not": {"required": ["data", "parameters"], "properties": {"parameters": {
+        "required": ["binary_data_size"], "properties": {"binary_data_size": {"type": "integer"}}}}},
+}
+
+
 class RequestInput(StrictModel):
+    model_config = ConfigDict(json_schema_extra=DATA_OR_BINARY)
+
     name: str
     shape: list[NonNegativeInt]
     datatype: Datatype
@@ -161,11 +176,12 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class CompareRequest(BaseModel):
-    """A controlled latency comparison of the ready variants of one family."""
+class CompareRequest(StrictModel):
+    """A controlled latency comparison of the ready variants of one family (the server's bounds on
+    rounds and batch are its settings; the document shows them: see service.app.documented_limits)."""
 
     family: str = Field(description="the family (dyt.json 'family') whose variants to compare")
-    dims: dict[str, int] = Field(default_factory=lambda: {"batch": 1},
+    dims: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: {"batch": 1},
                                  description="sizes of named dynamic dims; unnamed ones are 1")
     rounds: int = Field(30, ge=1, description="timed calls per variant, interleaved")
     warmup: int = Field(3, ge=0, le=100, description="untimed calls per variant first")
@@ -193,6 +209,24 @@ def add_infer_request_body(document: dict[str, Any]) -> dict[str, Any]:
     for path, operations in document.get("paths", {}).items():
         if path.endswith("/infer") and "post" in operations:
             operations["post"]["requestBody"] = body
+    return document
+
+
+def add_service_limits(document: dict[str, Any], limits: dict[str, dict[tuple[str, ...], dict[str, Any]]]) -> dict[
+        str, Any]:
+    """A copy of ``document`` whose request bodies carry the server's configured limits (the very
+    values its checks use): ``limits`` maps a path suffix to {property path: JSON Schema keywords}."""
+    document = copy.deepcopy(document)  # the routes' body schemas are shared by every app
+    for path, operations in document.get("paths", {}).items():
+        for suffix, properties in limits.items():
+            if not path.endswith(suffix) or "post" not in operations:
+                continue
+            schema = operations["post"]["requestBody"]["content"]["application/json"]["schema"]
+            for where, keywords in properties.items():
+                node = schema
+                for part in where:
+                    node = node["properties"][part] if part != "*" else node["additionalProperties"]
+                node.update(keywords)
     return document
 
 
