@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-docker mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
+.PHONY: demo reference test test-docker mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml Makefile
 PORT   ?= 8000
 demo: $(STAMP)
 	$(BIN)/python -m dyt_deploy.demo --port $(PORT)
+
+# the trained reference twins (README "Reference models"): reused while reference/TASK/card.json matches;
+# make reference REFERENCE_FLAGS=--retrain trains them again
+REFERENCE_DIR ?= reference
+reference: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt train-reference --task image -o $(REFERENCE_DIR)/image $(REFERENCE_FLAGS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt train-reference --task text -o $(REFERENCE_DIR)/text $(REFERENCE_FLAGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m "not docker"

@@ -545,3 +545,13 @@ def serve(ctx: typer.Context) -> None:
     from service.cli import main
 
     sys.exit(main(list(ctx.args)))
+def _mount_reference() -> None:
+    """``dyt train-reference``, defined beside the reference package."""
+    from .reference.cli import train_reference
+
+    app.command("train-reference")(train_reference)
+
+
+_mount_reference()
+
+
