@@ -42,6 +42,20 @@ def pick_baseline(models: list[ServedModel]) -> ServedModel:
     return models[0]
 
 
+def series_of(model: Any) -> str:
+    """The model's label in charts and the palette: its norm, ``-folded`` added for a DyT export with
+    gamma/beta folded into the next linear layers (so the two DyT exports take different colours)."""
+    manifest = getattr(model, "manifest", None)
+    folded = manifest.get("folded") if isinstance(manifest, dict) else getattr(model, "folded", None)
+    return f"{model.variant}-folded" if folded else model.variant
+
+
+def contenders(models: list[Any], baseline: Any) -> list[Any]:
+    """The models a ratio to ``baseline`` compares: those of another norm. Two exports of one norm
+    (two backends, folded or not) are not a norm comparison: they get no ratio."""
+    return [m for m in models if m.variant != baseline.variant]
+
+
 def percentiles(seconds: list[float]) -> dict[str, float] | None:
     """p50/p90/p99/mean in milliseconds (None without samples)."""
     if not seconds:
@@ -80,7 +94,7 @@ def live_family(models: list[ServedModel]) -> dict[str, Any]:
     baseline, load = pick_baseline(models), load_now()
     samples = {m.name: m.stats.samples() for m in models}
     generation = {m.name: generation_of(m) for m in models}
-    variants = [{"model": m.name, "variant": m.variant, "state": m.state, "reason": m.reason,
+    variants = [{"model": m.name, "variant": m.variant, "series": series_of(m), "state": m.state, "reason": m.reason,
                  "count": len(samples[m.name][0]), "total_count": m.stats.success_count,
                  "compute_ms": percentiles(samples[m.name][0]), "e2e_ms": percentiles(samples[m.name][1]),
                  "generation": generation[m.name][0]}
@@ -90,7 +104,7 @@ def live_family(models: list[ServedModel]) -> dict[str, Any]:
                "compute": ratio_or_none(samples[m.name][0], base_compute, LIVE_RESAMPLES, load),
                "e2e": ratio_or_none(samples[m.name][1], base_e2e, LIVE_RESAMPLES, load),
                **generation_ratios(generation[m.name][1], generation[baseline.name][1], load)}
-              for m in models if m is not baseline]
+              for m in contenders(models, baseline)]
     return {"family": models[0].family, "baseline": baseline.name, "variants": variants, "ratios": ratios,
             "load": load.as_dict()}
 
@@ -120,13 +134,16 @@ def live_report(registry: ModelRegistry) -> dict[str, Any]:
 
 
 def comparison_models(registry: ModelRegistry, family: str) -> list[ServedModel]:
-    """The ready variants of ``family`` (404 unknown family, 503 fewer than two ready)."""
+    """The ready variants of ``family`` (404 unknown family, 503 fewer than two ready or than two norms)."""
     families = registry.families()
     if family not in families:
         raise NotFound(f"unknown family {family!r}; known: {', '.join(sorted(families)) or '(none)'}")
     ready = [m for m in families[family] if m.ready]
     if len(ready) < 2:
         raise Unavailable(f"family {family!r} has {len(ready)} ready variant(s); a comparison needs two")
+    norms = sorted({m.variant for m in ready})
+    if len(norms) < 2:
+        raise Unavailable(f"family {family!r}'s ready models all have norm {norms[0]}; a comparison pairs two norms")
     return ready
 
 
@@ -170,11 +187,12 @@ def comparison_report(models: list[ServedModel], timings: dict[str, list[float]]
     that ran under ``load`` (None: the load average now, before and after), stamped ``finished_at``."""
     baseline, load = pick_baseline(models), load or load_now()
     items = dims.get("batch", 1)
-    variants = [{"model": m.name, "variant": m.variant, "summary": summarize(timings[m.name], items).as_dict(),
+    variants = [{"model": m.name, "variant": m.variant, "series": series_of(m),
+                 "summary": summarize(timings[m.name], items).as_dict(),
                  "timings_ms": [t * 1e3 for t in timings[m.name]]} for m in models]
     ratios = [{"model": m.name, "variant": m.variant, "baseline": baseline.name,
                **judged_ratio(timings[m.name], timings[baseline.name], load=load)}
-              for m in models if m is not baseline]
+              for m in contenders(models, baseline)]
     return {"family": models[0].family, "dims": dims, "rounds": rounds, "warmup": warmup,
             "schedule": "interleaved, rotated", "baseline": baseline.name, "variants": variants, "ratios": ratios,
             "load": load.as_dict(), "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}

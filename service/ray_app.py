@@ -297,7 +297,7 @@ class ModelReplica:
         m = self.model
         return {"name": m.name, "version": m.version, "family": m.family, "variant": m.variant,
                 "state": m.state, "reason": m.reason, "replica": self.source, "has_manifest": bool(m.manifest),
-                "generative": self.generation_stats is not None}
+                "generative": self.generation_stats is not None, "folded": bool(m.manifest.get("folded"))}
 
     def ready(self) -> bool:
         return self.model.ready

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Coroutine
@@ -15,6 +16,8 @@ import anyio
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
+
+from dyt_deploy.bench.palette import palette_document
 
 from . import compare, protocol
 from .auth import require_api_key
@@ -38,7 +41,10 @@ async def dashboard() -> HTMLResponse:
 
 @functools.cache
 def dashboard_page() -> str:
-    return resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8")
+    """dashboard.html with the plots' palette (dyt_deploy.bench.palette, the bench report's) in its
+    ``application/json`` block, so the page and the report colour each variant alike."""
+    page = resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8")
+    return page.replace("{{PALETTE}}", json.dumps(palette_document()))
 
 
 def security_headers(page: str) -> dict[str, str]:
