@@ -2,12 +2,14 @@
 
 A :class:`~dyt_deploy.errors.DytDeployError` reaching a command prints as one ``error:`` line on
 stderr (no traceback) and exits with status 2; an :class:`~dyt_deploy.errors.OptionError` names
-each bad option by its flag. Anything else is a bug and keeps its traceback.
+each bad option by its flag. Anything else is a bug and keeps its traceback. Warnings of the model
+repository (a stale staging folder removed) print as they are, one line each on stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -44,11 +46,28 @@ def print_error(err: BaseException | str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(error_text(err))}", highlight=False)
 
 
+class _StderrLines(logging.Handler):
+    """Prints each record's message as one line on stderr (the commands' console)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(escape(record.getMessage()), highlight=False, soft_wrap=True)
+
+
+def show_repository_warnings() -> None:
+    """Print the model repository's warnings (``removed stale staging folder ... left by process N``)
+    on stderr; installed once per process."""
+    logger = logging.getLogger("dyt_deploy.repository")
+    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a DytDeployError into ``error: <message>`` on stderr and exit status 2."""
+    """Turn a DytDeployError into ``error: <message>`` on stderr and exit status 2; show the
+    repository's warnings (:func:`show_repository_warnings`)."""
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
+        show_repository_warnings()
         try:
             return command(*args, **kwargs)
         except DytDeployError as err:

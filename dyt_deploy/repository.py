@@ -7,22 +7,24 @@ repo/<name>/1/model.onnx     (an OpenVINO folder: 1/model.xml + 1/model.bin, Ope
 ```
 Folders are staged beside their final place and renamed into it, so a reader never sees a
 half-written model and a failed write leaves the previous one intact. A staging folder's name
-holds its owner (``.NAME.staging-HOST-PID-xxxx``): one left by a process that was killed is removed,
-with a warning, by the next write to that place once that process is gone.
+holds its owner (``.NAME.staging-HOST-PID-xxxx``): those left by a process that was killed are
+removed, with a warning the command line prints, by the next write to that folder (the whole
+repository, every model's) once that process is gone.
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ def _stage_beside(final: Path) -> Iterator[Path]:
     """
     new_parents = [p for p in (final.parent, *final.parent.parents) if not p.exists()]  # deepest first
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(final)
+    remove_stale_staging(final.parent)
     stage = Path(tempfile.mkdtemp(prefix=_staging_prefix(final, "staging"), dir=final.parent))
     stage.chmod(0o777 & ~current_umask())
     succeeded = False
@@ -85,33 +87,60 @@ def process_gone(pid: int) -> bool:
     return False
 
 
-def _dead_owner(path: Path, final: Path, kind: str) -> int | None:
-    """The pid that owned the staging sibling ``path`` when it is provably gone: a process of
-    this host that no longer runs. None otherwise (another host's, a live process's, an old name)."""
-    owner = path.name[len(f".{final.name}.{kind}-"):].rsplit("-", 2)
+_STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<owner>.+)$")
+
+
+@dataclass(frozen=True)
+class StaleStaging:
+    """A staging sibling (``.NAME.staging-HOST-PID-xxxx`` or ``.NAME.old-...``) and its owner's pid."""
+
+    path: Path
+    name: str
+    kind: str
+    pid: int
+
+
+def _dead_owner(path: Path) -> StaleStaging | None:
+    """``path`` as a staging sibling whose owner is provably gone: a process of this host that no
+    longer runs. None otherwise (not a staging name, another host's, a live process's, an old name)."""
+    match = _STAGING_NAME.match(path.name)
+    owner = match.group("owner").rsplit("-", 2) if match else []
     if len(owner) != 3 or owner[0] != socket.gethostname() or not owner[1].isdigit():
         return None
     pid = int(owner[1])
-    return pid if pid != os.getpid() and process_gone(pid) else None
+    if pid == os.getpid() or not process_gone(pid):
+        return None
+    return StaleStaging(path, match.group("name"), match.group("kind"), pid)
 
 
-def remove_stale_staging(final: Path) -> list[Path]:
-    """Remove the staging siblings of ``final`` (``.NAME.staging-*``, ``.NAME.old-*``) whose owner
-    process is gone (a killed export), each with a warning; the others are left alone. Returns
-    the paths removed."""
+def remove_stale_staging(folder: Path) -> list[StaleStaging]:
+    """Remove every staging sibling in ``folder`` (``.NAME.staging-*``, ``.NAME.old-*``, whatever
+    the NAME: a repository's other models too) whose owner process is gone (a killed export), each
+    with the warning "removed stale staging folder PATH left by process N" (the command line
+    prints it). A ``.NAME.old-*`` folder still holding NAME while NAME itself is missing (killed
+    between the two renames of a replacement) first puts it back. Others are left alone."""
     removed = []
-    for kind in STAGING_KINDS:
-        for path in sorted(final.parent.glob(f".{glob.escape(final.name)}.{kind}-*")):
-            pid = _dead_owner(path, final, kind)
-            if pid is None:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
-            log.warning("removed %s: left by process %d, which is gone (an interrupted write)", path, pid)
+    for path in sorted(Path(folder).glob(".*")):
+        stale = _dead_owner(path)
+        if stale is None or stale.kind not in STAGING_KINDS:
+            continue
+        if stale.kind == "old":
+            _restore_replaced(stale)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(stale)
+        log.warning("removed stale staging folder %s left by process %d (gone: an interrupted write)", path, stale.pid)
     return removed
+
+
+def _restore_replaced(stale: StaleStaging) -> None:
+    """Put back the model a killed replacement had moved aside (``.NAME.old-*/NAME``) when NAME is missing."""
+    final, kept = stale.path.parent / stale.name, stale.path / stale.name
+    if not final.exists() and kept.exists():
+        os.replace(kept, final)
+        log.warning("restored %s from %s (a replacement was interrupted)", final, stale.path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
