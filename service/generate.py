@@ -56,7 +56,8 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = Field(None, max_length=256, description="echoed in the answer")
-    text_input: str = Field(min_length=1, description="the prompt (not empty)")
+    # not empty: checked with the other limits, all reported at once (GenerativeModel.start)
+    text_input: str = Field(description="the prompt (not empty)", json_schema_extra={"minLength": 1})
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
 
 
@@ -164,8 +165,6 @@ def _problem(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown field {location!r}; known fields: {', '.join(KNOWN_FIELDS['body'])}"
     name = str(error["loc"][-1]) if error["loc"] else ""
-    if error["type"] == "string_too_short" and error["loc"] == ("text_input",):
-        return EMPTY_PROMPT
     if name in LIMIT_FIELDS and error["loc"][0] == "parameters":
         return f"{location}: must be {LIMIT_FIELDS[name]} (got {json.dumps(error.get('input'))[:80]})"
     return f"{location}: {error['msg']} (got {json.dumps(error.get('input'), default=str)[:80]})"

@@ -3,13 +3,16 @@ and the background server (service.background) re-exported."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import numpy as np
+from httpx_sse import EventSource
 
 from service.background import BackgroundServer, serve_in_thread
 
@@ -64,3 +67,21 @@ def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> N
             pass
         time.sleep(0.2)
     raise AssertionError(f"the server at {url} did not become ready in {timeout_s:g} s")
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON ``data`` of each server-sent event of a streamed response, as they arrive, read as a
+    browser's EventSource reads them (httpx-sse): an event is complete only at its blank line, so
+    events not separated by one would run together, and a last one without it is lost."""
+    for event in EventSource(response).iter_sse():
+        assert event.event == "message", event  # no named events: EventSource.onmessage gets them all
+        yield json.loads(event.data)
+
+
+def framed_events(raw: bytes) -> list[dict[str, Any]]:
+    """The events of a whole raw event-stream body, checking its framing byte for byte: each is one
+    ``data: {json}`` line and a blank line."""
+    assert raw.endswith(b"\n\n"), raw[-80:]
+    blocks = raw[:-2].split(b"\n\n")
+    assert all(block.startswith(b"data: ") and b"\n" not in block for block in blocks), raw[:200]
+    return [json.loads(block[len(b"data: "):]) for block in blocks]

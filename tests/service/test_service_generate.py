@@ -17,11 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 import torch
 from chromium_testlib import headless_chromium, needs_chromium
 from prometheus_client.parser import text_string_to_metric_families
-from service_testlib import API_KEY, BackgroundServer, SlowDecoder, images, json_request, serve_in_thread
+from service_testlib import (
+    API_KEY,
+    BackgroundServer,
+    SlowDecoder,
+    framed_events,
+    images,
+    json_request,
+    serve_in_thread,
+    sse_events,
+)
 
 import dyt_deploy
 from dyt_deploy.checkpoint import save_checkpoint
@@ -77,10 +87,11 @@ def generate(client: httpx.Client, model: str, text: str = PROMPT, **parameters:
 
 
 def stream_events(client: httpx.Client, path: str, body: dict) -> list[dict]:
+    """The stream's events, read as server-sent events (httpx-sse)."""
     with client.stream("POST", path, json=body) as answer:
         assert answer.status_code == 200, answer.read()
         assert answer.headers["content-type"].startswith("text/event-stream")
-        return [json.loads(line[len("data: "):]) for line in answer.iter_lines() if line.startswith("data: ")]
+        return list(sse_events(answer))
 
 
 @contextmanager
@@ -129,6 +140,45 @@ def test_the_stream_adds_up_to_the_generate_text(gen: httpx.Client) -> None:
     assert "".join(e["text_output"] for e in events) == whole["text_output"]
     assert (last["finish_reason"], last["output_tokens"], last["prompt_tokens"]) == ("length", 16, 11)
     assert last["time_to_first_token_ms"] > 0 and last["tokens_per_s"] > 0
+
+
+def test_each_event_ends_with_a_blank_line_and_matches_the_document(gen: httpx.Client) -> None:
+    """The raw bytes: every event is ``data: {json}`` and a blank line (what EventSource needs); each
+    event's JSON is what the OpenAPI document's itemSchema says a stream sends."""
+    path = "/v2/models/llm-dyt/generate_stream"
+    raw = gen.post(path, json={"text_input": PROMPT, "id": "s-1", "parameters": {"max_tokens": 6}})
+    assert raw.status_code == 200 and raw.headers["content-type"].startswith("text/event-stream")
+    events = framed_events(raw.content)
+    assert len(events) == 7 and events[-1]["finish_reason"] == "length"
+    document = gen.get("/openapi.json").json()
+    schema = document["paths"]["/v2/models/{model_name}/generate_stream"]["post"]["responses"]["200"]["content"][
+        "text/event-stream"]["itemSchema"]
+    failed = gen.post(path, json={"text_input": PROMPT, "parameters": {"max_tokens": 10**6}})
+    for event in [*events, {"error": "an error event"}]:
+        jsonschema.validate(event, schema)
+    assert failed.status_code == 400  # refused before a stream begins: a JSON answer, not an event
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"text_output": "x"}, schema)  # the schema is not "any string"
+
+
+GENERATE_BODIES = {
+    "a prompt": {"text_input": PROMPT, "parameters": {"max_tokens": 2}},
+    "an empty prompt": {"text_input": "", "parameters": {"max_tokens": 2}},
+    "max_tokens at the limit": {"text_input": PROMPT, "parameters": {"max_tokens": LIMITS["max_generate_tokens"]}},
+    "max_tokens over it": {"text_input": PROMPT, "parameters": {"max_tokens": LIMITS["max_generate_tokens"] + 1}},
+}
+
+
+@pytest.mark.parametrize("case", GENERATE_BODIES)
+@pytest.mark.parametrize("route", ["generate", "generate_stream"])
+def test_the_generate_schema_accepts_what_the_server_serves(gen: httpx.Client, route: str, case: str) -> None:
+    body = GENERATE_BODIES[case]
+    answer = gen.post(f"/v2/models/llm-dyt/{route}", json=body)
+    assert answer.status_code in (200, 400), answer.text
+    document = gen.get("/openapi.json").json()
+    schema = document["paths"][f"/v2/models/{{model_name}}/{route}"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert jsonschema.Draft202012Validator(schema).is_valid(body) == (answer.status_code == 200), answer.text
 
 
 def test_seeded_sampling_repeats_and_equals_pytorch(gen: httpx.Client, torch_models: dict) -> None:
