@@ -3,9 +3,10 @@
 tests.
 
 Two departures from plain uvicorn: a SIGTERM or Ctrl-C that ends in a clean drain exits 0 (uvicorn
-re-raises the signal once drained, so the process would end with status 143), and a malformed HTTP
-request gets a JSON ``{"error": ...}`` 400 like every other refusal (with the httptools parser,
-uvicorn's default where it is installed; the pure-Python h11 parser keeps uvicorn's plain-text 400).
+re-raises the signal once drained, so the process would end with status 143), a malformed HTTP
+request gets a JSON ``{"error": ...}`` 400 like every other refusal, and a request line and headers
+over MAX_HEAD_BYTES a JSON 431 at once (with the httptools parser, uvicorn's default where it is
+installed; the pure-Python h11 parser keeps uvicorn's plain-text 400, with the same bound).
 """
 
 from __future__ import annotations
@@ -55,31 +56,67 @@ class DrainingServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def json_error_protocol() -> Any:
-    """uvicorn's httptools protocol answering malformed HTTP with a JSON 400 ("auto" without httptools)."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-    except ImportError:
-        return "auto"
+MAX_HEAD_BYTES = 64 << 10  # a request line and headers larger than this are refused (431)
 
-    class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools: uvicorn's h11 parser, bounded by h11_max_incomplete_event_size
+    HttpToolsProtocol = None
+
+
+def json_error(status: bytes, message: str) -> bytes:
+    """A complete ``{"error": message}`` response that closes the connection."""
+    body = json.dumps({"error": message}).encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n" % len(body)) + body
+
+
+if HttpToolsProtocol is not None:
+
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
+        """uvicorn's httptools protocol that answers malformed HTTP with a JSON 400, and a request
+        whose line and headers pass MAX_HEAD_BYTES with a JSON 431 (then closes the connection):
+        httptools itself bounds neither, and would buffer every header before the app is called."""
+
+        head_bytes: int | None = 0  # bytes of the head being received (None: in a body)
+
+        def data_received(self, data: bytes) -> None:
+            if self.head_bytes is not None:
+                self.head_bytes += len(data)
+            super().data_received(data)
+            if self.head_bytes is not None and self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self.logger.warning("request headers over %d bytes refused", MAX_HEAD_BYTES)
+                self.transport.write(json_error(b"431 Request Header Fields Too Large", "request line and "
+                                                f"headers are over the limit of {MAX_HEAD_BYTES} bytes"))
+                self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self.head_bytes = None
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self.head_bytes = 0
+            super().on_message_complete()
+
         def send_400_response(self, msg: str) -> None:
-            body = json.dumps({"error": f"malformed HTTP request: {msg}"}).encode()
-            head = [b"HTTP/1.1 400 Bad Request\r\n"]
-            head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
-            head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
-                     b"connection: close\r\n\r\n"]
-            self.transport.write(b"".join(head) + body)
+            self.transport.write(json_error(b"400 Bad Request", f"malformed HTTP request: {msg}"))
             self.transport.close()
 
-    return JsonErrorHttpToolsProtocol
+
+def http_options() -> dict[str, Any]:
+    """uvicorn's HTTP options: the bounded httptools protocol where httptools is installed (its
+    class is importable, so --workers processes get it too), else h11 with the same bound."""
+    if HttpToolsProtocol is None:
+        return {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+    return {"http": BoundedHttpToolsProtocol}
 
 
 def make_server(app: Any, host: str, port: int, log_level: str = "info", **config: Any) -> DrainingServer:
     """The server ``dyt-serve`` runs ``app`` on (see the module's docstring); the service's own log
     lines (models loaded, clients gone mid-body, ...) go where uvicorn's go, at ``log_level``."""
-    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                           http=json_error_protocol(), **config))
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level, **http_options(),
+                                           **config))
     service_log = logging.getLogger("dyt_deploy")
     service_log.setLevel(log_level.upper())
     for handler in logging.getLogger("uvicorn").handlers:

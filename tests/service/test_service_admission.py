@@ -300,3 +300,31 @@ def test_a_comparison_stops_when_its_client_leaves(gated: BackgroundServer, http
     assert http.get("/api/compare/vit_tiny", headers=KEY).status_code == 404  # nothing kept of it
     again = http.post("/api/compare", json={"family": "vit_tiny", "rounds": 3, "warmup": 0}, headers=KEY)
     assert again.status_code == 200 and again.json()["rounds"] == 3
+
+
+def head_answer(address: str, head: bytes) -> tuple[int | None, float]:
+    """Send a request head in 16 KiB pieces (as far as the server takes them) and read its answer:
+    the status (None: the connection was reset, its answer lost) and the seconds it took."""
+    raw = connect(address)
+    started = time.monotonic()
+    try:
+        for start in range(0, len(head), 16 << 10):
+            raw.sendall(head[start:start + (16 << 10)])
+        status: int | None = reply_of(raw)[0]
+    except (ConnectionResetError, BrokenPipeError):
+        status = None
+    finally:
+        raw.close()
+    return status, time.monotonic() - started
+
+
+@pytest.mark.parametrize("headers", [b"X-Pad: " + b"a" * (4 << 20) + b"\r\n", b"X-A: b\r\n" * (256 << 10)],
+                         ids=["one long header", "many headers"])
+def test_oversized_headers_are_refused_at_once(gated: BackgroundServer, http: httpx.Client, headers: bytes) -> None:
+    """MiBs of headers on a request without the key: refused (431, or the connection closed) once
+    past the limit, not read in full before the 401."""
+    status, seconds = head_answer(gated.address, b"GET /v2 HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert status in (431, None) and seconds < 2, (status, seconds)
+    assert http.get("/v2", headers=KEY).status_code == 200
+    ordinary = b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-API-Key: " + API_KEY.encode() + b"\r\n" + b"X-A: b\r\n" * 2000
+    assert head_answer(gated.address, ordinary + b"\r\n")[0] == 200  # 18 KB of headers are fine
