@@ -39,6 +39,15 @@ test: $(STAMP)
 test-docker: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m docker tests/docker
 
+# the documentation site (MkDocs Material, API reference from the docstrings) into site/; --strict: a
+# broken link or an API reference that does not resolve fails the build
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+$(VENV)/.installed-docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,docs]" "$(TORCH)"
+	touch $@
+
 # mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml; not part of `make test`):
 # each mutant runs only the selected tests that reach its function, fastest first. Later runs reuse the
 # results of unchanged mutants; MUTANTS='dyt_deploy.parity.*' reruns one module; rm -rf mutants/ starts afresh.
