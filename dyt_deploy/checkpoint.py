@@ -107,6 +107,18 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+_SOURCE_KINDS = {".pt2": "torch.export program", ".safetensors": "safetensors state dict"}
+
+
+def source_label(path: str | os.PathLike) -> str:
+    """What a model path is, for a progress line: ``Hugging Face folder NAME``, ``torch.export
+    program NAME.pt2``, ``safetensors state dict NAME``, else ``checkpoint NAME``."""
+    path = Path(path)
+    if path.is_dir():
+        return f"Hugging Face folder {path.name}"
+    return f"{_SOURCE_KINDS.get(path.suffix, 'checkpoint')} {path.name}"
+
+
 def load_model(path: str | os.PathLike, arch: str | None = None, **kwargs: Any) -> nn.Module:
     """The model of :func:`load_checkpoint`, in eval mode."""
     return load_checkpoint(path, arch=arch, **kwargs).model

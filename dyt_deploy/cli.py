@@ -158,10 +158,7 @@ def _print_export_summary(result: Any) -> None:
     if result.weights is not None:
         ema = " (EMA)" if "ema" in result.weights else ""
         console.print(f"weights: {result.weights}{ema}", highlight=False)
-    from .demo import dyt_sites
-
-    counts = dyt_sites(result.onnx_path, result.form, result.form_counts)
-    sites = ", ".join(f"{n} {k or 'full'}" for k, n in counts.items()) or "none"
+    sites = ", ".join(f"{n} {k or 'full'}" for k, n in result.form_counts.items()) or "none"
     console.print(f"form: {result.form} (DyT sites: {sites})", highlight=False)
     if result.fold is not None:
         console.print(f"folded: {result.fold.folded} DyT into {result.fold.linear_layers} linear layers, "

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import DytDeployError
-from .export import export_onnx
+from .export import dyt_sites, export_onnx
 from .models import create_model
 from .nn.convert import norm_kind_of
 from .repository import sha256_file
@@ -49,20 +49,6 @@ def build_variants(arch: str, norms: list[str], out_dir: Path, seed: int = 0) ->
             "output": tuple(logits.shape), "forward_ms": elapsed * 1e3,
         })
     return made
-
-
-def dyt_sites(onnx_path: Path, form: str, counts: dict[str, int]) -> dict[str, int]:
-    """The DyT sites of an exported file, per overload, in every form: the exporter's counts for the
-    function and plugin forms; for the pattern form (plain Mul -> Tanh -> Mul -> Add), the sites the
-    form converter recognises, counted on a copy of the graph (when the file is kept: an OpenVINO
-    export's ONNX step is not)."""
-    if form != "pattern" or counts or not Path(onnx_path).is_file():
-        return dict(counts)
-    import onnx_ir as ir
-
-    from .export.forms import to_form
-
-    return dict(to_form(ir.load(onnx_path), "function"))
 
 
 def command_line(tool: str, *args: Any) -> str:

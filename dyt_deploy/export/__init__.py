@@ -11,10 +11,10 @@ from .api import (
 )
 from .config import ExportConfig
 from .fold import FoldReport, fold_dyt_affine
-from .forms import DOMAIN, FORMS, OP_TYPE, current_form, dyt_nodes, to_form
+from .forms import DOMAIN, FORMS, OP_TYPE, current_form, dyt_nodes, dyt_sites, site_counts, to_form
 
 __all__ = [
     "DOMAIN", "FORMS", "OP_TYPE", "ExportConfig", "ExportError", "ExportResult", "FoldReport", "FormConversion",
-    "VerificationFailed", "convert_form_file", "current_form", "dyt_nodes", "export_model", "export_onnx",
-    "fold_dyt_affine", "to_form",
+    "VerificationFailed", "convert_form_file", "current_form", "dyt_nodes", "dyt_sites", "export_model", "export_onnx",
+    "fold_dyt_affine", "site_counts", "to_form",
 ]

@@ -19,7 +19,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from ..checkpoint import LoadedModel, load_checkpoint
+from ..checkpoint import LoadedModel, load_checkpoint, source_label
 from ..dtypes import torch_dtype
 from ..errors import DytDeployError, first_line
 from ..feeds import random_feed, random_tensors
@@ -38,7 +38,7 @@ from ..specs import TensorSpec
 from . import signature as sig
 from .config import DEFAULT_OPSET, ExportConfig
 from .fold import FoldReport, fold_dyt_affine
-from .forms import to_form
+from .forms import site_counts, to_form
 
 _EXTERNAL_DATA_BYTES = 1536 << 20  # above this, weights go to a .data file beside the .onnx (2 GB protobuf limit)
 
@@ -136,7 +136,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
     if config.repository is None or config.name is not None:  # the target is known before loading: fail fast
         early_dir, early_file = _targets(None, model_path, output, config)
         refuse_existing(early_dir or early_file, config.force)
-    with steps("load model.pt"):
+    with steps(f"load {source_label(model_path)}"):
         loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle,
                                  weights=config.weights)
     target_dir, onnx_path = _targets(loaded, model_path, output, config)
@@ -149,7 +149,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
         with steps("fold DyT gamma/beta into linear layers"):
             fold_report = fold_dyt_affine(onnx_model)
     with steps(f"rewrite DyT into the {config.form} form"):
-        counts = to_form(onnx_model, config.form)
+        counts = site_counts(onnx_model, config.form, to_form(onnx_model, config.form))
     result = ExportResult(onnx_path, target_dir, config.form, dict(counts), fold_report, None, weights=loaded.weights,
                           backend=config.backend)
     stager = staged_folder(target_dir, config.force) if target_dir else staged_file(onnx_path, config.force)

@@ -40,7 +40,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, source_label
 from ..dtypes import torch_dtype
 from ..errors import DytDeployError, first_line
 from ..parity import default_tolerances
@@ -360,10 +360,10 @@ def export_decoder(model_path: str | Path, output: str | Path | None, config: Ex
     """
     from .api import ExportResult, VerificationFailed, _Steps, save_onnx
     from .fold import fold_dyt_affine
-    from .forms import to_form
+    from .forms import site_counts, to_form
 
     started, steps = time.perf_counter(), _Steps(progress)
-    with steps("load model.pt"):
+    with steps(f"load {source_label(model_path)}"):
         loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle,
                                  weights=config.weights)
     check_decoder(loaded.model, model_path)
@@ -373,7 +373,7 @@ def export_decoder(model_path: str | Path, output: str | Path | None, config: Ex
         onnx_model = decoder_to_onnx(loaded.model, config.dtype, config.opset)
     fold_report = fold_dyt_affine(onnx_model) if config.fold else None
     with steps(f"rewrite DyT into the {config.form} form"):
-        counts = dict(to_form(onnx_model, config.form))
+        counts = site_counts(onnx_model, config.form, to_form(onnx_model, config.form))
     files = Path(VERSION) if config.repository is not None else Path()  # where model.onnx goes in the folder
     result = ExportResult(folder / files / "model.onnx", folder, config.form, counts, fold_report, None,
                           weights=loaded.weights)

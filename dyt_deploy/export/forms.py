@@ -15,6 +15,7 @@ One op name, three overloads by what the DyT keeps:
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -129,6 +130,24 @@ def to_form(model: ir.Model, form: str) -> Counter:
     else:
         _mark_plugins(model)
     return counts
+
+
+def site_counts(model: ir.Model, form: str, counts: Counter | dict[str, int]) -> dict[str, int]:
+    """The DyT sites of ``model`` per overload, in every form: ``counts`` (what :func:`to_form`
+    returned) for the function and plugin forms; for the pattern form, which a fresh export already
+    is (``to_form`` rewrites nothing then, and counts nothing), the sites the form converter
+    recognises, counted on a clone of the graph (its tensors shared, not copied)."""
+    if form != "pattern" or counts:
+        return dict(counts)
+    return dict(_fuse(model.clone()))
+
+
+def dyt_sites(onnx_path: str | Path, form: str, counts: Counter | dict[str, int]) -> dict[str, int]:
+    """:func:`site_counts` of an exported file: ``counts`` when they are known, else counted from the
+    file when it is kept ({} when it is not, as an OpenVINO export's ONNX step)."""
+    if form != "pattern" or counts or not Path(onnx_path).is_file():
+        return dict(counts)
+    return site_counts(ir.load(onnx_path), form, counts)
 
 
 def _fuse(model: ir.Model) -> Counter:

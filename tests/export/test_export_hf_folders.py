@@ -35,6 +35,7 @@ SIGNATURES = {  # the ONNX inputs and outputs: (name, dtype, shape)
     "vit": ([("pixel_values", "float32", ["batch", 3, 32, 32])], [("logits", "float32", ["batch", 5])]),
 }
 cli = CliRunner()
+EXPORT_OUTPUT: dict[str, str] = {}  # what dyt-export printed for each folder of the ``repository`` fixture
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,7 @@ def repository(folders: dict[str, tuple[nn.Module, Path]], tmp_path_factory: pyt
     for name, (_, folder) in folders.items():
         result = cli.invoke(export_app, [str(folder), "--repository", str(repo), "--name", name])
         assert result.exit_code == 0, result.output
+        EXPORT_OUTPUT[name] = " ".join(result.output.split())
         assert "PASSED" in result.output
     return repo
 
@@ -138,6 +140,20 @@ def test_the_attention_mask_is_honoured(repository: Path, folders: dict, family:
 
     np.testing.assert_allclose(got["padded"], reference(saved, padded), rtol=1e-3, atol=1e-4)
     assert np.abs(got["padded"] - got["unpadded"]).max() > 0.01 * np.abs(got["unpadded"]).max()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_export_says_what_it_loaded_and_records_every_dyt_site(repository: Path, folders: dict,
+                                                                    family: str) -> None:
+    """It printed "load model.pt" for a folder, and dyt.json recorded no DyT site in the pattern form."""
+    _, folder = folders[family]
+    output = EXPORT_OUTPUT[family]
+    assert f"load Hugging Face folder {folder.name}" in output and "model.pt" not in output
+    sites = manifest_of(repository, family)["dyt_sites"]
+    layers = sum(isinstance(m, DynamicTanh) for m in load_checkpoint(folder).model.modules())
+    assert layers > 0 and sum(sites.values()) == layers
+    shown = ", ".join(f"{n} {k or 'full'}" for k, n in sites.items())
+    assert f"DyT sites: {shown})" in output
 
 
 def test_a_plain_folder_exports_with_its_own_norms(repository: Path, folders: dict) -> None:

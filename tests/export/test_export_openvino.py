@@ -18,6 +18,7 @@ from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.cli import export_app
 from dyt_deploy.errors import OptionError
 from dyt_deploy.export import ExportConfig, VerificationFailed, export_onnx
+from dyt_deploy.nn import DynamicTanh
 from dyt_deploy.repository import sha256_file
 from dyt_deploy.runners import create_runner, runner_for_folder
 from dyt_deploy.triton_config import read_config
@@ -121,5 +122,9 @@ def test_cli_writes_the_folder_and_prints_both_checks(checkpoint, tmp_path) -> N
                                      "openvino", "--samples", "1"])
     assert result.exit_code == 0, result.output
     assert "OpenVINO IR (CPU) vs PyTorch" in result.output and "ONNX (onnxruntime CPU) vs PyTorch" in result.output
+    # the ONNX step is dropped after conversion: its DyT sites were counted before, for the output and dyt.json
+    layers = sum(isinstance(m, DynamicTanh) for m in checkpoint[1].modules())
+    assert f"form: pattern (DyT sites: {layers} full)" in result.output
+    assert json.loads((tmp_path / "ov" / "dyt.json").read_text())["dyt_sites"] == {"": layers}
     with create_runner("openvino", tmp_path / "ov" / "1" / "model.xml") as runner:
         assert runner.input_names == ["input_ids", "attention_mask"]
