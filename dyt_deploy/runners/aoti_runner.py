@@ -91,7 +91,7 @@ class AotiRunner(Runner):
     def _activate(self) -> None:
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: no such AOTInductor package (build one: dyt-build MODEL --backend aoti)")
-        refuse_pickled_entries(self.path, self.trust_pickle, RunnerError)
+        self._inspect_archive()
         self.metadata = package_metadata(self.path)
         self.device = "cuda" if self.metadata.get(_DEVICE_KEY) == "cuda" else "cpu"
         self._require_device()
@@ -101,6 +101,14 @@ class AotiRunner(Runner):
         self.metadata = {**self.metadata, **self._compiled.get_metadata()}
         self.device = "cuda" if self.metadata.get(_DEVICE_KEY) == "cuda" else "cpu"  # the loaded package's word
         self._read_signature()
+
+    def _inspect_archive(self) -> None:
+        """Refuse a file that is no zip archive, or one with pickled entries (unless trusted),
+        before torch opens it."""
+        if not zipfile.is_zipfile(self.path):
+            raise RunnerError(f"{self.path}: torch {torch.__version__} cannot load this AOTInductor package (not a "
+                              "zip archive); rebuild it with dyt-build MODEL --backend aoti")
+        refuse_pickled_entries(self.path, self.trust_pickle, RunnerError)
 
     def _require_device(self) -> None:
         if self.device == "cuda" and not torch.cuda.is_available():
