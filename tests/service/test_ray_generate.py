@@ -11,7 +11,6 @@ itself). Skipped, with the reason, where Ray is not installed or cannot start.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_testlib import SlowDecoder, free_port
+from service_testlib import SlowDecoder, framed_events, free_port, sse_events
 
 from service.settings import Settings
 
@@ -127,15 +126,16 @@ def test_a_stream_arrives_event_by_event_and_adds_up_to_generate(deployed: str) 
         assert answer.status_code == 200, answer.read()
         assert answer.headers["content-type"].startswith("text/event-stream")
         assert answer.headers["cache-control"] == "no-cache"
-        for line in answer.iter_lines():
-            if line.startswith("data: "):
-                arrivals.append(time.monotonic())
-                events.append(json.loads(line[len("data: "):]))
+        for event in sse_events(answer):  # read as server-sent events, as a browser's EventSource would
+            arrivals.append(time.monotonic())
+            events.append(event)
     assert len(events) == TOKENS + 1 and [e.get("index") for e in events[:-1]] == list(range(TOKENS))
     assert events[-1]["finish_reason"] == "length" and events[-1]["output_tokens"] == TOKENS
     assert "".join(e["text_output"] for e in events) == whole.json()["text_output"]
     # the first token came while the other 29 steps (at least 1.45 s) were still to run
     assert arrivals[-1] - arrivals[0] > 0.6 * (TOKENS - 1) * STEP_S, arrivals
+    raw = httpx.post(f"{url}/generate_stream", json=body(4), timeout=60)  # its bytes: each event, a blank line
+    assert [e.get("index") for e in framed_events(raw.content)] == [0, 1, 2, 3, None]
     refused = httpx.post(f"{url}/generate_stream", json=body(10**6), timeout=60)
     assert refused.status_code == 400 and "max_tokens" in refused.json()["error"]
     shown = live_generation(deployed)  # both answers carried the replica's statistics to the router
@@ -147,8 +147,7 @@ def test_a_dropped_stream_stops_the_generation_on_its_replica(deployed: str) -> 
     before = generation(deployed)
     with httpx.stream("POST", f"http://{deployed}/v2/models/{MODEL}/generate_stream", json=body(50),
                       timeout=60) as answer:
-        first = next(line for line in answer.iter_lines() if line.startswith("data: "))
-        assert json.loads(first[len("data: "):])["index"] == 0
+        assert next(sse_events(answer))["index"] == 0
     deadline = time.monotonic() + 30
     while (after := generation(deployed))["cancelled"] != before["cancelled"] + 1:
         assert time.monotonic() < deadline, f"the generation was not cancelled: {after}"
@@ -175,8 +174,8 @@ def test_the_routers_live_view_and_metrics_show_the_replicas_generations(deploye
     for tokens in (5, 8):
         assert httpx.post(f"{url}/generate", json=body(tokens), timeout=60).status_code == 200
     with httpx.stream("POST", f"{url}/generate_stream", json=body(50), timeout=60) as answer:
-        lines = answer.iter_lines()  # held: a line iterator let go closes the connection
-        assert next(line for line in lines if line.startswith("data: "))
+        events = sse_events(answer)  # held: an iterator let go closes the connection
+        assert "index" in next(events)
         wait_for(lambda: live_generation(deployed)["running"] == 1, "a stream under way is not shown running")
     with pytest.raises(httpx.ReadTimeout):  # a /generate whose client leaves
         httpx.post(f"{url}/generate", json=body(50), timeout=0.5)
