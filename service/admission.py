@@ -36,6 +36,7 @@ JSON_MEMORY_FACTOR = 4  # a JSON inference body costs its size and ~2.5 times mo
 BODY_KEY = "dyt.body"  # the scope key under which BodyGate leaves the body it read (see request_body)
 INFER_PATH = re.compile(r"/v2/models/(?P<model_name>[^/]+)(?:/versions/(?P<model_version>[^/]+))?/infer")
 MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is over every limit (and int() of it is costly)
+EVICTABLE_AFTER_S = 0.1  # a body read younger than this is never dropped for a new one (its bytes may be on the way)
 
 
 class ApiKeyGate:
@@ -115,7 +116,7 @@ class BodyGate:
                  json_limit_of: Callable[[str], int] | None = None) -> None:
         self.app, self.settings, self.metrics = app, settings, metrics
         self.json_limit_of = json_limit_of or whole_body_limit(settings)
-        self.reading = 0
+        self.readers: set[BodyRead] = set()
         self.reading_by_client: dict[str, int] = {}
         self.bytes_in_flight = 0
 
@@ -202,51 +203,111 @@ class BodyGate:
         return body
 
     async def read_body(self, scope: Scope, receive: Receive, rules: BodyRules) -> bytes:
-        """The whole body, read while holding a body-read slot, within body_timeout_s."""
-        client = client_of(scope)
-        self.take_read_slot(client)
+        """The whole body, read while holding a body-read slot: within body_timeout_s, and (after
+        body_grace_s) at min_body_rate on average; a slow read may lose its slot to a new one."""
+        reader = self.take_read_slot(client_of(scope))
         try:
-            with anyio.move_on_after(self.settings.body_timeout_s):
-                return await self.receive_all(receive, rules)
-            raise BodyRefused(408, f"request timed out after {self.settings.body_timeout_s:g} s while receiving "
-                              "the request body", "timeout_body")
+            with reader.cancel:
+                return await self.receive_all(receive, rules, reader)
+            raise reader.refusal(self.settings)
         finally:
-            self.release_read_slot(client)
+            self.release_read_slot(reader)
 
-    async def receive_all(self, receive: Receive, rules: BodyRules) -> bytes:
+    async def receive_all(self, receive: Receive, rules: BodyRules, reader: BodyRead) -> bytes:
         chunks: list[bytes] = []
-        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientGone
             chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > rules.limit:
-                raise rules.too_large(size, at_least=True)
+            reader.advance(len(chunk), self.settings)
+            if reader.received > rules.limit:
+                raise rules.too_large(reader.received, at_least=True)
             if chunk:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def take_read_slot(self, client: str) -> None:
+    def take_read_slot(self, client: str) -> BodyRead:
+        """A body-read slot for ``client``: 503 when the client has max_body_reads_per_client, or
+        when all max_body_reads are taken and none of them is a slow read to drop."""
         settings = self.settings
-        if self.reading >= settings.max_body_reads:
-            raise BodyRefused(503, f"server busy: {self.reading} request bodies being received (limit "
-                              f"{settings.max_body_reads}); retry later", "body_reads")
         if self.reading_by_client.get(client, 0) >= settings.max_body_reads_per_client:
             raise BodyRefused(503, f"too many request bodies being received from {client} at once (limit "
                               f"{settings.max_body_reads_per_client}); retry later", "body_reads_client")
-        self.reading += 1
+        if self.reading >= settings.max_body_reads and not self.drop_slowest():
+            raise BodyRefused(503, f"server busy: {self.reading} request bodies being received (limit "
+                              f"{settings.max_body_reads}), none of them slow; retry later", "body_reads")
+        reader = BodyRead(client, settings)
+        self.readers.add(reader)
         self.reading_by_client[client] = self.reading_by_client.get(client, 0) + 1
+        return reader
 
-    def release_read_slot(self, client: str) -> None:
-        self.reading -= 1
-        left = self.reading_by_client[client] - 1
+    def drop_slowest(self) -> bool:
+        """Give the slot of the slowest read below min_body_rate (one at least EVICTABLE_AFTER_S old)
+        to a new request: the slow one is answered 408. False when there is none."""
+        now = anyio.current_time()
+        slow = [r for r in self.readers if r.evictable(now, self.settings.min_body_rate)]
+        if not slow:
+            return False
+        victim = min(slow, key=lambda r: r.rate(now))
+        victim.evicted = True
+        victim.cancel.cancel()
+        self.release_read_slot(victim)
+        self.metrics.rejected.labels("slow_body").inc()
+        return True
+
+    def release_read_slot(self, reader: BodyRead) -> None:
+        if reader not in self.readers:  # already given to another request
+            return
+        self.readers.discard(reader)
+        left = self.reading_by_client[reader.client] - 1
         if left:
-            self.reading_by_client[client] = left
+            self.reading_by_client[reader.client] = left
         else:
-            del self.reading_by_client[client]
+            del self.reading_by_client[reader.client]
+
+    @property
+    def reading(self) -> int:
+        """Request bodies being received now."""
+        return len(self.readers)
+
+
+class BodyRead:
+    """One body being received: its client, progress, and the cancel scope whose deadline is the
+    sooner of body_timeout_s and the moment its average rate would fall below min_body_rate."""
+
+    def __init__(self, client: str, settings: Settings) -> None:
+        self.client, self.started, self.received, self.evicted = client, anyio.current_time(), 0, False
+        self.cancel = anyio.CancelScope()
+        self.advance(0, settings)
+
+    def advance(self, size: int, settings: Settings) -> None:
+        """Count ``size`` more bytes and move the deadline accordingly."""
+        self.received += size
+        deadline = self.started + settings.body_timeout_s
+        if settings.min_body_rate:
+            deadline = min(deadline, self.started + max(settings.body_grace_s, self.received / settings.min_body_rate))
+        self.cancel.deadline = deadline
+
+    def rate(self, now: float) -> float:
+        return self.received / max(now - self.started, 1e-6)
+
+    def evictable(self, now: float, min_rate: int) -> bool:
+        return now - self.started >= EVICTABLE_AFTER_S and self.rate(now) < min_rate
+
+    def refusal(self, settings: Settings) -> BodyRefused:
+        """The 408 of a read that was cut: dropped for a new request, too slow, or out of time."""
+        seconds = anyio.current_time() - self.started
+        if self.evicted:
+            return BodyRefused(408, f"request body too slow ({self.received} bytes in {seconds:.1f} s, below "
+                               f"{settings.min_body_rate} bytes/s): its slot went to another request", "slow_body")
+        if seconds < settings.body_timeout_s - 0.01:
+            return BodyRefused(408, f"request body too slow: {self.received} bytes in {seconds:.1f} s while "
+                               f"receiving the request body, below the minimum of {settings.min_body_rate} "
+                               "bytes/s", "slow_body")
+        return BodyRefused(408, f"request timed out after {settings.body_timeout_s:g} s while receiving "
+                           "the request body", "timeout_body")
 
 
 def json_advice(json_limit: int) -> str:

@@ -57,9 +57,13 @@ def serve_command(
     max_body_mb: Annotated[float, typer.Option(help="request body limit in MiB (413 above)")] = 64,
     max_in_flight: Annotated[int, typer.Option(help="requests handled at once, bodies complete (503 above)")] = 64,
     max_inflight_bytes: Annotated[int, typer.Option(help=(
-        "body bytes of all requests in flight (503 above; a JSON inference body counts 16x)"))] = 512 << 20,
-    max_json_mb: Annotated[float, typer.Option(help="limit of an all-JSON inference body in MiB (413 above)")] = 8,
+        "body bytes of all requests in flight (503 above; a JSON inference body counts 4x)"))] = 512 << 20,
+    max_json_mb: Annotated[float, typer.Option(help=(
+        "memory budget of an all-JSON inference body in MiB: its limit is the model's largest valid request, "
+        "at most this (413 above)"))] = 64,
     body_timeout: Annotated[float, typer.Option(help="seconds a request body may take to arrive (408)")] = 10,
+    min_body_rate: Annotated[int, typer.Option(help=(
+        "bytes/s a request body must arrive at after 2 s (408 below; 0: no minimum)"))] = 32 << 10,
     timeout: Annotated[float, typer.Option(help="request timeout in seconds (504)")] = 60,
     dynamic_batching: Annotated[list[str] | None, typer.Option(metavar="MODEL", help=(
         "batch MODEL's requests dynamically ('all' for every model); repeatable"))] = None,
@@ -146,7 +150,7 @@ def settings_from_options(options: dict[str, Any]) -> Settings:
         raise DytDeployError(f"--repository {repository}: no such folder")
     values: dict[str, Any] = {"repository": str(repository.resolve())}
     for name in ("provider", "backend", "threads", "workers", "max_in_flight", "allow_nonfinite", "public_metrics",
-                 "max_inflight_bytes", "max_generate_tokens", "max_prompt_tokens", "max_generations"):
+                 "max_inflight_bytes", "max_generate_tokens", "max_prompt_tokens", "max_generations", "min_body_rate"):
         if name in options:
             values[name] = options[name]
     if options.get("api_key"):

@@ -70,7 +70,12 @@ class Settings(BaseSettings):
         max_in_flight: requests handled at once, counted once their body is complete (503 with
             Retry-After above it); health and metrics routes are not counted.
         body_timeout_s: a request body must arrive completely within this (408 otherwise).
-        max_body_reads: request bodies being received at once, from all clients (503 above it).
+        max_body_reads: request bodies being received at once, from all clients; when all are taken,
+            a new request takes the slot of the slowest one below ``min_body_rate`` (that one gets
+            408), else it gets 503.
+        min_body_rate: bytes per second a body must arrive at on average, once ``body_grace_s`` have
+            passed (408 below it; 0: no minimum). Slow senders cannot hold the body-read slots.
+        body_grace_s: seconds a body may take before its rate is checked.
         max_body_reads_per_client: request bodies being received at once from one client address.
         request_timeout_s: a request still unanswered after this gets 504 (processing).
         api_key: when set, every route but ``/v2/health/live`` and ``/v2/health/ready`` needs
@@ -106,6 +111,8 @@ class Settings(BaseSettings):
     max_in_flight: PositiveInt = 64
     body_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     max_body_reads: PositiveInt = 32
+    min_body_rate: NonNegativeInt = 32 << 10
+    body_grace_s: Annotated[float, Field(gt=0)] = 2.0
     max_body_reads_per_client: PositiveInt = 8
     request_timeout_s: Annotated[float, Field(gt=0)] = 60.0
     api_key: str | None = Field(None, validation_alias=API_KEY_ENV)

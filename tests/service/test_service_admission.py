@@ -81,23 +81,32 @@ def reply_of(raw: socket.socket, timeout_s: float = 10) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
+def reply_or_none(raw: socket.socket, timeout_s: float) -> tuple[int, bytes] | None:
+    """The server's answer, or None if none came within ``timeout_s``."""
+    try:
+        return reply_of(raw, timeout_s)
+    except TimeoutError:
+        return None
+
+
 def close_all(sockets: list[socket.socket]) -> None:
     for raw in sockets:
         raw.close()
 
 
 def test_slow_bodies_hold_body_slots_only_and_time_out(gated: BackgroundServer, http: httpx.Client) -> None:
-    held = [start_request(gated.address, INFER, 1000, source="127.0.0.2") for _ in range(READS_PER_CLIENT)]
+    def begun(source: str) -> socket.socket:  # 16 KiB at once: above the minimum rate for its first 0.5 s
+        return start_request(gated.address, INFER, 64 << 10, b"[" * (16 << 10), source=source)
+
+    held = [begun("127.0.0.2") for _ in range(READS_PER_CLIENT)]
     try:
-        extra = start_request(gated.address, INFER, 1000, source="127.0.0.2")
+        extra = begun("127.0.0.2")
         status, body = reply_of(extra, timeout_s=BODY_TIMEOUT_S / 2)  # refused at once, not at the deadline
         extra.close()
         assert status == 503 and b"from 127.0.0.2" in body
-        assert http.post(INFER, json=json_request(images(1)), headers=KEY).status_code == 200  # another client
-        held += [start_request(gated.address, INFER, 1000, source="127.0.0.3") for _ in range(READS - len(held))]
-        time.sleep(0.2)
-        status, body = reply_of(start_request(gated.address, INFER, 1000, source="127.0.0.4"), BODY_TIMEOUT_S / 2)
-        assert status == 503 and f"limit {READS}".encode() in body
+        held += [begun("127.0.0.3") for _ in range(READS - len(held))]
+        status, body = reply_of(begun("127.0.0.4"), BODY_TIMEOUT_S / 2)
+        assert status == 503 and f"limit {READS}), none of them slow".encode() in body  # none to drop
         assert http.get("/v2/models/vit-dyt", headers=KEY).status_code == 200  # no body: never waits for a slot
         assert http.get("/v2/health/live").status_code == 200
         started = time.monotonic()
@@ -107,6 +116,34 @@ def test_slow_bodies_hold_body_slots_only_and_time_out(gated: BackgroundServer, 
     finally:
         close_all(held)
     assert http.post(INFER, json=json_request(images(1)), headers=KEY).status_code == 200
+
+
+def test_a_prompt_body_takes_the_slot_of_the_slowest(gated: BackgroundServer, http: httpx.Client) -> None:
+    """With every body-read slot held by slow senders from many addresses, a request that sends its
+    body at once is served: the slowest sender's slot goes to it (that one gets 408)."""
+    held = [start_request(gated.address, INFER, 1000, source=f"127.0.1.{i}") for i in range(READS)]
+    try:
+        time.sleep(0.3)  # older than a read that may still be on its way
+        probe = http.post(INFER, json=json_request(images(1)), headers=KEY)
+        assert probe.status_code == 200, probe.text
+        replies = [reply_or_none(raw, 0.1) for raw in held]
+        dropped = [reply for reply in replies if reply is not None]
+        assert len(dropped) == 1 and dropped[0][0] == 408 and b"its slot went to another request" in dropped[0][1]
+    finally:
+        close_all(held)
+
+
+def test_a_body_below_the_minimum_rate_is_dropped(repository: Path) -> None:
+    settings = Settings(threads=1, warmup_runs=0, body_timeout_s=30, body_grace_s=0.3, min_body_rate=64 << 10)
+    with serve_in_thread(create_app(repository, settings)) as running:
+        started = time.monotonic()
+        raw = start_request(running.address, INFER, 100_000, headers={})
+        try:
+            status, body = reply_of(raw, timeout_s=5)
+        finally:
+            raw.close()
+    assert status == 408 and b"below the minimum of 65536 bytes/s" in body
+    assert time.monotonic() - started < 3  # at the grace, not at the 30 s deadline
 
 
 @pytest.mark.parametrize("path", [INFER, "/v2/repository/index", "/api/compare"])
