@@ -225,3 +225,129 @@ def _reference(target: CheckTarget, feed: dict[str, np.ndarray]) -> dict[str, np
     with torch.no_grad():
         outputs = flatten_outputs(target.reference(*[torch.from_numpy(feed[s.name]) for s in target.specs]))
     return {name: t.float().numpy() for name, t in zip(target.output_names, outputs, strict=False)}
+
+
+# -- on the user's data (--data) -------------------------------------------------------------------
+
+@dataclass
+class DataResult:
+    """One runner at one precision on the data: its parity (today's tolerances) and its figures."""
+
+    parity: ParityReport
+    figures: Any  # check_data.DataFigures
+
+    @property
+    def passed(self) -> bool:
+        return self.figures.passed
+
+    def to_dict(self) -> dict:
+        return {**self.parity.to_dict(), "passed": self.passed, "data": self.figures.to_dict()}
+
+
+def check_model_on_data(source: str | Path, data: str | Path, runners: list[str] | None = None,
+                        atol: float | None = None, rtol: float | None = None,
+                        agreement: dict[str, float] | None = None, prompts: int = 8, new_tokens: int = 16,
+                        batch: int = 64, arch: str | None = None, trust_pickle: bool = False,
+                        weights: str | None = None, progress: Progress | None = None) -> dict[str, DataResult]:
+    """Each runner on the samples of ``data`` (a .npz, see :mod:`dyt_deploy.check_data`) against PyTorch fp32.
+
+    ``runners``: kinds as for :func:`check_model`; a torch kind may name a precision, ``torch/fp16``.
+    ``agreement``: precision -> the least top-1 agreement that passes (default
+    :data:`~dyt_deploy.check_data.AGREEMENT_THRESHOLDS`). ``prompts``/``new_tokens``: language
+    models' greedy decoding check (the first ``prompts`` samples, their first half as the prompt).
+    """
+    from .check_data import AGREEMENT_THRESHOLDS, load_check_data
+
+    target = check_target(source, arch=arch, trust_pickle=trust_pickle, weights=weights)
+    samples = load_check_data(data, target.specs)
+    thresholds = {**AGREEMENT_THRESHOLDS, **(agreement or {})}
+    prompt_ids = _prompts(target, samples, prompts)
+    expected = _outputs(lambda feed: _reference(target, feed), target, samples, batch, prompt_ids, new_tokens)
+    results: dict[str, DataResult] = {}
+    with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
+        for name in runners or default_runners(target):
+            step, started = f"runner {name}", time.perf_counter()
+            if progress is not None:
+                progress("start", step, 0.0)
+            results[name] = _data_result(name, target, samples, expected, Path(workdir), thresholds, batch,
+                                         prompt_ids, new_tokens, atol, rtol)
+            if progress is not None:
+                progress("done", step, time.perf_counter() - started)
+    return results
+
+
+def _data_result(name: str, target: CheckTarget, samples: Any, expected: Any, workdir: Path,
+                 thresholds: dict[str, float], batch: int, prompt_ids: np.ndarray | None, new_tokens: int,
+                 atol: float | None, rtol: float | None) -> DataResult:
+    from .check_data import figures
+
+    kind, _, asked = name.partition("/")
+    precision = _data_precision(kind, asked, target, workdir)
+    parity = ParityReport(*default_tolerances(precision, atol, rtol))
+    with _data_runner(kind, asked, target, workdir) as runner:
+        def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            got = runner.infer(cast_floats(feed, precision))
+            return {k: np.asarray(v, np.float32) for k, v in got.items()}
+
+        got = _outputs(infer, target, samples, batch, prompt_ids, new_tokens, parity, expected)
+    return DataResult(parity, figures(name, precision, samples, expected, got, parity, thresholds[precision]))
+
+
+def _data_precision(kind: str, asked: str, target: CheckTarget, workdir: Path) -> str:
+    """The precision a runner runs in: what ``KIND/PRECISION`` asks for a torch kind, else the file's."""
+    if not asked:
+        return _precision(kind, target, workdir)
+    if runner_kind(kind).takes != MODULE:
+        raise DytDeployError(f"runner {kind}/{asked}: only the torch runners take a precision; {kind} runs its "
+                             "file's (export one with dyt-export --dtype fp16 for an fp16 ONNX)")
+    from .parity import DEFAULT_TOLERANCES
+
+    if asked not in DEFAULT_TOLERANCES:
+        raise DytDeployError(f"runner {kind}/{asked}: unknown precision; choose one of "
+                             f"{', '.join(DEFAULT_TOLERANCES)}")
+    return asked
+
+
+def _data_runner(kind: str, asked: str, target: CheckTarget, workdir: Path) -> Runner:
+    if asked:
+        return create_runner(kind, target.reference, input_names=[s.name for s in target.specs],
+                             output_names=target.output_names, dtype=asked)
+    return runner_for_target(kind, target, workdir)
+
+
+def _prompts(target: CheckTarget, samples: Any, count: int) -> np.ndarray | None:
+    """A language model's greedy-decoding prompts: the first half of the first ``count`` samples; None
+    for other models (or ``count`` 0)."""
+    if count < 1 or not _is_language_model(target):
+        return None
+    ids = samples.inputs[target.specs[0].name][:count]
+    return ids[:, :max(1, ids.shape[1] // 2)]
+
+
+def _is_language_model(target: CheckTarget) -> bool:
+    """One integer input with a sequence dim and logits over tokens per position (a causal LM)."""
+    specs = target.specs
+    if len(specs) != 1 or "int" not in specs[0].dtype or len(specs[0].shape) != 2:
+        return False
+    return getattr(target.reference, "family", "") == "llama" or hasattr(target.reference, "generate")
+
+
+def _outputs(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], target: CheckTarget, samples: Any,
+             batch: int, prompt_ids: np.ndarray | None, new_tokens: int, parity: ParityReport | None = None,
+             expected: Any = None) -> Any:
+    """The first output of ``infer`` over every batch of ``samples`` (and the greedy continuations of
+    ``prompt_ids``); with ``parity``, each batch is compared with ``expected``'s."""
+    from .check_data import DataOutputs, greedy_continuations
+
+    first = target.output_names[0]
+    outputs = DataOutputs()
+    for index, feed in enumerate(samples.batches(batch)):
+        got = infer(feed)
+        if parity is not None:
+            parity.add_sample({first: expected.logits[index]}, {first: got.get(first)} if first in got else {},
+                              {k: v.shape for k, v in feed.items()})
+        outputs.logits.append(got[first])
+    if prompt_ids is not None:
+        name = target.specs[0].name
+        outputs.continuations = greedy_continuations(lambda ids: infer({name: ids})[first], prompt_ids, new_tokens)
+    return outputs

@@ -269,6 +269,13 @@ def check(
     json_path: Path = typer.Option(None, "--json", help="Also write the figures as JSON."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled Python objects (trusted files)."),
     weights: str = typer.Option(None, help=WEIGHTS_HELP),
+    data: Path = typer.Option(None, help="A .npz of your samples instead of seeded inputs: one array per model "
+                              "input, named after it, first dim = samples, optional integer labels. Adds top-1 "
+                              "agreement with PyTorch fp32, accuracy, and for language models greedy agreement and "
+                              "perplexity; a torch runner may name a precision (torch/fp16)."),
+    agreement: str = typer.Option(None, help="With --data: least top-1 agreement per precision, e.g. fp16=0.99 "
+                                  "[default: fp32=1, fp16=0.995, bf16=0.995]."),
+    prompts: int = typer.Option(8, help="With --data, language models: prompts decoded greedily (16 tokens each)."),
 ) -> None:
     """Run each runner and the PyTorch reference on the same inputs; one PASSED/FAILED line per runner.
     A text-generation folder is checked by greedy decoding in onnxruntime against PyTorch instead.
@@ -286,6 +293,11 @@ def check(
         if json_path:
             json_path.write_text(json.dumps({"ort": decoding}, indent=2) + "\n")
         sys.exit(0 if decoding["passed"] else 1)
+    if data is not None:
+        from .check_cli import check_on_data
+
+        sys.exit(check_on_data(model, data, kinds, atol, rtol, agreement, prompts, arch, trust_pickle, weights,
+                               json_path, _progress_printer()))
     times: dict[str, float] = {}
     show = _progress_printer()
 
@@ -394,6 +406,9 @@ def bench(
                              "token at prompt lengths --seq [16,64,256] and decode tokens/s at --batch, on torch, "
                              "ort, ort-genai [default model llama_small, variants rmsnorm,dyt, baseline rmsnorm]."),
     decode_tokens: int = typer.Option(32, help="text-generation: decode steps per timed call."),
+    data: Path = typer.Option(None, help="A .npz of samples (as dyt-check --data): adds accuracy (or perplexity) per "
+                              "variant, runtime and precision; comparable between the reference twins (dyt "
+                              "train-reference), not between converted (untrained) twins."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     import os
@@ -418,7 +433,7 @@ def bench(
         seqs=_ints(seq),
         optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
         baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config), task=task,
-        decode_tokens=decode_tokens)
+        decode_tokens=decode_tokens, data=data)
 
     from .bench.api import benchmark
     from .bench.report import RESULT_COLUMNS, SUMMARY_COLUMNS, results_table, summary_table, write_reports
@@ -444,6 +459,10 @@ def bench(
     for label, key in skipped.items():
         for what, why in report["settings"].get(key, {}).items():
             err_console.print(f"{label}: {what}: {why}", highlight=False)
+    from .bench.report import accuracy_headlines, with_summary
+
+    for sentence in accuracy_headlines(with_summary(report)):
+        console.print(sentence, highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
 
 
@@ -532,16 +551,6 @@ def _mount_build() -> None:
 _mount_build()
 
 
-@app.command("serve", add_help_option=False,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def serve(ctx: typer.Context) -> None:
-    """Serve a model repository over the Open Inference Protocol v2 (same options as dyt-serve; dyt serve --help).
-
-    The service package (FastAPI, uvicorn) loads only when this command runs.
-    """
-    from service.cli import main
-
-    sys.exit(main(list(ctx.args)))
 def _mount_reference() -> None:
     """``dyt train-reference``, defined beside the reference package."""
     from .reference.cli import train_reference
@@ -552,3 +561,13 @@ def _mount_reference() -> None:
 _mount_reference()
 
 
+@app.command("serve", add_help_option=False,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve(ctx: typer.Context) -> None:
+    """Serve a model repository over the Open Inference Protocol v2 (same options as dyt-serve; dyt serve --help).
+
+    The service package (FastAPI, uvicorn) loads only when this command runs.
+    """
+    from service.cli import main
+
+    sys.exit(main(list(ctx.args)))

@@ -122,9 +122,16 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
     everyone = [runner for members in groups.values() for runner in members.values()]
     time_all(groups, feeds, config.warmup, config.iters, timings,
              lambda d, t: say("time every runner, interleaved", d, t))
+    accuracy = None
+    if config.data is not None:
+        from .accuracy import accuracy_section
+
+        say(f"accuracy on {config.data.name}", 0, 0)
+        accuracy = accuracy_section(groups, variant_set, config.data)
     for runner in everyone:
         runner.deactivate()
     report = _report(config, timings, feeds, fusions)
+    report["accuracy"] = accuracy
     report["settings"].update(model=variant_set.source, own_norm=variant_set.own, variants_made=variant_set.made,
                               not_timed=not_timed, optimizers_skipped=skipped_optimizers,
                               runners_skipped=skipped_runners, device=config.device, dtypes=list(config.dtypes))
@@ -146,8 +153,11 @@ def variants_of(config: BenchConfig) -> VariantSet:
         return zoo_variants(config.arch, list(config.variants), **config.overrides)
     if config.overrides:
         raise DytDeployError("architecture overrides (--set) apply to zoo models only, not to " + str(config.model))
-    return model_variants(config.model, list(config.variants), arch=config.model_arch, weights=config.weights,
+    from .accuracy import with_trained_twins
+
+    made = model_variants(config.model, list(config.variants), arch=config.model_arch, weights=config.weights,
                           trust_pickle=config.trust_pickle, input_shapes=list(config.input_shapes) or None)
+    return with_trained_twins(made, config.model, config.weights)  # a reference checkpoint's twins are trained
 
 
 def _onnx_groups(kind: str, onnx_files: dict[str, Path], config: BenchConfig, variant_set: VariantSet,

@@ -67,6 +67,8 @@ class BenchConfig:
             defaults take the task's: llama_small, variants rmsnorm and dyt, prompts 16, 64 and 256,
             baseline rmsnorm (where layernorm is not among the variants).
         decode_tokens: text-generation: decode steps per timed call (each step is one sample).
+        data: a .npz of samples (``dyt-check --data``'s format): every timed runner also runs them, and
+            the report gets accuracy (or perplexity) per variant x runtime x precision (``bench.accuracy``).
     """
 
     arch: str = "vit_small"
@@ -93,12 +95,14 @@ class BenchConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     task: str = "default"
     decode_tokens: int = 32
+    data: Path | None = None
 
     def __post_init__(self) -> None:
         if self.task == "text-generation":
             self._generation_defaults()
-        if self.model is not None:
-            object.__setattr__(self, "model", Path(self.model))
+        for name in ("model", "data"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes",
                      "dtypes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -139,6 +143,9 @@ class BenchConfig:
         found += self._generation_device_problems() if generation else self._device_problems()
         if self.model is not None and not self.model.exists():
             found.append(("model", f"{self.model}: no such file or folder"))
+        if self.data is not None and (generation or not Path(self.data).is_file()):
+            found.append(("data", "text generation measures no accuracy: drop --data" if generation
+                          else f"{self.data}: no such file"))
         if self.weights is not None:
             found += choice_problem("weights", self.weights, WEIGHTS)
         for name in ("variants", "runners", "batches", "optimizers"):

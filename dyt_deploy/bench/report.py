@@ -84,7 +84,9 @@ def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
 
 def with_summary(report: dict) -> dict:
     """A copy of ``report`` with its ``summary`` block computed from its results (see :func:`summary_block`)."""
-    return {**report, "summary": summary_block(report)}
+    from .accuracy import annotate_summary
+
+    return {**report, "summary": annotate_summary(summary_block(report), report)}
 
 
 def is_pointwise(variant: str) -> bool:
@@ -282,6 +284,8 @@ def detail_tables(report: dict) -> list[Table]:
     """Every table after the answer: all results, fusions, the norm layer alone, the op profile."""
     tables = [Table("Every runner, setting and shape", RESULT_COLUMNS, results_table(report), method_text(report),
                     "results")]
+    if report.get("accuracy"):
+        tables.append(accuracy_table(report))
     made = report["settings"].get("variants_made") or {}
     if made:
         tables.append(Table("How each variant was made", [], [], items=[f"{k}: {v}" for k, v in made.items()]))
@@ -300,6 +304,22 @@ def detail_tables(report: dict) -> list[Table]:
                               ", ".join(f"{k} {v:.0f}" for k, v in list(p["op_us_per_run"].items())[:5])]
                              for key, p in report["profile"].items()], anchor="profile"))
     return tables
+
+
+def accuracy_headlines(report: dict) -> list[str]:
+    """The answer with accuracy (``dyt-bench --data``): one sentence per comparison, see ``bench.accuracy``."""
+    from .accuracy import headline_sentences
+
+    return headline_sentences(report)
+
+
+def accuracy_table(report: dict) -> Table:
+    """Accuracy (or perplexity) per runner, precision and variant on the data, with whether it compares."""
+    from .accuracy import ACCURACY_COLUMNS, accuracy_rows
+
+    section = report["accuracy"]
+    note = f"On {section['data']} ({section['samples']} samples). {section['note']}"
+    return Table("Accuracy on the data", ACCURACY_COLUMNS, accuracy_rows(report), note, "accuracy")
 
 
 LAYER_COLUMNS = ["kind", "tokens", "width", "MiB read + written", "median µs", "GB/s", "% of same-size copy",
@@ -346,6 +366,7 @@ def markdown(report: dict) -> str:
         lines.append("| " + " | ".join(["no variant could be compared with a twin timed on the same runtime",
                                           *[""] * (len(SUMMARY_COLUMNS) - 1)]) + " |")
     lines += ["", summary_note(report)]
+    lines += [line for sentence in accuracy_headlines(report) for line in ("", sentence)]
     for table in detail_tables(report):
         lines += _md_table(table)
     for note in report.get("notes", []):
@@ -554,7 +575,8 @@ def html_page(report: dict) -> str:
     s = report["settings"]
     colors = variant_colors(report)
     results, *others = detail_tables(report)
-    parts = [_answer_html(report), _html_table(results), *latency_plots(report, colors)]
+    parts = [_answer_html(report), *(f'<p class="accuracy">{html.escape(text)}</p>' for text in
+                                     accuracy_headlines(report)), _html_table(results), *latency_plots(report, colors)]
     for table in others:
         parts.append(_html_table(table))
         if table.anchor == "profile":

@@ -86,7 +86,7 @@ def _task_data(recipe: Recipe, seed: int) -> tuple[Split, dict[str, Any]]:
                                  "test_fraction": fraction, "train": len(split.train_labels),
                                  "test": len(split.test_labels)}}
     corpus = stdlib_corpus()
-    split = text_split(corpus, recipe.data["seq_len"], recipe.data["test_fraction"])
+    split = text_split(corpus, recipe.data["seq_len"], recipe.data["test_fraction"], recipe.data.get("test_windows"))
     return split, {**corpus_record(corpus), "tokens": "bytes (vocabulary 256)",
                    "split": {"method": "the last bytes of the corpus are held out",
                              "test_fraction": recipe.data["test_fraction"], "train_bytes": len(split.train_inputs),

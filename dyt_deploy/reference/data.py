@@ -86,13 +86,14 @@ def corpus_record(corpus: bytes, modules: tuple[str, ...] = STDLIB_MODULES) -> d
             "note": "read from the running interpreter's stdlib: another Python version gives another corpus"}
 
 
-def text_split(corpus: bytes, seq_len: int, test_fraction: float = 0.1) -> Split:
+def text_split(corpus: bytes, seq_len: int, test_fraction: float = 0.1, max_windows: int | None = None) -> Split:
     """Byte tokens: the first part of the corpus to train on (as one stream, windows drawn later), the
-    last ``test_fraction`` as non-overlapping windows of ``seq_len`` inputs and their next bytes."""
+    last ``test_fraction`` as non-overlapping windows of ``seq_len`` inputs and their next bytes (the
+    first ``max_windows`` of them; None: all)."""
     tokens = torch.frombuffer(bytearray(corpus), dtype=torch.uint8).long()
     cut = int(len(tokens) * (1 - test_fraction))
     train, test = tokens[:cut], tokens[cut:]
-    windows = (len(test) - 1) // seq_len
+    windows = min((len(test) - 1) // seq_len, max_windows or len(test))
     if windows < 1:
         raise DytDeployError(f"the text corpus is too small for windows of {seq_len} bytes")
     inputs = test[:windows * seq_len].view(windows, seq_len)
