@@ -20,6 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from .check_data import (
+    AGREEMENT_THRESHOLDS,
+    CheckData,
+    DataFigures,
+    DataOutputs,
+    figures,
+    greedy_continuations,
+    load_check_data,
+)
 from .checkpoint import load_checkpoint
 from .dtypes import cast_floats
 from .errors import DytDeployError
@@ -234,7 +243,7 @@ class DataResult:
     """One runner at one precision on the data: its parity (today's tolerances) and its figures."""
 
     parity: ParityReport
-    figures: Any  # check_data.DataFigures
+    figures: DataFigures
 
     @property
     def passed(self) -> bool:
@@ -256,8 +265,6 @@ def check_model_on_data(source: str | Path, data: str | Path, runners: list[str]
     :data:`~dyt_deploy.check_data.AGREEMENT_THRESHOLDS`). ``prompts``/``new_tokens``: language
     models' greedy decoding check (the first ``prompts`` samples, their first half as the prompt).
     """
-    from .check_data import AGREEMENT_THRESHOLDS, load_check_data
-
     target = check_target(source, arch=arch, trust_pickle=trust_pickle, weights=weights)
     samples = load_check_data(data, target.specs)
     thresholds = {**AGREEMENT_THRESHOLDS, **(agreement or {})}
@@ -276,11 +283,9 @@ def check_model_on_data(source: str | Path, data: str | Path, runners: list[str]
     return results
 
 
-def _data_result(name: str, target: CheckTarget, samples: Any, expected: Any, workdir: Path,
+def _data_result(name: str, target: CheckTarget, samples: CheckData, expected: DataOutputs, workdir: Path,
                  thresholds: dict[str, float], batch: int, prompt_ids: np.ndarray | None, new_tokens: int,
                  atol: float | None, rtol: float | None) -> DataResult:
-    from .check_data import figures
-
     kind, _, asked = name.partition("/")
     precision = _data_precision(kind, asked, target, workdir)
     parity = ParityReport(*default_tolerances(precision, atol, rtol))
@@ -315,7 +320,7 @@ def _data_runner(kind: str, asked: str, target: CheckTarget, workdir: Path) -> R
     return runner_for_target(kind, target, workdir)
 
 
-def _prompts(target: CheckTarget, samples: Any, count: int) -> np.ndarray | None:
+def _prompts(target: CheckTarget, samples: CheckData, count: int) -> np.ndarray | None:
     """A language model's greedy-decoding prompts: the first half of the first ``count`` samples; None
     for other models (or ``count`` 0)."""
     if count < 1 or not _is_language_model(target):
@@ -332,18 +337,16 @@ def _is_language_model(target: CheckTarget) -> bool:
     return getattr(target.reference, "family", "") == "llama" or hasattr(target.reference, "generate")
 
 
-def _outputs(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], target: CheckTarget, samples: Any,
-             batch: int, prompt_ids: np.ndarray | None, new_tokens: int, parity: ParityReport | None = None,
-             expected: Any = None) -> Any:
+def _outputs(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], target: CheckTarget,
+             samples: CheckData, batch: int, prompt_ids: np.ndarray | None, new_tokens: int,
+             parity: ParityReport | None = None, expected: DataOutputs | None = None) -> DataOutputs:
     """The first output of ``infer`` over every batch of ``samples`` (and the greedy continuations of
     ``prompt_ids``); with ``parity``, each batch is compared with ``expected``'s."""
-    from .check_data import DataOutputs, greedy_continuations
-
     first = target.output_names[0]
     outputs = DataOutputs()
     for index, feed in enumerate(samples.batches(batch)):
         got = infer(feed)
-        if parity is not None:
+        if parity is not None and expected is not None:
             parity.add_sample({first: expected.logits[index]}, {first: got.get(first)} if first in got else {},
                               {k: v.shape for k, v in feed.items()})
         outputs.logits.append(got[first])

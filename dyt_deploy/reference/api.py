@@ -13,7 +13,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .card import CARD_SCHEMA, CARD_VERSION, METRICS, card_key, checkpoint_paths, is_complete, read_card, write_card
+from .card import (
+    CARD_NAME,
+    CARD_SCHEMA,
+    CARD_VERSION,
+    METRICS,
+    card_key,
+    checkpoint_paths,
+    is_complete,
+    read_card,
+    write_card,
+)
 from .data import Split, corpus_record, digits_split, stdlib_corpus, text_split
 from .recipes import Recipe, recipe_for
 from .train import save_official_checkpoint, train_variant
@@ -60,7 +70,7 @@ def train_reference(recipe: Recipe, folder: Path, seed: int = 0, threads: int = 
     """Train every variant of ``recipe`` and write the folder (see the module docstring)."""
     split, data = _task_data(recipe, seed)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "card.json").unlink(missing_ok=True)  # a half-written folder has no card
+    (folder / CARD_NAME).unlink(missing_ok=True)  # a half-written folder has no card
     variants = {}
     with _threads(threads):
         for norm in recipe.variants:
