@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,6 +11,7 @@ from dyt_deploy.reference import Reference, ensure_reference
 
 _TRAINED: dict[str, Reference] = {}
 _FOLDER = Path(tempfile.mkdtemp(prefix="dyt-reference-tests-"))
+atexit.register(shutil.rmtree, _FOLDER, True)
 
 
 def tiny_reference(task: str) -> Reference:
