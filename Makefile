@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 
 # make demo PORT=8001 serves the dashboard on another port
 PORT   ?= 8000
+# make demo trains (first time) or reuses the image twins in $(REFERENCE_DIR)/image; TEXT=1 adds the text twins
 demo: $(STAMP)
-	$(BIN)/python -m dyt_deploy.demo --port $(PORT)
+	$(BIN)/python -m dyt_deploy.demo --port $(PORT) --reference $(REFERENCE_DIR)$(if $(TEXT), --text)
 
 # the trained reference twins (README "Reference models"): reused while reference/TASK/card.json matches;
 # make reference REFERENCE_FLAGS=--retrain trains them again

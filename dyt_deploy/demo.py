@@ -1,11 +1,19 @@
-"""``make demo``: the LayerNorm and DyT variants of a small ViT, from model.pt to verified ONNX.
+"""``make demo``: the trained DyT and LayerNorm twins of a small ViT, from checkpoint to served models.
 
-1. build both variants (same seed: they differ only in their norm layers) and save model.pt;
-2. export each into a model repository (Triton layout), verified against PyTorch;
-3. export the DyT variant again with gamma/beta folded, as the DynamicTanh function form;
-4. serve the repository (Open Inference Protocol), query every model with tritonclient, compare
-   DyT and LayerNorm latency, then keep serving with the dashboard until Ctrl-C (``--no-serve``
-   stops after step 4's checks).
+1. train the reference image twins (a DyT ViT and its LayerNorm twin on scikit-learn's 8x8 digits,
+   ``dyt train-reference --task image``), or reuse them from ``--reference``/image while their card
+   matches, and print their held-out top-1;
+2. export each checkpoint (the DyT paper's training format) into a model repository (Triton layout),
+   verified against PyTorch, the DyT one again with gamma/beta folded (DynamicTanh function form), and
+   copy one held-out test digit per class beside each model (examples.npz, the dashboard's digits);
+3. with ``--text`` (or when ``--reference``/text already holds them), the text twins too: a DyT
+   LLaMA-style decoder and its RMSNorm twin on Python standard-library sources, served for generation;
+4. serve the repository (Open Inference Protocol), query every model with tritonclient, compare DyT
+   and LayerNorm latency, then keep serving with the dashboard until Ctrl-C (``--no-serve`` stops
+   after the checks).
+
+``--arch NAME`` serves random-weight variants of a zoo model instead (what recognises nothing, but
+shows any architecture's latency).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -60,55 +69,180 @@ def command_line(tool: str, *args: Any) -> str:
     return shlex.join([program, *map(str, args)])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--arch", default="vit_small")
-    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+IMAGE_FAMILY, TEXT_FAMILY = "digits_vit", "stdlib_llama"
+EXAMPLES_FILE = "examples.npz"  # what service.examples reads beside a model
+TEXT_PROMPT = "def "
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="where the repository is written")
+    parser.add_argument("--reference", type=Path, default=Path("reference"),
+                        help="the trained twins' cache: REFERENCE/image (and REFERENCE/text), reused while "
+                             "their card matches (make reference writes the same folders)")
+    parser.add_argument("--preset", default="full", choices=("full", "tiny"),
+                        help="the twins' training recipe: full (the README's figures) or tiny (seconds, tests)")
+    parser.add_argument("--text", action="store_true",
+                        help="train (or reuse) and serve the text twins too (without it: only when "
+                             "REFERENCE/text already holds them)")
+    parser.add_argument("--arch", default=None, help="serve random-weight variants of this zoo model instead")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-serve", action="store_true", help="stop after the service checks")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     console = Console(width=140)
-    console.print(f"[bold]dyt-deploy demo[/]: {args.arch}, LayerNorm vs DyT, written under {args.out}/")
-    table = Table("variant", "model.pt", "sha256", "params", "norm layers", "output", "1st forward")
-    for row in build_variants(args.arch, ["layernorm", "dyt"], args.out):
-        table.add_row(row["variant"], str(row["path"]), row["sha256"], f"{row['params']:,}",
-                      str(row["norm_layers"]), str(row["output"]), f"{row['forward_ms']:.0f} ms")
-    console.print(table)
-    console.print("Both variants share every weight outside their norm layers (same seed).")
-    console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {args.out / 'repo'}/ ...")
-    exports = Table("model folder", "form", "DyT sites", "folded", "max abs err", "cosine", "verdict", "time")
-    jobs = [("layernorm", "pattern", False), ("dyt", "pattern", False), ("dyt", "function", True)]
-    for norm, form, fold in jobs:
-        name = f"{args.arch}-{norm}" + ("-folded" if fold else "")
-        result = export_onnx(args.out / f"{args.arch}-{norm}" / "model.pt", repository=args.out / "repo", name=name,
-                             form=form, fold=fold, force=True)
-        logits = result.parity.outputs["logits"]
-        exports.add_row(name, form, str(sum(dyt_sites(result.onnx_path, result.form, result.form_counts).values())),
-                        "-" if result.fold is None else str(result.fold.folded), f"{logits.max_abs:.2e}",
-                        f"{logits.cosine:.7f}", "PASSED" if result.parity.passed else "FAILED",
-                        f"{result.seconds:.0f} s")
-    console.print(exports)
     repo = args.out / "repo"
+    if args.arch:
+        served = random_variants_repository(args.arch, args.out, console)
+    else:
+        served = reference_repository(args, console)
     console.print("\n[bold]Serving the repository[/] and querying it with tritonclient (JSON and binary) ...")
     from service.demo import demo_passed, run_service_demo
 
     try:
-        passed = demo_passed(run_service_demo(repo, requests=10, rounds=30, console=console))
+        report = run_service_demo(repo, requests=10, rounds=30, console=console,
+                                  generate_prompt=TEXT_PROMPT if served.get("text") else None)
+        passed = demo_passed(report)
     except DytDeployError as err:
         console.print(f"error: {err}", highlight=False)
         passed = False
     console.print("service checks: PASSED" if passed else "service checks: FAILED")
     if not passed:
         sys.exit(1)
-    if args.no_serve:
-        return
-    name = f"{args.arch}-dyt"
-    console.print(f"\nDashboard: http://127.0.0.1:{args.port}/   (Ctrl-C stops the service)")
-    console.print(f"Try: curl -s http://127.0.0.1:{args.port}/v2/models/{name}", highlight=False)
+    if not args.no_serve:
+        serve(repo, served, args.port, console)
+
+
+def serve(repo: Path, served: dict[str, str], port: int, console: Console) -> None:
+    """Print where to look and what to try, then serve ``repo`` until Ctrl-C."""
+    name = served["image"]
+    console.print(f"\nDashboard: http://127.0.0.1:{port}/   (Ctrl-C stops the service)")
+    console.print(f"Try: curl -s http://127.0.0.1:{port}/v2/models/{name}", highlight=False)
     console.print(f"     {command_line('dyt-check', repo / name, '--runners', 'ort,torch')}", highlight=False)
+    if served.get("text"):
+        body = f'{{"text_input": "{TEXT_PROMPT}", "parameters": {{"max_tokens": 80}}}}'
+        console.print(f"     curl -s http://127.0.0.1:{port}/v2/models/{served['text']}/generate -d '{body}'",
+                      highlight=False)
+        console.print(f"     {command_line('dyt-generate', served['text_checkpoint'], '-p', TEXT_PROMPT, '-n', 80)}",
+                      highlight=False)
     from service.cli import main as serve_main
 
-    serve_main(["--repository", str(repo), "--port", str(args.port)])
+    serve_main(["--repository", str(repo), "--port", str(port)])
+
+
+def random_variants_repository(arch: str, out: Path, console: Console) -> dict[str, str]:
+    """``--arch``: random-weight LayerNorm and DyT variants of a zoo model (same seed), exported."""
+    console.print(f"[bold]dyt-deploy demo[/]: {arch} (random weights), LayerNorm vs DyT, written under {out}/")
+    table = Table("variant", "model.pt", "sha256", "params", "norm layers", "output", "1st forward")
+    for row in build_variants(arch, ["layernorm", "dyt"], out):
+        table.add_row(row["variant"], str(row["path"]), row["sha256"], f"{row['params']:,}",
+                      str(row["norm_layers"]), str(row["output"]), f"{row['forward_ms']:.0f} ms")
+    console.print(table)
+    console.print("Both variants share every weight outside their norm layers (same seed).")
+    jobs = [(out / f"{arch}-{norm}" / "model.pt", f"{arch}-{norm}" + ("-folded" if fold else ""),
+             {"form": form, "fold": fold}) for norm, form, fold in EXPORT_JOBS]
+    export_all(console, out / "repo", jobs)
+    return {"image": f"{arch}-dyt"}
+
+
+EXPORT_JOBS = [("layernorm", "pattern", False), ("dyt", "pattern", False), ("dyt", "function", True)]
+
+
+def export_all(console: Console, repo: Path, jobs: list[tuple[Path, str, dict[str, Any]]]) -> None:
+    """Export each (checkpoint, model folder name, export options) into ``repo``, verified; a table."""
+    console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {repo}/ ...")
+    exports = Table("model folder", "form", "DyT sites", "folded", "max abs err", "cosine", "verdict", "time")
+    for source, name, options in jobs:
+        result = export_onnx(source, repository=repo, name=name, force=True, **options)
+        first = next(iter(result.parity.outputs.values()))
+        sites = sum(dyt_sites(result.onnx_path, result.form, result.form_counts).values())
+        exports.add_row(name, result.form, str(sites), "-" if result.fold is None else str(result.fold.folded),
+                        f"{first.max_abs:.2e}", f"{first.cosine:.7f}",
+                        "PASSED" if result.parity.passed else "FAILED", f"{result.seconds:.0f} s")
+    console.print(exports)
+
+
+def reference_repository(args: argparse.Namespace, console: Console) -> dict[str, str]:
+    """The trained twins (image; text with ``--text`` or when cached), exported into ``args.out``/repo
+    with the image twins' examples beside them; the served model names by task."""
+    console.print(f"[bold]dyt-deploy demo[/]: trained DyT and LayerNorm twins, written under {args.out}/")
+    image = trained_twins("image", args.reference / "image", args.preset, console)
+    repo = args.out / "repo"
+    names = {norm: f"digits-{norm}" for norm in image.checkpoints}
+    jobs = [(image.checkpoints[norm], names[norm] + ("-folded" if fold else ""),
+             {"form": form, "fold": fold, "family": IMAGE_FAMILY}) for norm, form, fold in EXPORT_JOBS]
+    served = {"image": names["dyt"]}
+    text_folder = args.reference / "text"
+    if args.text or reference_ready("text", text_folder, args.preset):
+        text = trained_twins("text", text_folder, args.preset, console)
+        jobs += [(path, f"stdlib-{norm}", {"family": TEXT_FAMILY, "task": "text-generation"})
+                 for norm, path in text.checkpoints.items()]
+        served.update(text="stdlib-dyt", text_checkpoint=str(text.checkpoints["dyt"]))
+    else:
+        console.print(f"Text twins: not trained in {text_folder}/ (minutes); make demo TEXT=1 trains and serves "
+                      "them, or train them first with:", highlight=False)
+        console.print(f"  {command_line('dyt', 'train-reference', '--task', 'text', '-o', text_folder)}",
+                      highlight=False, soft_wrap=True)
+    export_all(console, repo, jobs)
+    copied = write_examples(image.test_data, [repo / job[1] for job in jobs[:len(EXPORT_JOBS)]])
+    console.print(f"Copied {copied} held-out test digits (one per class) beside each image model ({EXAMPLES_FILE}).")
+    return served
+
+
+def reference_ready(task: str, folder: Path, preset: str) -> bool:
+    """``folder`` holds ``task``'s twins that :func:`ensure_reference` would reuse (nothing trained)."""
+    from .reference.api import DEFAULT_THREADS
+    from .reference.card import card_key, is_complete, read_card
+    from .reference.recipes import recipe_for
+
+    card = read_card(folder)
+    key = card_key(recipe_for(task, preset).as_dict(), 0, DEFAULT_THREADS)
+    return card is not None and card.get("key") == key and is_complete(folder, card)
+
+
+def trained_twins(task: str, folder: Path, preset: str, console: Console) -> Any:
+    """``task``'s reference twins in ``folder``: trained with a progress bar when missing, else reused;
+    says which, with each variant's held-out figure from the card."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .reference import ensure_reference
+    from .reference.card import metric_text
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    bars: dict[str, Any] = {}
+    started = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+
+        def report(variant: str, done: int, total: int) -> None:
+            if variant not in bars:
+                bars[variant] = progress.add_task(f"train {task} {variant}", total=total)
+            progress.update(bars[variant], completed=done)
+
+        twins = ensure_reference(task, folder, preset=preset, progress=report)
+    how = (f"trained in {time.perf_counter() - started:.0f} s" if twins.trained
+           else "reused (their card matches; make reference REFERENCE_FLAGS=--retrain trains them again)")
+    console.print(f"{task.capitalize()} twins ({preset} preset) in {folder}/: {how}", highlight=False)
+    for variant in twins.checkpoints:
+        console.print(f"  {variant}: {metric_text(twins.card, variant)}", highlight=False)
+    return twins
+
+
+def pick_examples(labels: np.ndarray, per_class: int = 1) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of each label, in label order."""
+    return np.concatenate([np.flatnonzero(labels == label)[:per_class] for label in np.unique(labels)])
+
+
+def write_examples(test_data: Path, folders: list[Path]) -> int:
+    """Copy one held-out sample per class (inputs + labels) into each model folder; how many."""
+    with np.load(test_data, allow_pickle=False) as data:
+        chosen = pick_examples(data["labels"])
+        arrays = {name: data[name][chosen] for name in data.files}
+    for folder in folders:
+        np.savez(folder / EXAMPLES_FILE, **arrays)
+    return len(chosen)
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ def _get_json(url: str) -> dict[str, Any]:
 
 
 def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 30, batch: int = 1,
-                     threads: int = 0, console: Any = None) -> dict[str, Any]:
-    """Serve ``repository`` in the background and exercise it; returns what it measured."""
+                     threads: int = 0, console: Any = None, generate_prompt: str | None = None) -> dict[str, Any]:
+    """Serve ``repository`` in the background and exercise it; returns what it measured. With
+    ``generate_prompt``, each text-generation model also continues it greedily (``generated``), and the
+    labelled examples beside image models are run through every variant (``examples``)."""
     httpclient = _tritonclient()
     with serve_in_thread(create_app(repository, Settings(threads=threads))) as running:
         client = httpclient.InferenceServerClient(url=running.address, network_timeout=300)
@@ -109,10 +111,40 @@ def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 3
         comparisons = [_post_json(f"{running.url}/api/compare", {"family": f["family"], "rounds": rounds,
                                                                  "dims": {"batch": batch}})
                        for f in live["families"] if sum(v["state"] == "READY" for v in f["variants"]) >= 2]
-    report = {"models": index, "json_binary_agree": agreement, "live": live, "comparisons": comparisons}
+        examples = _get_json(f"{running.url}/api/examples")
+        generated = {} if generate_prompt is None else generate_all(running.url, live, generate_prompt)
+    report = {"models": index, "json_binary_agree": agreement, "live": live, "comparisons": comparisons,
+              "examples": examples, "generated": generated}
     if console is not None:
         print_report(report, console)
     return report
+
+
+GENERATED_TOKENS = 120
+
+
+def generate_all(url: str, live: dict[str, Any], prompt: str) -> dict[str, str]:
+    """Each ready text-generation model's greedy continuation of ``prompt`` (the generate route)."""
+    names = [v["model"] for f in live["families"] for v in f["variants"]
+             if v["state"] == "READY" and v.get("generation") is not None]
+    body = {"text_input": prompt, "parameters": {"max_tokens": GENERATED_TOKENS, "temperature": 0.0}}
+    return {name: prompt + _post_json(f"{url}/v2/models/{name}/generate", body)["text_output"] for name in names}
+
+
+def examples_table(family: dict[str, Any]) -> Any:
+    """Per variant: how many labelled examples it got right, its mean confidence and median latency."""
+    from rich.table import Table
+
+    labels = [e["label"] for e in family["examples"]]
+    table = Table("model", "variant", "correct", "mean confidence", "median ms",
+                  title=f"held-out examples, {family['family']} ({len(labels)} samples)")
+    for v in family["variants"]:
+        p = v["predictions"]
+        right = sum(x["label"] == y for x, y in zip(p, labels, strict=True) if y is not None)
+        table.add_row(v["model"], v["series"], f"{right} of {sum(y is not None for y in labels)}",
+                      f"{np.mean([x['confidence'] for x in p]):.3f}",
+                      f"{np.median([x['latency_ms'] for x in p]):.3f}")
+    return table
 
 
 def print_report(report: dict[str, Any], console: Any) -> None:
@@ -133,6 +165,11 @@ def print_report(report: dict[str, Any], console: Any) -> None:
         console.print(table)
         for r in comparison["ratios"]:
             console.print(f"{r['model']} / {r['baseline']}: x{r['ratio']:.3f} [{r['low']:.3f} - {r['high']:.3f}]")
+    for family in report.get("examples", {}).get("families", []):
+        console.print(examples_table(family))
+    for name, text in report.get("generated", {}).items():
+        console.print(f"\n[bold]{name}[/], greedy, {GENERATED_TOKENS} tokens:")
+        console.print(text, markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from dyt_deploy.bench.palette import palette_document
 
-from . import compare, protocol
+from . import compare, examples, protocol
 from .auth import require_api_key
 from .errors import BadRequest, Conflict, NotFound
 from .schemas import ERROR_RESPONSES, CompareRequest
@@ -62,11 +62,21 @@ async def live(state: StateDep) -> dict[str, Any]:
     """Per family: served-traffic percentiles (compute and end-to-end, ms) per variant, and each
     variant's ratio of medians to the baseline (LayerNorm, else RMSNorm) with a bootstrap interval;
     ``comparison_running`` names the family of a controlled comparison in progress (else null);
-    ``comparisons``: when each family's last controlled comparison finished."""
+    ``comparisons``: when each family's last controlled comparison finished; ``examples``: the
+    families with labelled examples (``GET /api/examples``)."""
     report = await anyio.to_thread.run_sync(compare.live_report, state.registry)
     report["comparison_running"] = state.comparisons.running
     report["comparisons"] = compare.comparison_index(state.comparisons.reports)
+    report["examples"] = await anyio.to_thread.run_sync(examples.families_with_examples, state.registry)
     return report
+
+
+@router.get("/api/examples", tags=["dashboard"])
+async def labelled_examples(state: StateDep) -> dict[str, Any]:
+    """Per family with labelled examples (``examples.npz`` in a model folder): the examples' pixels and
+    labels, and each READY variant's predicted class, softmax confidence and latency on each, run one at
+    a time through the served models' own runners (outside the traffic statistics)."""
+    return await examples.examples_report(state.registry)
 
 
 COMPARE_BODY = {"required": True, "content": {"application/json": {"schema": CompareRequest.model_json_schema()}}}
