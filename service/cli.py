@@ -57,7 +57,7 @@ def serve_command(
     max_body_mb: Annotated[float, typer.Option(help="request body limit in MiB (413 above)")] = 64,
     max_in_flight: Annotated[int, typer.Option(help="requests handled at once, bodies complete (503 above)")] = 64,
     max_inflight_bytes: Annotated[int, typer.Option(help=(
-        "body bytes of all requests in flight (503 above; a JSON inference body counts 4x)"))] = 512 << 20,
+        "body bytes of all requests in flight (503 above; a JSON inference body counts 16x)"))] = 512 << 20,
     max_json_mb: Annotated[float, typer.Option(help=(
         "memory budget of an all-JSON inference body in MiB: its limit is the model's largest valid request, "
         "at most this (413 above)"))] = 64,

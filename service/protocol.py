@@ -183,7 +183,7 @@ def inflate_body(body: bytes, encoding: str, limit: int, max_ratio: int) -> byte
     if len(inflated) > limit:
         raise PayloadTooLarge(f"inflated request body is over the limit of {limit} bytes")
     if len(inflated) > bound:
-        raise PayloadTooLarge(f"{encoding} body inflates to more than {max_ratio} times its {len(body)} bytes "
+        raise PayloadTooLarge(f"{encoding} body inflated to more than {max_ratio} times its {len(body)} bytes "
                               "(the server's limit on the inflation ratio); send it uncompressed")
     return inflated
 

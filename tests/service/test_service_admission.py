@@ -96,7 +96,7 @@ def close_all(sockets: list[socket.socket]) -> None:
 
 def test_slow_bodies_hold_body_slots_only_and_time_out(gated: BackgroundServer, http: httpx.Client) -> None:
     def begun(source: str) -> socket.socket:  # 16 KiB at once: above the minimum rate for its first 0.5 s
-        return start_request(gated.address, INFER, 64 << 10, b"[" * (16 << 10), source=source)
+        return start_request(gated.address, INFER, 20 << 10, b"[" * (16 << 10), source=source)
 
     held = [begun("127.0.0.2") for _ in range(READS_PER_CLIENT)]
     try:
