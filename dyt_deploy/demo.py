@@ -155,14 +155,28 @@ def export_all(console: Console, repo: Path, jobs: list[tuple[Path, str, dict[st
     """Export each (checkpoint, model folder name, export options) into ``repo``, verified; a table."""
     console.print(f"\n[bold]Exporting to ONNX[/] into the model repository {repo}/ ...")
     exports = Table("model folder", "form", "DyT sites", "folded", "max abs err", "cosine", "verdict", "time")
+    decoders = 0
     for source, name, options in jobs:
         result = export_onnx(source, repository=repo, name=name, force=True, **options)
-        first = next(iter(result.parity.outputs.values()))
+        decoders += result.parity is None
         sites = sum(dyt_sites(result.onnx_path, result.form, result.form_counts).values())
         exports.add_row(name, result.form, str(sites), "-" if result.fold is None else str(result.fold.folded),
-                        f"{first.max_abs:.2e}", f"{first.cosine:.7f}",
-                        "PASSED" if result.parity.passed else "FAILED", f"{result.seconds:.0f} s")
+                        *verification_cells(result), f"{result.seconds:.0f} s")
     console.print(exports)
+    if decoders:
+        console.print("(a text-generation model is verified by greedy decoding: its cells are the logits' worst "
+                      "difference, and whether the tokens are equal)", highlight=False)
+
+
+def verification_cells(result: Any) -> tuple[str, str, str]:
+    """Max abs error, cosine (or for a decoder: whether greedy tokens agree) and the verdict of an export."""
+    if result.parity is not None:
+        first = next(iter(result.parity.outputs.values()))
+        return f"{first.max_abs:.2e}", f"{first.cosine:.7f}", "PASSED" if result.parity.passed else "FAILED"
+    decoding = result.decoding or {}
+    tokens = "tokens equal" if decoding.get("tokens_equal") else "tokens differ"
+    return (f"{decoding.get('max_abs_diff', float('nan')):.2e}", tokens,
+            "PASSED" if decoding.get("passed") else "FAILED")
 
 
 def reference_repository(args: argparse.Namespace, console: Console) -> dict[str, str]:

@@ -101,9 +101,10 @@ def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 3
     httpclient = _tritonclient()
     with serve_in_thread(create_app(repository, Settings(threads=threads))) as running:
         client = httpclient.InferenceServerClient(url=running.address, network_timeout=300)
+        generative = generative_models(_get_json(f"{running.url}/api/live"))  # checked by generating instead
         try:
             index = client.get_model_repository_index()
-            ready = [m["name"] for m in index if m["state"] == "READY"]
+            ready = [m["name"] for m in index if m["state"] == "READY" and m["name"] not in generative]
             agreement = {name: query_model(client, httpclient, name, requests) for name in ready}
         finally:
             client.close()
@@ -112,9 +113,9 @@ def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 3
                                                                  "dims": {"batch": batch}})
                        for f in live["families"] if sum(v["state"] == "READY" for v in f["variants"]) >= 2]
         examples = _get_json(f"{running.url}/api/examples")
-        generated = {} if generate_prompt is None else generate_all(running.url, live, generate_prompt)
+        generated = {} if generate_prompt is None else generate_all(running.url, generative, generate_prompt)
     report = {"models": index, "json_binary_agree": agreement, "live": live, "comparisons": comparisons,
-              "examples": examples, "generated": generated}
+              "examples": examples, "prompt": generate_prompt, "generated": generated}
     if console is not None:
         print_report(report, console)
     return report
@@ -123,12 +124,16 @@ def run_service_demo(repository: str | Path, requests: int = 20, rounds: int = 3
 GENERATED_TOKENS = 120
 
 
-def generate_all(url: str, live: dict[str, Any], prompt: str) -> dict[str, str]:
-    """Each ready text-generation model's greedy continuation of ``prompt`` (the generate route)."""
-    names = [v["model"] for f in live["families"] for v in f["variants"]
-             if v["state"] == "READY" and v.get("generation") is not None]
+def generative_models(live: dict[str, Any]) -> list[str]:
+    """The ready text-generation models of a ``/api/live`` answer."""
+    return [v["model"] for f in live["families"] for v in f["variants"]
+            if v["state"] == "READY" and v.get("generation") is not None]
+
+
+def generate_all(url: str, names: list[str], prompt: str) -> dict[str, str]:
+    """Each model's greedy continuation of ``prompt`` (the generate route), the prompt not included."""
     body = {"text_input": prompt, "parameters": {"max_tokens": GENERATED_TOKENS, "temperature": 0.0}}
-    return {name: prompt + _post_json(f"{url}/v2/models/{name}/generate", body)["text_output"] for name in names}
+    return {name: _post_json(f"{url}/v2/models/{name}/generate", body)["text_output"] for name in names}
 
 
 def examples_table(family: dict[str, Any]) -> Any:
@@ -168,8 +173,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
     for family in report.get("examples", {}).get("families", []):
         console.print(examples_table(family))
     for name, text in report.get("generated", {}).items():
-        console.print(f"\n[bold]{name}[/], greedy, {GENERATED_TOKENS} tokens:")
-        console.print(text, markup=False, highlight=False)
+        console.print(f"\n[bold]{name}[/], greedy, {GENERATED_TOKENS} tokens after the prompt {report['prompt']!r}:")
+        console.print(report["prompt"] + text, markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def demo_passed(report: dict[str, Any]) -> bool:
-    """Every model answered, and its JSON and binary answers agreed."""
-    return bool(report["json_binary_agree"]) and all(report["json_binary_agree"].values())
+    """Every model answered, its JSON and binary answers agreed, and every text asked for was generated."""
+    agree = report["json_binary_agree"]
+    return bool(agree) and all(agree.values()) and all(report.get("generated", {}).values())
 
 
 if __name__ == "__main__":
