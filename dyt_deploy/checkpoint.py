@@ -33,7 +33,7 @@ import json
 import os
 import pickle
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, DytDeployError, OptionError, choice_problem, first_line
+from .loaded import LoadedModel
 from .models import create_model, get_arch
 from .pt2_safety import refuse_pickled_entries
 from .repository import atomic_write
@@ -56,25 +57,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.
 # (plain attributes); optimizer and GradScaler states are dicts of tensors and numbers already.
 _SAFE_GLOBALS = [argparse.Namespace]
 _EXPECTED = "expected a PyTorch checkpoint (.pt, .pth), a .safetensors state dict or a torch.export program (.pt2)"
-
-
-@dataclass
-class LoadedModel:
-    """A model read from disk, with what is known about it.
-
-    ``arch``/``config``/``norm`` are None for formats that do not record them (a ``.pt2``
-    program or a pickled module of unknown class). ``source_format`` names the format read.
-    ``weights`` names the entry of a training checkpoint the weights came from (``model``,
-    ``model_ema``, ``state_dict``, ...); None for files that hold one set of weights.
-    """
-
-    model: nn.Module
-    source_format: str
-    arch: str | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    norm: str | None = None
-    path: Path | None = None
-    weights: str | None = None
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel
 from .errors import CheckpointError, MissingBackendError, first_line
+from .loaded import LoadedModel
 from .models.base import ZooModel
 from .nn import create_norm
 from .nn.convert import norm_kind_of

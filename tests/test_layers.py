@@ -19,11 +19,13 @@ ALLOWED = {
     "repository": {"errors", "triton_config"},
     "models": {"errors", "nn", "feeds", "specs"},
     "feeds": {"dtypes", "specs"},
-    "checkpoint": {"errors", "hf", "models", "repository"},
-    "hf": {"checkpoint", "errors", "models", "nn", "specs"},  # Hugging Face folders; checkpoint dispatches to it
+    "checkpoint": {"errors", "hf", "loaded", "models", "pt2_safety", "repository"},
+    "pt2_safety": {"errors"},  # .pt2 archives inspected before torch unpickles anything
+    "hf": {"errors", "loaded", "models", "nn", "specs"},  # Hugging Face folders; checkpoint dispatches to it
+    "loaded": set(),  # LoadedModel, what every reader returns
     "kernels": {"errors", "nn"},
     "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
-    "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "repository"},
+    "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "pt2_safety", "repository"},
     "export": {"checkpoint", "dtypes", "errors", "feeds", "generation", "models", "nn", "parity", "repository",
                "runners", "specs", "tokenizer"},
     "tokenizer": {"errors"},  # tokenizer.json and bytes, for generation

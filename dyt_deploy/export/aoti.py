@@ -46,7 +46,7 @@ from ..repository import (
 from ..runners.aoti_runner import META_DTYPE, META_INPUTS, META_OUTPUTS, package_metadata
 from ..specs import TensorSpec
 from . import signature as sig
-from .api import Fp32Norm
+from .steps import Fp32Norm
 
 AOTI_DEVICES = ("cpu", "cuda")
 AOTI_DTYPES = tuple(PRECISIONS)  # fp32, fp16, bf16

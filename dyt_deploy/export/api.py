@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +19,6 @@ from ..checkpoint import LoadedModel, load_checkpoint, source_label
 from ..dtypes import torch_dtype
 from ..errors import DytDeployError, first_line
 from ..feeds import random_feed, random_tensors
-from ..nn.convert import norm_kind_of
 from ..parity import ParityReport, default_tolerances
 from ..repository import (
     config_pbtxt,
@@ -37,47 +32,18 @@ from ..repository import (
 from ..specs import TensorSpec
 from . import signature as sig
 from .config import DEFAULT_OPSET, ExportConfig
-from .fold import FoldReport, fold_dyt_affine
+from .fold import fold_dyt_affine
 from .forms import site_counts, to_form
-
-_EXTERNAL_DATA_BYTES = 1536 << 20  # above this, weights go to a .data file beside the .onnx (2 GB protobuf limit)
-
-Progress = Callable[[str, str, float], None]  # (event "start"|"done", step, seconds)
-
-
-class ExportError(DytDeployError):
-    """torch.onnx.export could not capture the model."""
-
-
-class VerificationFailed(DytDeployError):
-    """The ONNX outputs are not within tolerance of PyTorch's; ``result`` holds the figures."""
-
-    def __init__(self, message: str, result: ExportResult) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-@dataclass
-class ExportResult:
-    """What an export produced: paths, form, folding, parity and the manifest it wrote.
-
-    For backend openvino, ``onnx_path`` is where the ONNX was verified (not kept: the folder holds
-    the IR at ``ir_path``), ``parity`` the ONNX's and ``ir_parity`` the IR's.
-    """
-
-    onnx_path: Path
-    model_dir: Path | None
-    form: str
-    form_counts: dict[str, int]
-    fold: FoldReport | None
-    parity: ParityReport | None
-    manifest: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    weights: str | None = None  # the training checkpoint's entry the weights came from (LoadedModel.weights)
-    backend: str = "onnxruntime"
-    ir_path: Path | None = None  # backend openvino: the folder's 1/model.xml (the ONNX is not kept)
-    ir_parity: ParityReport | None = None  # backend openvino: the IR in OpenVINO vs PyTorch
-    decoding: dict[str, Any] | None = None  # task text-generation: greedy decoding in ONNX vs PyTorch
+from .steps import (
+    ExportError,
+    ExportResult,
+    Progress,
+    Steps,
+    VerificationFailed,
+    guess_norm,
+    prepare_for_dtype,
+    save_onnx,
+)
 
 
 def export_onnx(
@@ -132,7 +98,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
         from .decoder import export_decoder
 
         return export_decoder(model_path, output, config, progress)
-    steps = _Steps(progress)
+    steps = Steps(progress)
     if config.repository is None or config.name is not None:  # the target is known before loading: fail fast
         early_dir, early_file = _targets(None, model_path, output, config)
         refuse_existing(early_dir or early_file, config.force)
@@ -177,7 +143,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
 
 
 def _to_openvino(staged_onnx: Path, reference: nn.Module, specs: list[TensorSpec], config: ExportConfig,
-                 steps: _Steps, result: ExportResult) -> dict[str, Path]:
+                 steps: Steps, result: ExportResult) -> dict[str, Path]:
     """Convert the verified ONNX beside it into OpenVINO IR (``model.xml`` + ``model.bin``, fp32
     weights), remove the ONNX, and verify the IR in OpenVINO against PyTorch; the IR's files."""
     from ..runners.openvino_runner import convert_onnx_to_ir
@@ -209,48 +175,6 @@ def _targets(loaded: LoadedModel | None, model_path: str | Path, output: str | P
 def _default_onnx_path(model_path: Path) -> Path:
     """Beside the model: ``model.pt`` -> ``model.onnx``; a folder ``Qwen2.5-0.5B`` -> ``Qwen2.5-0.5B.onnx``."""
     return model_path.with_name(model_path.name + ".onnx") if model_path.is_dir() else model_path.with_suffix(".onnx")
-
-
-class _Steps:
-    """Times named steps and tells ``progress`` when each starts and ends."""
-
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
-        self.times: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, step: str) -> Iterator[None]:
-        if self.progress:
-            self.progress("start", step, 0.0)
-        start = time.perf_counter()
-        yield
-        self.times[step] = time.perf_counter() - start
-        if self.progress:
-            self.progress("done", step, self.times[step])
-
-
-class Fp32Norm(nn.Module):
-    """Runs a LayerNorm/RMSNorm in fp32 inside an fp16 model: the mean and variance of fp16
-    activations overflow easily; DyT has no statistics and stays fp16."""
-
-    def __init__(self, norm: nn.Module) -> None:
-        super().__init__()
-        self.norm = norm.float()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x.float()).to(x.dtype)
-
-
-def prepare_for_dtype(model: nn.Module, dtype: str) -> nn.Module:
-    """The module to export: ``model`` itself for fp32; an fp16 copy with fp32 norms for fp16."""
-    if dtype == "fp32":
-        return model
-    half = copy.deepcopy(model).half()
-    for name, module in list(half.named_modules()):
-        if norm_kind_of(module) in ("layernorm", "rmsnorm"):
-            parent_name, _, child = name.rpartition(".")
-            setattr(half.get_submodule(parent_name) if parent_name else half, child, Fp32Norm(module))
-    return half
 
 
 def example_feed(specs: list[TensorSpec], sizes: dict[str, int], seed: int, dtype: str) -> list[torch.Tensor]:
@@ -285,14 +209,6 @@ def torch_to_onnx(model: nn.Module, specs: list[TensorSpec], dtype: str, opset: 
     except Exception as err:  # torch.export raises many types; all mean "could not capture"
         raise ExportError(f"torch.onnx.export failed: {first_line(err)}. Check --input-shape and --dynamic") from None
     return program.model
-
-
-def save_onnx(model: ir.Model, path: Path) -> None:
-    """Write one .onnx file, or .onnx + .onnx.data beside it when the weights pass ~1.5 GB."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    external = f"{path.name}.data" if weight_bytes > _EXTERNAL_DATA_BYTES else None
-    ir.save(model, path, external_data=external)
 
 
 def verify_onnx(onnx_path: Path, reference: nn.Module, specs: list[TensorSpec], dtype: str, samples: int,
@@ -332,7 +248,7 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
     from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
 
     inputs, outputs = sig.graph_signature(onnx_model)
-    norm = loaded.norm or _guess_norm(loaded.model)
+    norm = loaded.norm or guess_norm(loaded.model)
     source = Path(loaded.path).resolve() if loaded.path else None
     return {
         "format": MANIFEST_FORMAT,
@@ -363,11 +279,6 @@ def build_manifest(loaded: LoadedModel, onnx_model: ir.Model, result: ExportResu
 
 def _to_dict(parity: ParityReport | None) -> dict[str, Any] | None:
     return None if parity is None else parity.to_dict()
-
-
-def _guess_norm(model: nn.Module) -> str | None:
-    kinds = Counter(k for m in model.modules() if (k := norm_kind_of(m)) is not None)
-    return kinds.most_common(1)[0][0] if kinds else None
 
 
 def _write_model_folder(stage: Path, name: str, onnx_model: ir.Model, manifest: dict[str, Any],

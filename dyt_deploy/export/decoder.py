@@ -56,6 +56,7 @@ from ..repository import (
 from ..tokenizer import TOKENIZER_FILE
 from . import signature as sig
 from .config import ExportConfig
+from .steps import ExportError, ExportResult, Steps, VerificationFailed, guess_norm, prepare_for_dtype, save_onnx
 
 VERIFY_TOKENS = 32
 VERIFY_PROMPTS = ((5, 17, 42, 7, 99, 3, 11), (8, 1, 64))  # two prompts of different lengths: padding is checked too
@@ -174,7 +175,6 @@ def example_inputs(spec: DecoderSpec, dtype: str, sizes: dict[str, int] = _EXPOR
 
 def decoder_to_onnx(model: nn.Module, dtype: str, opset: int) -> ir.Model:
     """``model`` (a zoo decoder) as the cached decoder graph, in memory, pattern form."""
-    from .api import ExportError, prepare_for_dtype
 
     spec = decoder_spec(model)
     layers = spec.layers
@@ -358,11 +358,10 @@ def export_decoder(model_path: str | Path, output: str | Path | None, config: Ex
     write the model folder ``repository/name`` in Triton's layout instead (default name
     ``<arch>-<norm>-textgen``; see the module docstring).
     """
-    from .api import ExportResult, VerificationFailed, _Steps, save_onnx
     from .fold import fold_dyt_affine
     from .forms import site_counts, to_form
 
-    started, steps = time.perf_counter(), _Steps(progress)
+    started, steps = time.perf_counter(), Steps(progress)
     with steps(f"load {source_label(model_path)}"):
         loaded = load_checkpoint(model_path, arch=config.arch, trust_pickle=config.trust_pickle,
                                  weights=config.weights)
@@ -430,7 +429,6 @@ def _manifest(loaded: Any, onnx_model: ir.Model, result: Any, config: ExportConf
     :class:`DecoderSpec`: layers, heads, sizes, end-of-text id; what a server needs to run the graph)
     and the decoding check; artifacts by their path in the folder."""
     from ..repository import MANIFEST_FORMAT, MANIFEST_VERSION
-    from .api import _guess_norm
 
     inputs, outputs = sig.graph_signature(onnx_model)
     source = Path(loaded.path).resolve() if loaded.path else None
@@ -438,7 +436,7 @@ def _manifest(loaded: Any, onnx_model: ir.Model, result: Any, config: ExportConf
     return {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "task": "text-generation",
         "name": result.model_dir.name, "family": config.family or loaded.arch or (source.name if source else "model"),
-        "arch": loaded.arch, "config": loaded.config, "norm": loaded.norm or _guess_norm(loaded.model),
+        "arch": loaded.arch, "config": loaded.config, "norm": loaded.norm or guess_norm(loaded.model),
         "form": result.form, "dyt_sites": result.form_counts,
         "folded": None if result.fold is None else vars(result.fold), "opset": config.opset, "dtype": config.dtype,
         "inputs": inputs, "outputs": outputs, "decoder": asdict(decoder_spec(loaded.model)),

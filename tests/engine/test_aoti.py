@@ -178,7 +178,7 @@ def test_config_collects_every_problem() -> None:
 
 
 def test_low_precision_module_is_a_copy_with_fp32_norms() -> None:
-    from dyt_deploy.export.api import Fp32Norm
+    from dyt_deploy.export.steps import Fp32Norm
     from dyt_deploy.models import create_model
 
     model = create_model("vit_tiny", norm="layernorm", **TINY_VIT)

@@ -13,10 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from dyt_deploy.export import convert_form_file, export_onnx, fold_dyt_affine
-from dyt_deploy.export.api import save_onnx, verify_onnx
+from dyt_deploy.export.api import verify_onnx
 from dyt_deploy.export.fold import FoldReport
 from dyt_deploy.export.forms import count_bare_dyt_chains
 from dyt_deploy.export.signature import input_specs
+from dyt_deploy.export.steps import save_onnx
 from dyt_deploy.parity import ParityReport
 
 C, OUT = 6, 5  # DyT channels, linear outputs

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dyt_deploy.export import export_onnx
-from dyt_deploy.export.api import Fp32Norm, prepare_for_dtype
+from dyt_deploy.export.steps import Fp32Norm, prepare_for_dtype
 from dyt_deploy.parity import DEFAULT_TOLERANCES
 
 FLOAT, FLOAT16 = ir.DataType.FLOAT, ir.DataType.FLOAT16
