@@ -197,7 +197,7 @@ def reference_repository(args: argparse.Namespace, console: Console) -> dict[str
         served.update(text="stdlib-dyt", text_checkpoint=str(text.checkpoints["dyt"]))
     else:
         console.print(f"Text twins: not trained in {text_folder}/ (minutes); make demo TEXT=1 trains and serves "
-                      "them, or train them first with:", highlight=False)
+                      "them, or train them first with:", highlight=False, soft_wrap=True)
         console.print(f"  {command_line('dyt', 'train-reference', '--task', 'text', '-o', text_folder)}",
                       highlight=False, soft_wrap=True)
     export_all(console, repo, jobs)
@@ -238,7 +238,7 @@ def trained_twins(task: str, folder: Path, preset: str, console: Console) -> Any
         twins = ensure_reference(task, folder, preset=preset, progress=report)
     how = (f"trained in {time.perf_counter() - started:.0f} s" if twins.trained
            else "reused (their card matches; make reference REFERENCE_FLAGS=--retrain trains them again)")
-    console.print(f"{task.capitalize()} twins ({preset} preset) in {folder}/: {how}", highlight=False)
+    console.print(f"{task.capitalize()} twins ({preset} preset) in {folder}/: {how}", highlight=False, soft_wrap=True)
     for variant in twins.checkpoints:
         console.print(f"  {variant}: {metric_text(twins.card, variant)}", highlight=False)
     return twins

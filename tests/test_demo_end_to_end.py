@@ -4,10 +4,11 @@ them, pass the service checks (every batch size it sends, as JSON and as binary 
 dashboard with the held-out digits until Ctrl-C, and stop cleanly on it. The only test that runs the
 demo exactly as a new user does.
 
-The twins are the full preset's (the defaults), cached where ``make demo`` and ``make reference`` keep
-them: the checkout's ``reference/`` (``REFERENCE_DIR``, git-ignored). The first run on a fresh checkout
-trains them (about 3 minutes per twin on 2 busy cores), every later run, and every ``make demo``,
-reuses them while their card matches (then about a minute on 2 cores)."""
+The image twins are the full preset's (the defaults), cached where ``make demo`` and ``make reference``
+keep them: the checkout's ``reference/image`` (git-ignored), linked into the test's own ``REFERENCE_DIR``.
+The first run on a fresh checkout trains them (minutes), every later run, and every ``make demo``, reuses
+them while their card matches. The text twins, served by default only where ``REFERENCE_DIR/text`` holds
+them, are left out here (the test's folder has none): the demo must then say how to add them."""
 
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = ROOT / "reference"  # make demo's own cache of the trained twins
 STARTUP_S = 1500  # a fresh checkout trains the twins first
 
 
@@ -32,11 +32,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def demo_command(port: int) -> list[str]:
-    """The recipe line of ``make demo PORT=port`` (STAMP=Makefile: without the install step), its twins
-    cached in the checkout's reference/ as a user's ``make demo`` caches them."""
+def shared_reference(folder: Path) -> Path:
+    """``folder``/image, a link to the checkout's reference/image (make demo's cache of the image twins)."""
+    (ROOT / "reference" / "image").mkdir(parents=True, exist_ok=True)
+    folder.mkdir()
+    (folder / "image").symlink_to(ROOT / "reference" / "image", target_is_directory=True)
+    return folder
+
+
+def demo_command(port: int, reference: Path) -> list[str]:
+    """The recipe line of ``make demo PORT=port REFERENCE_DIR=reference`` (STAMP=Makefile: without the
+    install step)."""
     done = subprocess.run(["make", "-n", "-s", "demo", f"PORT={port}", "STAMP=Makefile",
-                           f"REFERENCE_DIR={REFERENCE}"], cwd=ROOT,
+                           f"REFERENCE_DIR={reference}"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     line = next(ln for ln in done.stdout.splitlines() if "dyt_deploy.demo" in ln)
     command = shlex.split(line)
@@ -63,8 +71,9 @@ def wait_for_dashboard(process: subprocess.Popen, log: Path, url: str) -> str:
 @pytest.mark.slow
 def test_make_demo_runs_to_its_end_with_its_defaults(tmp_path: Path) -> None:
     port = free_port()
-    command = demo_command(port)
-    assert "--out" not in command and "--no-serve" not in command  # the defaults, as a user runs it
+    reference = shared_reference(tmp_path / "reference")
+    command = demo_command(port, reference)
+    assert not {"--out", "--no-serve", "--preset", "--text"} & set(command)  # the defaults, as a user runs it
     log = tmp_path / "demo.log"
     url = f"http://127.0.0.1:{port}"
     with log.open("w") as out:
@@ -72,7 +81,8 @@ def test_make_demo_runs_to_its_end_with_its_defaults(tmp_path: Path) -> None:
         try:
             output = wait_for_dashboard(process, log, url)
             assert "service checks: PASSED" in output and "Traceback" not in output
-            assert f"Image twins (full preset) in {REFERENCE / 'image'}/: " in output
+            assert f"Image twins (full preset) in {reference / 'image'}/: " in output
+            assert "make demo TEXT=1 trains and serves them" in output
             assert "  dyt: " in output and "  layernorm: " in output and "test top-1" in output
             page = httpx.get(f"{url}/", timeout=30)
             assert page.status_code == 200 and "<html" in page.text.lower()
