@@ -120,14 +120,16 @@ def serve(repo: Path, served: dict[str, str], port: int, console: Console) -> No
     """Print where to look and what to try, then serve ``repo`` until Ctrl-C."""
     name = served["image"]
     console.print(f"\nDashboard: http://127.0.0.1:{port}/   (Ctrl-C stops the service)")
-    console.print(f"Try: curl -s http://127.0.0.1:{port}/v2/models/{name}", highlight=False)
-    console.print(f"     {command_line('dyt-check', repo / name, '--runners', 'ort,torch')}", highlight=False)
+    console.print(f"Try: curl -s http://127.0.0.1:{port}/v2/models/{name}", highlight=False, soft_wrap=True)
+    data = ["--data", served["test_data"]] if served.get("test_data") else []  # accuracy on the held-out set
+    console.print(f"     {command_line('dyt-check', repo / name, '--runners', 'ort,torch', *data)}",
+                  highlight=False, soft_wrap=True)
     if served.get("text"):
         body = f'{{"text_input": "{TEXT_PROMPT}", "parameters": {{"max_tokens": 80}}}}'
         console.print(f"     curl -s http://127.0.0.1:{port}/v2/models/{served['text']}/generate -d '{body}'",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         console.print(f"     {command_line('dyt-generate', served['text_checkpoint'], '-p', TEXT_PROMPT, '-n', 80)}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     from service.cli import main as serve_main
 
     serve_main(["--repository", str(repo), "--port", str(port)])
@@ -188,7 +190,7 @@ def reference_repository(args: argparse.Namespace, console: Console) -> dict[str
     names = {norm: f"digits-{norm}" for norm in image.checkpoints}
     jobs = [(image.checkpoints[norm], names[norm] + ("-folded" if fold else ""),
              {"form": form, "fold": fold, "family": IMAGE_FAMILY}) for norm, form, fold in EXPORT_JOBS]
-    served = {"image": names["dyt"]}
+    served = {"image": names["dyt"], "test_data": str(image.test_data)}
     text_folder = args.reference / "text"
     if args.text or reference_ready("text", text_folder, args.preset):
         text = trained_twins("text", text_folder, args.preset, console)

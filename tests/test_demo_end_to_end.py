@@ -83,6 +83,7 @@ def test_make_demo_runs_to_its_end_with_its_defaults(tmp_path: Path) -> None:
             assert "service checks: PASSED" in output and "Traceback" not in output
             assert f"Image twins (full preset) in {reference / 'image'}/: " in output
             assert "make demo TEXT=1 trains and serves them" in output
+            assert f"--runners ort,torch --data {reference / 'image' / 'test.npz'}\n" in output  # the check hint
             assert "  dyt: " in output and "  layernorm: " in output and "test top-1" in output
             page = httpx.get(f"{url}/", timeout=30)
             assert page.status_code == 200 and "<html" in page.text.lower()
