@@ -169,7 +169,8 @@ def print_report(report: dict[str, Any], console: Any) -> None:
             table.add_row(v["model"], v["variant"], f"{s['median_ms']:.3f}", f"{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}")
         console.print(table)
         for r in comparison["ratios"]:
-            console.print(f"{r['model']} / {r['baseline']}: x{r['ratio']:.3f} [{r['low']:.3f} - {r['high']:.3f}]")
+            console.print(f"{r['model']} / {r['baseline']}: x{r['ratio']:.3f} [{r['low']:.3f} - {r['high']:.3f}] "
+                          f"{r.get('verdict', '')}", highlight=False)
     for family in report.get("examples", {}).get("families", []):
         console.print(examples_table(family))
     for name, text in report.get("generated", {}).items():
