@@ -8,9 +8,18 @@ against a live server process, with the server's memory before and after.
    byte mutations of a valid request; after each the server must still answer liveness, and no
    answer may be a 500.
 
+4. hostile: the attacks of the service's hostile hour, each with the server's memory around it:
+   40 gzip JSON bodies at once that inflate ~1000 times; all-JSON bodies of 48 MiB announced as
+   binary-extension requests (Inference-Header-Content-Length = their length); 300 MiB of request
+   headers; slow bodies from many loopback addresses (127.0.x.y, 8 each, reconnecting when dropped)
+   while a prompt client's probes must be served;
+5. json-rss (``--phases json-rss``): the peak memory of the largest valid JSON inference request
+   (``--json-batch``; run it with ``--image-size 224``).
+
 RSS (and its peak, VmHWM) of the server is read from /proc before and after each phase.
 
     python benchmarks/stress.py [--arch vit_tiny] [--burst 200] [--concurrency 8] [--seconds 30]
+                                [--phases burst,sustained,fuzz,hostile] [--addresses 32,64]
 """
 
 from __future__ import annotations
@@ -217,6 +226,129 @@ def fuzz(port: int, url: str, image_size: int, count: int, seed: int) -> dict:
     return {"cases": sum(statuses.values()), "statuses": dict(sorted(statuses.items())), "problems": problems}
 
 
+def concurrently(count: int, work: Callable[[int], int]) -> dict[int, int]:
+    """Status counts of ``count`` calls of ``work`` started together."""
+    gate = threading.Barrier(count)
+
+    def one(index: int) -> int:
+        gate.wait()
+        return work(index)
+
+    with ThreadPoolExecutor(count) as pool:
+        return dict(sorted(Counter(pool.map(one, range(count))).items()))
+
+
+def with_memory(pid: int, attack: Callable[[], dict]) -> dict:
+    """``attack``'s figures with the server's RSS before, after (1 s later) and its peak."""
+    before = memory_mib(pid)
+    row = attack()
+    time.sleep(1)
+    after = memory_mib(pid)
+    if before and after:
+        row |= {"rss_before_mib": round(before["VmRSS"]), "rss_after_mib": round(after["VmRSS"]),
+                "peak_mib": round(after["VmHWM"])}
+    return row
+
+
+def gzip_flood(port: int, image_size: int, count: int = 40, inflated_mib: float = 7.5) -> dict:
+    """``count`` gzip JSON bodies at once, each ~1000 times smaller than what it inflates to."""
+    text = json.dumps(valid_body(image_size)).encode()
+    packed = gzip.compress(text[:-1] + b" " * int(inflated_mib * (1 << 20)) + b"}")
+    request = http_request(INFER, packed, {"Content-Encoding": "gzip"})
+    return {"compressed_kb": round(len(packed) / 1e3, 1), "statuses": concurrently(
+        count, lambda _: raw_exchange(port, request, wait_s=60))}
+
+
+def json_sidestep(port: int, count: int = 4, mib: int = 48) -> dict:
+    """``count`` all-JSON bodies of ``mib`` MiB at once, each announced as a binary-extension request
+    whose JSON part is all of it."""
+    data = b"0.123456789," * (mib * (1 << 20) // 12)
+    body = b'{"inputs":[{"name":"pixel_values","shape":[1],"datatype":"FP32","data":[' + data + b'0]}]}'
+    request = http_request(INFER, body, {"Inference-Header-Content-Length": str(len(body))})
+    return {"body_mib": mib, "statuses": concurrently(count, lambda _: raw_exchange(port, request, wait_s=120))}
+
+
+def header_flood(port: int, mib: int = 300) -> dict:
+    """A request whose headers go on for ``mib`` MiB: how much the server takes before it answers."""
+    sent, started, status = 0, time.monotonic(), 0
+    piece = b"a" * (1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+        try:
+            raw.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Pad: ")
+            while sent < mib << 20:
+                raw.sendall(piece)
+                sent += len(piece)
+            raw.sendall(b"\r\n\r\n")
+            reply = raw.recv(4096).split()
+            status = int(reply[1]) if len(reply) > 1 and reply[1].isdigit() else 0
+        except OSError:
+            status = 0
+    return {"offered_mib": mib, "sent_mib": round(sent / (1 << 20), 1), "status": status,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+def slow_sender(port: int, source: str, stop: float, counts: Counter) -> None:
+    """Hold a body read from ``source`` with a byte every half second; reconnect when dropped."""
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{{".encode()
+    while time.monotonic() < stop:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as raw:
+                raw.sendall(head)
+                counts["connections"] += 1
+                while time.monotonic() < stop:
+                    time.sleep(0.5)
+                    raw.sendall(b" ")
+        except OSError:
+            counts["dropped"] += 1
+            time.sleep(0.05)
+
+
+def slow_addresses(port: int, url: str, image_size: int, addresses: int, per_address: int = 8,
+                   probes: int = 21) -> dict:
+    """Slow senders from ``addresses`` loopback addresses (``per_address`` each, the per-client
+    limit) while a prompt client sends ``probes`` inference requests, one every 0.3 s."""
+    stop, counts = time.monotonic() + 4 + probes * 0.3 + 2, Counter()
+    sources = [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(addresses)]
+    threads = [threading.Thread(target=slow_sender, args=(port, source, stop, counts), daemon=True)
+               for source in sources for _ in range(per_address)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    results = []
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for _ in range(probes):
+            results.append(timed_post(client, valid_body(image_size)))
+            time.sleep(0.3)
+    for thread in threads:
+        thread.join()
+    return {"addresses": addresses, "slow_connections": counts["connections"],
+            "slow_dropped": counts["dropped"], "probes": summary(results)}
+
+
+def hostile(pid: int, port: int, url: str, image_size: int, addresses: list[int]) -> dict:
+    """The hostile hour's attacks, each with the server's memory around it."""
+    report = {"gzip_flood": with_memory(pid, lambda: gzip_flood(port, image_size)),
+              "json_sidestep": with_memory(pid, lambda: json_sidestep(port)),
+              "header_flood": with_memory(pid, lambda: header_flood(port))}
+    for count in addresses:
+        report[f"slow_from_{count}_addresses"] = with_memory(pid, lambda c=count: slow_addresses(port, url, image_size, c))
+    return report
+
+
+def json_rss(pid: int, url: str, image_size: int, batch: int) -> dict:
+    """The server's peak RSS around one JSON inference request of ``batch`` images."""
+    images = np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "pixel_values", "shape": list(images.shape), "datatype": "FP32",
+                                   "data": images.ravel().tolist()}]}).encode()
+    before = memory_mib(pid)
+    with httpx.Client(base_url=url, timeout=300) as client:
+        status = client.post(INFER, content=body, headers={"content-type": "application/json"}).status_code
+    after = memory_mib(pid)
+    return {"batch": batch, "body_mb": round(len(body) / 1e6, 1), "status": status,
+            "rss_before_mib": round(before["VmRSS"]), "peak_before_mib": round(before["VmHWM"]),
+            "peak_after_mib": round(after["VmHWM"]), "peak_growth_mib": round(after["VmHWM"] - before["VmHWM"])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="vit_tiny")
@@ -226,6 +358,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--mutations", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phases", default="burst,sustained,fuzz,hostile",
+                        help="comma-separated: burst, sustained, fuzz, hostile, json-rss")
+    parser.add_argument("--addresses", default="32,64", help="hostile: slow senders' address counts")
+    parser.add_argument("--json-batch", type=int, default=2, help="json-rss: the batch of the JSON request")
     parser.add_argument("--json", type=Path, default=Path("reports/stress.json"))
     args = parser.parse_args()
 
@@ -241,13 +377,22 @@ def main() -> None:
         server = start_server(Path(tmp) / "repo", port, ["--threads", "1"])
         url = f"http://127.0.0.1:{port}"
         body = valid_body(args.image_size)
+        phases = args.phases.split(",")
         try:
             report["memory_start"] = memory_mib(server.pid)
-            report["burst"] = burst(url, body, args.burst)
-            report["memory_after_burst"] = memory_mib(server.pid)
-            report["sustained"] = sustained(url, body, args.concurrency, args.seconds)
-            report["memory_after_sustained"] = memory_mib(server.pid)
-            report["fuzz"] = fuzz(port, url, args.image_size, args.mutations, args.seed)
+            if "burst" in phases:
+                report["burst"] = burst(url, body, args.burst)
+                report["memory_after_burst"] = memory_mib(server.pid)
+            if "sustained" in phases:
+                report["sustained"] = sustained(url, body, args.concurrency, args.seconds)
+                report["memory_after_sustained"] = memory_mib(server.pid)
+            if "fuzz" in phases:
+                report["fuzz"] = fuzz(port, url, args.image_size, args.mutations, args.seed)
+            if "hostile" in phases:
+                report["hostile"] = hostile(server.pid, port, url, args.image_size,
+                                            [int(n) for n in args.addresses.split(",")])
+            if "json-rss" in phases:
+                report["json_rss"] = json_rss(server.pid, url, args.image_size, args.json_batch)
             report["memory_end"] = memory_mib(server.pid)
         finally:
             server.terminate()
@@ -255,7 +400,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print_report(report)
-    if report["fuzz"]["problems"] or report["exit_status"] != 0:
+    if report.get("fuzz", {}).get("problems") or report["exit_status"] != 0:
         sys.exit(1)
 
 
@@ -263,14 +408,23 @@ def print_report(report: dict) -> None:
     def latency(row: dict) -> str:
         return f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms" if "p50_ms" in row else "no successes"
 
-    burst_row, load, fuzzed = report["burst"], report["sustained"], report["fuzz"]
     print(f"dyt-serve stress, {report['arch']} ({report['image_size']} px), DyT")
-    print(f"burst:     {burst_row['requests']} at once -> {burst_row['statuses']}; {latency(burst_row)}")
-    print(f"sustained: {load['requests']} requests -> {load['statuses']}; {load.get('ok_per_s', 0):.1f}/s; "
-          f"{latency(load)}")
-    print(f"fuzz:      {fuzzed['cases']} cases -> {fuzzed['statuses']}; problems: {fuzzed['problems'] or 'none'}")
+    if "burst" in report:
+        row = report["burst"]
+        print(f"burst:     {row['requests']} at once -> {row['statuses']}; {latency(row)}")
+    if "sustained" in report:
+        load = report["sustained"]
+        print(f"sustained: {load['requests']} requests -> {load['statuses']}; {load.get('ok_per_s', 0):.1f}/s; "
+              f"{latency(load)}")
+    if "fuzz" in report:
+        fuzzed = report["fuzz"]
+        print(f"fuzz:      {fuzzed['cases']} cases -> {fuzzed['statuses']}; problems: {fuzzed['problems'] or 'none'}")
+    for name, row in report.get("hostile", {}).items():
+        print(f"{name:23} {json.dumps(row)}")
+    if "json_rss" in report:
+        print(f"json-rss:  {json.dumps(report['json_rss'])}")
     for key in ("memory_start", "memory_after_burst", "memory_after_sustained", "memory_end"):
-        memory = report[key]
+        memory = report.get(key)
         if memory:
             print(f"{key:23} RSS {memory['VmRSS']:.0f} MiB (peak {memory['VmHWM']:.0f} MiB)")
     print(f"exit status after SIGTERM: {report['exit_status']}")

@@ -105,8 +105,9 @@ if HttpToolsProtocol is not None:
 
 
 def http_options() -> dict[str, Any]:
-    """uvicorn's HTTP options: the bounded httptools protocol where httptools is installed (its
-    class is importable, so --workers processes get it too), else h11 with the same bound."""
+    """uvicorn's HTTP options of the one-process server: the bounded httptools protocol where
+    httptools is installed, else h11 with the same bound. (--workers processes keep uvicorn's
+    default: handed to uvicorn's process supervisor, either left one of two workers idle.)"""
     if HttpToolsProtocol is None:
         return {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
     return {"http": BoundedHttpToolsProtocol}

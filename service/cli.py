@@ -188,7 +188,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
     from .app import create_app
-    from .background import http_options, make_server
+    from .background import make_server
     if settings.workers == 1:  # a clean drain after SIGTERM exits 0; malformed HTTP gets a JSON 400
         server = make_server(create_app(settings=settings), host, port, log_level)
         server.run()
@@ -199,7 +199,7 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     folder = shared_folder()
     try:
         uvicorn.run("service.cli:worker_app", factory=True, host=host, port=port, workers=settings.workers,
-                    log_level=log_level, **http_options())
+                    log_level=log_level)
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
