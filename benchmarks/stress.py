@@ -25,6 +25,7 @@ RSS (and its peak, VmHWM) of the server is read from /proc before and after each
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import random
@@ -331,7 +332,8 @@ def hostile(pid: int, port: int, url: str, image_size: int, addresses: list[int]
               "json_sidestep": with_memory(pid, lambda: json_sidestep(port)),
               "header_flood": with_memory(pid, lambda: header_flood(port))}
     for count in addresses:
-        report[f"slow_from_{count}_addresses"] = with_memory(pid, lambda c=count: slow_addresses(port, url, image_size, c))
+        attack = functools.partial(slow_addresses, port, url, image_size, count)
+        report[f"slow_from_{count}_addresses"] = with_memory(pid, attack)
     return report
 
 
