@@ -64,7 +64,7 @@ _TEXT = Recipe(
     task="text", arch="llama_tiny",
     model_config={"vocab_size": 256, "dim": 128, "depth": 4, "heads": 4, "ffn_dim": 344, "max_seq_len": 256},
     variants=("dyt", "rmsnorm"), data={"seq_len": 128, "test_fraction": 0.1},
-    steps=1500, batch_size=32, lr=2e-3, min_lr=2e-5, weight_decay=0.1, warmup_steps=100, ema_decay=0.99)
+    steps=1200, batch_size=16, lr=2e-3, min_lr=2e-5, weight_decay=0.1, warmup_steps=100, ema_decay=0.99)
 _TINY = {
     "image": {"model_config": {**_IMAGE.model_config, "img_size": 8, "patch_size": 2, "dim": 32, "depth": 2,
                                "heads": 2},
