@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from .cli_common import console
+from .cli_common import console, print_parity
 from .errors import DytDeployError
 
 DATA_COLUMNS = ["runner", "precision", "samples", "top-1 agreement (floor)", "accuracy (PyTorch fp32)",
@@ -37,7 +37,6 @@ def check_on_data(model: Path, data: Path, runners: list[str] | None, atol: floa
                   json_path: Path | None, progress: Any) -> int:
     """Run the data check, print its tables and one PASSED/FAILED line per runner; the exit status."""
     from .check import check_model_on_data
-    from .cli import print_parity
 
     results = check_model_on_data(model, data, runners, atol, rtol, parse_agreement(agreement), prompts=prompts,
                                   arch=arch, trust_pickle=trust_pickle, weights=weights, progress=progress)

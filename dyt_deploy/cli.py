@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from .cli_common import console, err_console, new_app, print_error, user_errors
+from .cli_common import console, err_console, new_app, print_error, print_parity, user_errors
 from .errors import DytDeployError
 
 zoo_app = new_app("The model zoo: list architectures, write a model.pt.", no_args_is_help=True)
@@ -76,19 +76,6 @@ def _progress_printer() -> Callable[[str, str, float], None]:
             err_console.print(f"[green]✓[/] {step} [dim]({seconds:.1f} s)[/]", highlight=False)
 
     return report
-
-
-def print_parity(parity: Any, title: str) -> None:
-    """The parity table and a PASSED/FAILED line."""
-    from .parity import PARITY_COLUMNS
-
-    table = Table(*PARITY_COLUMNS, title=f"{title} (atol {parity.atol:g}, rtol {parity.rtol:g}, "
-                                          f"{len(parity.shapes)} samples)")
-    for row in parity.rows():
-        table.add_row(*row)
-    console.print(table)
-    verdict = "[bold green]PASSED[/]" if parity.passed else "[bold red]FAILED[/]"
-    console.print(f"{verdict} {title}")
 
 
 export_app = new_app("Export a model.pt to verified ONNX.")

@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from .errors import DytDeployError, OptionError
 
@@ -80,3 +81,16 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 def new_app(help: str, **kwargs: Any) -> typer.Typer:
     """A Typer app as every dyt-deploy command has it: plain-text help (brackets stay brackets)."""
     return typer.Typer(help=help, add_completion=False, rich_markup_mode=None, **kwargs)
+
+
+def print_parity(parity: Any, title: str) -> None:
+    """The parity table and a PASSED/FAILED line."""
+    from .parity import PARITY_COLUMNS
+
+    table = Table(*PARITY_COLUMNS, title=f"{title} (atol {parity.atol:g}, rtol {parity.rtol:g}, "
+                                          f"{len(parity.shapes)} samples)")
+    for row in parity.rows():
+        table.add_row(*row)
+    console.print(table)
+    verdict = "[bold green]PASSED[/]" if parity.passed else "[bold red]FAILED[/]"
+    console.print(f"{verdict} {title}")

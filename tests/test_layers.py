@@ -30,13 +30,16 @@ ALLOWED = {
                "runners", "specs", "tokenizer"},
     "tokenizer": {"errors"},  # tokenizer.json and bytes, for generation
     "generation": {"errors", "tokenizer"},  # dyt_deploy.generate: KV-cache decoding of any causal LM
-    "cli_common": {"errors"},
+    "cli_common": {"errors", "parity"},  # the console, user errors, the parity table
+    "check_data": {"errors", "parity", "specs"},  # dyt-check --data: a labelled .npz against the model's inputs
+    "reference": {"errors", "models", "repository"},  # the trained reference twins (train-reference)
     "optimize_model": {"errors", "kernels", "nn"},  # optimize(model): fold, kernels, torch.compile
 }
 TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
 ALLOWED_SERVICE = {"cli", "demo"}
-# command-line modules that live inside a package but belong to the top layer: dyt-build beside the engine
-COMMAND_LINE = {"engine/cli.py": "cli"}
+# command-line modules that belong to the top layer: dyt-build beside the engine, dyt-check --data's
+# tables, dyt train-reference beside the reference twins
+COMMAND_LINE = {"engine/cli.py": "cli", "check_cli.py": "cli", "reference/cli.py": "cli"}
 
 
 def unit_of(path: Path) -> str:

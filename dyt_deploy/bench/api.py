@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import tempfile
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,21 +17,12 @@ from ..repository import library_versions
 from ..runners import MissingBackendError, Runner, create_runner
 from .config import BENCH_RUNNERS, ONNX_BENCH_RUNNERS, TORCH_BENCH_RUNNERS, BenchConfig
 from .harness import Timings, analyze, headline, time_all
+from .machine import machine_info
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import load_average, machine_load, median_interval
 from .variants import VARIANTS, VariantSet, export_variants, model_variants, optimize, zoo_variants
 
 __all__ = ["BENCH_RUNNERS", "BenchConfig", "benchmark", "run_benchmark"]
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
 
 
 def shape_label(sizes: dict[str, int]) -> str:

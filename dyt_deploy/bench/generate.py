@@ -31,6 +31,7 @@ from ..errors import DytDeployError, first_line
 from ..repository import library_versions
 from .config import BenchConfig
 from .harness import Timings, analyze
+from .machine import machine_info
 from .report import SCHEMA_ID, SCHEMA_VERSION
 from .stats import interleaved_schedule, median_interval
 
@@ -286,8 +287,6 @@ def _report(config: BenchConfig, timings: Timings, workloads: dict, models: dict
 
 
 def _machine() -> dict:
-    from .api import machine_info
-
     return machine_info()
 
 

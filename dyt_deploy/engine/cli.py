@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..cli_common import console, err_console, new_app, user_errors
+from ..cli_common import console, err_console, new_app, print_parity, user_errors
 from ..errors import DytDeployError
 
 if TYPE_CHECKING:
@@ -124,7 +124,6 @@ def _build_aoti(source: Path, output: Path | None, config: AotiConfig) -> None:
     """Build, verify and write the package; print the parity table, a PASSED/FAILED line and what was written."""
     from rich.markup import escape
 
-    from ..cli import print_parity
     from ..export.aoti import AotiVerificationFailed, build_aoti
 
     title = f"AOTInductor package ({config.device}, {config.dtype}) vs PyTorch"
