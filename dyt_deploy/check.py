@@ -291,7 +291,7 @@ def _data_result(name: str, target: CheckTarget, samples: CheckData, expected: D
     parity = ParityReport(*default_tolerances(precision, atol, rtol))
     with _data_runner(kind, asked, target, workdir) as runner:
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            got = runner.infer(cast_floats(feed, precision))
+            got = runner.infer(feed if asked else cast_floats(feed, precision))  # a torch runner casts its own
             return {k: np.asarray(v, np.float32) for k, v in got.items()}
 
         got = _outputs(infer, target, samples, batch, prompt_ids, new_tokens, parity, expected)

@@ -75,7 +75,7 @@ def accuracy_section(groups: dict[str, dict[str, Runner]], variant_set: VariantS
             for variant, logits in expected.items()]
     for group, members in groups.items():
         for variant, runner in members.items():
-            logits = _runner_logits(runner, data, group)
+            logits = _runner_logits(runner, data)
             rows.append(_row(group, _precision(group), variant, logits, expected[variant], data, language,
                              variant in comparable))
     return {"data": str(data_path), "samples": data.samples, "labels": data.labels is not None,
@@ -101,13 +101,11 @@ def _pytorch_logits(module: Any, variant_set: VariantSet, data: CheckData) -> np
     return np.concatenate(out)
 
 
-def _runner_logits(runner: Runner, data: CheckData, group: str) -> np.ndarray:
-    from ..dtypes import cast_floats
-
-    precision = _precision(group)
+def _runner_logits(runner: Runner, data: CheckData) -> np.ndarray:
+    """The runner's first output over every batch; fp32 feeds, as in the timing (torch runners cast their own)."""
     out = []
     for feed in data.batches(BATCH):
-        got = runner.infer(cast_floats(feed, precision) if precision != "fp32" else feed)
+        got = runner.infer(feed)
         out.append(np.asarray(next(iter(got.values())), np.float32))
     return np.concatenate(out)
 
