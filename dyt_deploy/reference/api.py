@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,29 @@ def ensure_reference(task: str, folder: str | os.PathLike, seed: int = 0, preset
     """
     folder = Path(folder)
     recipe = recipe_for(task, preset, **changes)
-    card = read_card(folder)
-    if not retrain and card is not None and card.get("key") == card_key(recipe.as_dict(), seed, threads) \
-            and is_complete(folder, card):
-        return Reference(folder, checkpoint_paths(folder, card), folder / card["test_data"], card, False)
-    return train_reference(recipe, folder, seed, threads, progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(folder):  # one training per folder: a second caller waits, then reuses what the first wrote
+        card = read_card(folder)
+        if not retrain and card is not None and card.get("key") == card_key(recipe.as_dict(), seed, threads) \
+                and is_complete(folder, card):
+            return Reference(folder, checkpoint_paths(folder, card), folder / card["test_data"], card, False)
+        return train_reference(recipe, folder, seed, threads, progress)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/.lock`` while inside (where the platform has ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; concurrent trainings of one folder write the same files
+        yield
+        return
+    with (folder / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def train_reference(recipe: Recipe, folder: Path, seed: int = 0, threads: int = DEFAULT_THREADS,

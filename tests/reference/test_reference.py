@@ -83,6 +83,15 @@ def test_a_matching_card_is_reused_and_retrain_trains_again(tmp_path: Path) -> N
     assert ensure_reference("image", tmp_path, seed=1, preset="tiny", threads=1, retrain=True, **SHORT).trained
 
 
+def test_two_callers_of_one_folder_train_it_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        calls = [pool.submit(ensure_reference, "image", tmp_path, preset="tiny", threads=1, **SHORT) for _ in range(2)]
+        made = [call.result() for call in calls]
+    assert sorted(r.trained for r in made) == [False, True] and made[0].card == made[1].card
+
+
 def test_a_folder_missing_a_checkpoint_is_trained_again(tmp_path: Path) -> None:
     made = ensure_reference("image", tmp_path, preset="tiny", threads=1, **SHORT)
     made.checkpoints["layernorm"].unlink()
