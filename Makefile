@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo reference test test-docker mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
+.PHONY: demo reference test test-docker docs mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
