@@ -56,6 +56,7 @@ class CheckTarget:
     package_path: Path | None = None  # an AOTInductor model.pt2
     model_path: Path | None = None
     load_options: dict[str, Any] = field(default_factory=dict)  # how model_path was loaded (arch, weights, ...)
+    trust_pickle: bool = False  # --trust-pickle: also for the folder's own model.pt2 (the aoti runner)
 
 
 def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False,
@@ -92,7 +93,7 @@ def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> Che
         model_file = None
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
                        model_file, plan if plan.is_file() else None, package if package.is_file() else None,
-                       Path(source))
+                       Path(source), trust_pickle=trust_pickle)
 
 
 def is_decoder_folder(source: str | Path) -> bool:
@@ -167,7 +168,7 @@ def runner_for_target(kind: str, target: CheckTarget, workdir: Path) -> Runner:
             raise DytDeployError(f"runner {kind} needs a TensorRT engine: build one with dyt-build REPO/NAME")
         return create_runner(kind, target.plan_path)
     if takes == PT2:
-        return create_runner(kind, _package_for(target, workdir))
+        return create_runner(kind, _package_for(target, workdir), trust_pickle=target.trust_pickle)
     model_file = _onnx_for(target, workdir)
     if model_file.suffix == ".xml" and kind != "openvino":
         raise DytDeployError(f"runner {kind} needs ONNX; {model_file} is OpenVINO IR: use --runners openvino")

@@ -233,6 +233,15 @@ def test_dyt_check_of_an_aoti_folder_refuses_its_package(hostile: Path, marker: 
     assert "pickled Python objects" in " ".join(result.output.split())
 
 
+def test_dyt_check_trust_pickle_reaches_the_folders_package(hostile: Path, marker: Path, tmp_path: Path) -> None:
+    """--trust-pickle is passed to the aoti runner of a folder's own package: the inspection no
+    longer refuses it (what the trusted file then does is the user's choice)."""
+    model_pt = save_checkpoint(create_model("vit_tiny", norm="dyt", **TINY_VIT), tmp_path / "model.pt")
+    folder = _aoti_folder(tmp_path / "repo", hostile, model_pt)
+    result = runner.invoke(check_app, [str(folder), "--runners", "aoti", "--trust-pickle"])
+    assert "pickled Python objects" not in " ".join(result.output.split())
+
+
 def test_the_service_leaves_the_model_unavailable(hostile: Path, marker: Path, tmp_path: Path) -> None:
     """dyt-serve (a real uvicorn server) loading a repository whose 1/model.pt2 is hostile."""
     import httpx
