@@ -10,7 +10,6 @@ text-generation``) is checked as its export was: greedy decoding in onnxruntime 
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,13 @@ from .checkpoint import load_checkpoint
 from .dtypes import cast_floats
 from .errors import DytDeployError
 from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
+from .export.steps import Progress, Steps
 from .feeds import random_feed
 from .parity import ParityReport, default_tolerances
 from .repository import MANIFEST_NAME, read_manifest
 from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
 from .runners.registry import PT2
 from .specs import TensorSpec
-
-Progress = Callable[[str, str, float], None]  # ("start" | "done", step, seconds)
 
 
 @dataclass
@@ -205,21 +203,18 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
     feeds = [random_feed(target.specs, sample_sizes(index, target.specs), index) for index in range(samples)]
     expected = [_reference(target, feed) for feed in feeds]
     reports: dict[str, ParityReport] = {}
+    step = Steps(progress)
     with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
         for kind in runners or default_runners(target):
-            step, started = f"runner {kind}", time.perf_counter()
-            if progress is not None:
-                progress("start", step, 0.0)
-            precision = _precision(kind, target, Path(workdir))
-            report = ParityReport(*default_tolerances(precision, atol, rtol))
-            with runner_for_target(kind, target, Path(workdir)) as runner:
-                for feed, ref in zip(feeds, expected, strict=True):
-                    got = runner.infer(cast_floats(feed, precision))
-                    report.add_sample(ref, {k: np.asarray(v, np.float32) for k, v in got.items()},
-                                      {k: v.shape for k, v in feed.items()})
+            with step(f"runner {kind}"):
+                precision = _precision(kind, target, Path(workdir))
+                report = ParityReport(*default_tolerances(precision, atol, rtol))
+                with runner_for_target(kind, target, Path(workdir)) as runner:
+                    for feed, ref in zip(feeds, expected, strict=True):
+                        got = runner.infer(cast_floats(feed, precision))
+                        report.add_sample(ref, {k: np.asarray(v, np.float32) for k, v in got.items()},
+                                          {k: v.shape for k, v in feed.items()})
             reports[kind] = report
-            if progress is not None:
-                progress("done", step, time.perf_counter() - started)
     return reports
 
 
@@ -272,15 +267,12 @@ def check_model_on_data(source: str | Path, data: str | Path, runners: list[str]
     prompt_ids = _prompts(target, samples, prompts)
     expected = _outputs(lambda feed: _reference(target, feed), target, samples, batch, prompt_ids, new_tokens)
     results: dict[str, DataResult] = {}
+    step = Steps(progress)
     with tempfile.TemporaryDirectory(prefix="dyt-check-") as workdir:
         for name in runners or default_runners(target):
-            step, started = f"runner {name}", time.perf_counter()
-            if progress is not None:
-                progress("start", step, 0.0)
-            results[name] = _data_result(name, target, samples, expected, Path(workdir), thresholds, batch,
-                                         prompt_ids, new_tokens, atol, rtol)
-            if progress is not None:
-                progress("done", step, time.perf_counter() - started)
+            with step(f"runner {name}"):
+                results[name] = _data_result(name, target, samples, expected, Path(workdir), thresholds, batch,
+                                             prompt_ids, new_tokens, atol, rtol)
     return results
 
 
