@@ -20,7 +20,7 @@ import numpy as np
 import uvicorn
 
 from dyt_deploy.runners import runner_for_folder
-from service.worker import WorkerThread
+from service.models.worker import WorkerThread
 
 
 def make_app(folder: Path) -> Any:

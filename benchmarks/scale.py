@@ -67,7 +67,7 @@ def ray_rows(repo: Path, name: str, array: np.ndarray, args: argparse.Namespace)
     import ray
     from ray import serve
 
-    from service.ray_app import build_app
+    from service.engines.ray import build_app
     from service.settings import Settings
 
     port = free_port()

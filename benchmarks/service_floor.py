@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 
-from service.admission import ApiKeyGate, BodyGate
-from service.background import serve_in_thread
-from service.metrics import ServiceMetrics
-from service.middleware import InFlightLimit, RequestTimeout
+from service.http.admission import ApiKeyGate, BodyGate
+from service.engines.uvicorn import serve_in_thread
+from service.telemetry.metrics import ServiceMetrics
+from service.http.middleware import InFlightLimit, RequestTimeout
 from service.settings import Settings
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)

@@ -70,7 +70,7 @@ def command_line(tool: str, *args: Any) -> str:
 
 
 IMAGE_FAMILY, TEXT_FAMILY = "digits_vit", "stdlib_llama"
-EXAMPLES_FILE = "examples.npz"  # what service.examples reads beside a model
+EXAMPLES_FILE = "examples.npz"  # what service.telemetry.examples reads beside a model
 TEXT_PROMPT = "def "
 
 

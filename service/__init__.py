@@ -1,23 +1,32 @@
-"""The dyt-deploy inference service (Open Inference Protocol v2 over FastAPI).
+"""The dyt-deploy inference service: one FastAPI app (Open Inference Protocol v2, Triton's generate
+extension, the DyT-vs-LayerNorm dashboard and comparison API, Prometheus /metrics) served by two
+engines: uvicorn (``dyt-serve``) and Ray Serve (``dyt-serve --engine ray``).
 
-``create_app(repository, settings)`` (service.app) serves a model repository; ``dyt-serve``
-(service.cli:main, also ``dyt serve``) runs it with uvicorn. Routes:
+``create_app(repository, settings)`` (service.http.app) makes the app over a model repository;
+``dyt-serve`` (service.cli:main, also ``dyt serve``) runs it.
 
-* OIP v2: ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``,
-  ``/v2/models/{m}[/versions/{v}]``, ``.../ready``, ``.../config``, ``.../stats``,
-  ``POST .../infer`` (JSON tensors and Triton's binary tensor extension), ``GET /v2/models/stats``,
-  ``POST /v2/repository/index``.
-* Latency comparison: ``GET /`` (dashboard), ``GET /api/live``, ``POST /api/compare``,
-  ``GET /api/compare/{family}``.
-* ``GET /metrics`` (Prometheus), ``GET /openapi.json``.
+Subpackages, each importing only those above it in this list:
 
-Modules: schemas (pydantic: the inference request it validates, the OpenAPI models), protocol
-(codec and signature checks, pure), settings (pydantic-settings, DYT_*), served_model (one model:
-loading, metadata, the request path ``handle``), worker (its runner on its own thread),
-registry (the repository's models), model_config (config.pbtxt via Triton's ModelConfig), state
-(the app's shared state, ``StateDep``), batching, stats, compare, metrics, admission (the API key
-before any body is read; whole bodies on a deadline, body-read slots, size limits, bytes in flight),
-middleware (in-flight bound, processing timeout), auth, routes_v2 / routes_extra, background (the
-uvicorn server dyt-serve runs, and the same in a thread), demo, cli (Typer: ``dyt-serve`` /
-``dyt serve``).
+* ``service.errors``, ``service.settings``: the errors every layer raises; the settings (DYT_*).
+* ``service.protocol``: wire formats, pure (OIP codec, schemas, generate fields).
+* ``service.telemetry``: statistics, generation statistics, Prometheus metrics, comparisons.
+* ``service.models``: the registry, served and generative models, workers, batching.
+* ``service.http``: the app, routes, middleware, API key, state.
+* ``service.engines``: uvicorn and Ray Serve.
+* ``service.cli``, ``service.demo``: the command line and the demo's server side.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    """``service.create_app`` without importing the app (FastAPI, the models) with the package."""
+    if name == "create_app":
+        from .http.app import create_app
+
+        return create_app
+    raise AttributeError(f"module 'service' has no attribute {name!r}")

@@ -8,7 +8,7 @@ environment variable when set (see service.settings), else its default. With ``-
 uvicorn runs N processes, each loading every model; they share their statistics (a SQLite file)
 and Prometheus values (prometheus_client's multiprocess mode) in one folder, so /v2/models/stats,
 /metrics and the live comparison cover every worker. ``--engine ray`` runs the same app on Ray
-Serve instead (service.ray_app): one deployment per model, each with its replicas.
+Serve instead (service.engines.ray): one deployment per model, each with its replicas.
 
 :func:`serve_command` is the Typer command (``dyt serve`` mounts it); :func:`main` is the
 ``dyt-serve`` console script.
@@ -28,9 +28,9 @@ import typer
 from dyt_deploy.cli_common import flag_of, new_app, user_errors
 from dyt_deploy.errors import DytDeployError, OptionError
 
-from .metrics import MULTIPROC_ENV
 from .settings import API_KEY_ENV, ENV_PREFIX, SETTINGS_ENV, Settings
-from .stats import STATS_DIR_ENV, STATS_FILE, share_models, shared_store_from_environment
+from .telemetry.metrics import MULTIPROC_ENV
+from .telemetry.stats import STATS_DIR_ENV, STATS_FILE, share_models, shared_store_from_environment
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 Provider = Literal["cpu", "cuda", "tensorrt"]
@@ -128,7 +128,7 @@ def serve_on_ray(settings: Settings, host: str, port: int, scaling: RayScaling, 
     if scaling.replicas < 1:
         raise DytDeployError(f"--replicas {scaling.replicas}: need at least 1")
     autoscaling = scaling.autoscaling()
-    from .ray_app import build_app, run
+    from .engines.ray import build_app, run
 
     app = build_app(settings.repository, settings, num_replicas=scaling.replicas, autoscaling=autoscaling,
                     num_cpus=scaling.cpus, num_gpus=scaling.gpus)
@@ -187,8 +187,8 @@ def serve(settings: Settings, host: str, port: int, log_level: str) -> None:
     reads the settings back from ``$DYT_SERVE_SETTINGS``)."""
     import uvicorn
 
-    from .app import create_app
-    from .background import make_server
+    from .engines.uvicorn import make_server
+    from .http.app import create_app
     if settings.workers == 1:  # a clean drain after SIGTERM exits 0; malformed HTTP gets a JSON 400
         server = make_server(create_app(settings=settings), host, port, log_level)
         server.run()
@@ -221,7 +221,7 @@ def shared_folder() -> str | None:
 def worker_app() -> Any:
     """App factory of a ``--workers N`` process: the app of $DYT_SERVE_SETTINGS whose models
     publish their statistics to the shared store (named by the process id)."""
-    from .app import app_from_environment
+    from .http.app import app_from_environment
 
     app = app_from_environment()
     state = app.state.service

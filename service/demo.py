@@ -20,10 +20,10 @@ import numpy as np
 
 from dyt_deploy.errors import DytDeployError
 
-from .app import create_app
-from .background import serve_in_thread
-from .protocol import datatype_of_array, numpy_dtype_of
-from .served_model import example_feed
+from .engines.uvicorn import serve_in_thread
+from .http.app import create_app
+from .models.served import example_feed
+from .protocol.oip import datatype_of_array, numpy_dtype_of
 from .settings import Settings
 
 

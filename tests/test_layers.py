@@ -96,7 +96,7 @@ def test_the_service_path_to_feeds_needs_no_torch() -> None:
     code = ("import sys; from dyt_deploy.feeds import random_feed; from dyt_deploy.specs import TensorSpec; "
             "random_feed([TensorSpec('x', ('batch', 3))], {'batch': 2}, 0); "
             "import dyt_deploy.runners, dyt_deploy.triton_config, dyt_deploy.repository; "
-            "import service.app, service.routes_generate; "
+            "import service.http.app, service.http.generate_routes; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

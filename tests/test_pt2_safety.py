@@ -246,8 +246,8 @@ def test_the_service_leaves_the_model_unavailable(hostile: Path, marker: Path, t
     """dyt-serve (a real uvicorn server) loading a repository whose 1/model.pt2 is hostile."""
     import httpx
 
-    from service.app import create_app
-    from service.background import serve_in_thread
+    from service.http.app import create_app
+    from service.engines.uvicorn import serve_in_thread
     from service.settings import Settings
 
     model_pt = save_checkpoint(create_model("vit_tiny", norm="dyt", **TINY_VIT), tmp_path / "model.pt")

@@ -179,7 +179,7 @@ def check_python(argv: list[str], comment: str) -> str | None:
 @cache
 def service_routes() -> list[tuple[set[str], re.Pattern]]:
     """(methods, path pattern) of every operation in the service's OpenAPI document."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     paths = create_app(ROOT / "tests", None).openapi()["paths"]
     return [({m.upper() for m in operations}, re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"))

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from service.routes_v2 import router
+from service.http.oip_routes import router
 
 yaml = pytest.importorskip("yaml")
 kubernetes_validate = pytest.importorskip(
@@ -162,8 +162,8 @@ def test_ray_serve_config_passes_rays_schema_and_builds(tmp_path: Path) -> None:
     config = yaml.safe_load((K8S / "ray-serve.yaml").read_text())
     schema.ServeDeploySchema.model_validate(config)  # types and values (Ray's schema allows extra keys)
     (app,) = config["applications"]
-    assert app["import_path"] == "service.ray_app:app_builder"
-    from service.ray_app import app_builder
+    assert app["import_path"] == "service.engines.ray:app_builder"
+    from service.engines.ray import app_builder
 
     folder = tmp_path / "repo" / "vit-dyt"
     folder.mkdir(parents=True)

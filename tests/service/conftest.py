@@ -27,7 +27,7 @@ from service_testlib import (
 )
 
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import BatchingConfig, Settings
 
 

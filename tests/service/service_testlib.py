@@ -1,5 +1,5 @@
 """Helpers of the service tests: request builders, the limits the strict server is configured with,
-and the background server (service.background) re-exported."""
+and the background server (service.engines.uvicorn) re-exported."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 from httpx_sse import EventSource
 
-from service.background import BackgroundServer, serve_in_thread
+from service.engines.uvicorn import BackgroundServer, serve_in_thread
 
 __all__ = ["BackgroundServer", "serve_in_thread"]
 

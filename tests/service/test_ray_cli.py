@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.cli import RayScaling, main
-from service.generation_stats import GenerationRecord, GenerationStats, quantiles
-from service.ray_app import Handed, MergedMetrics, RemoteGenerationStats, Router, StatsCollector
+from service.telemetry.generation_stats import GenerationRecord, GenerationStats, quantiles
+from service.engines.ray import Handed, MergedMetrics, RemoteGenerationStats, Router, StatsCollector
 
 
 def test_autoscaling_flags_become_serves_autoscaling_config() -> None:

@@ -1,4 +1,4 @@
-"""Generation on Ray Serve (service.ray_app): a tiny llama decoder exported with --task text-generation,
+"""Generation on Ray Serve (service.engines.ray): a tiny llama decoder exported with --task text-generation,
 one replica whose decoder steps are slowed (so that a stream takes a measurable time), behind the
 router and Serve's HTTP proxy on a local Ray instance of 2 CPUs.
 
@@ -26,7 +26,7 @@ from service.settings import Settings
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyt-deploy[ray]')")
 serve = pytest.importorskip("ray.serve")
 
-from service import ray_app  # noqa: E402  (after the skip: the module imports without Ray, the test needs it)
+from service.engines import ray as ray_app  # noqa: E402  (after the skip: the module imports without Ray, the test needs it)
 
 APP = "dyt-generate"
 MODEL = "llm-dyt"

@@ -1,4 +1,4 @@
-"""The service on Ray Serve (service.ray_app): a local Ray instance of 2 CPUs, the DyT and LayerNorm
+"""The service on Ray Serve (service.engines.ray): a local Ray instance of 2 CPUs, the DyT and LayerNorm
 ViTs deployed with 2 replicas each, reached through Serve's HTTP proxy with tritonclient and httpx.
 
 One Ray instance serves the whole module (starting Ray takes seconds); it is shut down at the end.
@@ -48,7 +48,7 @@ def ray_serve() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def deployed(ray_serve: str, repository: Path) -> str:
     """Both ViTs, 2 replicas each (a quarter CPU apiece), behind the router; waits for readiness."""
-    from service.ray_app import build_app
+    from service.engines.ray import build_app
 
     app = build_app(repository, Settings(threads=1, warmup_runs=1), models=list(MODELS), num_replicas=2,
                     num_cpus=0.25, router_cpus=0.1)

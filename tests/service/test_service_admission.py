@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from service_testlib import API_KEY, BackgroundServer, images, json_request, serve_in_thread
 
-from service.admission import ApiKeyGate
-from service.app import create_app
-from service.metrics import ServiceMetrics
+from service.http.admission import ApiKeyGate
+from service.http.app import create_app
+from service.telemetry.metrics import ServiceMetrics
 from service.settings import Settings
 
 KEY = {"x-api-key": API_KEY}

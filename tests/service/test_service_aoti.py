@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException
 
 from dyt_deploy.runners import runner_for_folder
 from dyt_deploy.triton_config import DEFAULT_MAX_BATCH_SIZE
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from service_testlib import API_KEY, STRICT_BODY_LIMIT, BackgroundServer, images, json_request
 
-from service import protocol
+from service.protocol import oip as protocol
 
 URL = "/v2/models/vit-dyt/infer"
 

@@ -10,9 +10,9 @@ import pytest
 
 from dyt_deploy.errors import OptionError
 from service import cli
-from service.metrics import ServiceMetrics
-from service.model_config import ServingConfig, read_serving_config
-from service.served_model import ServedModel
+from service.telemetry.metrics import ServiceMetrics
+from service.models.config import ServingConfig, read_serving_config
+from service.models.served import ServedModel
 from service.settings import BatchingConfig, Settings
 
 NESTED_BATCHING = """name: "vit-dyt"

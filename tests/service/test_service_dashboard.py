@@ -17,7 +17,7 @@ from chromium_testlib import headless_chromium, needs_chromium
 from service_testlib import BackgroundServer, images, json_request, serve_in_thread
 
 from dyt_deploy.bench.palette import VARIANT_COLORS
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")

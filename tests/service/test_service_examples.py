@@ -19,7 +19,7 @@ from service_testlib import BackgroundServer, json_request, serve_in_thread
 
 from dyt_deploy.demo import EXAMPLES_FILE, write_examples
 from dyt_deploy.export import export_onnx
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")

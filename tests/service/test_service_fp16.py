@@ -13,7 +13,7 @@ from service_testlib import images, serve_in_thread
 from tritonclient.utils import InferenceServerException
 
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 MODEL = "vit-fp16"

@@ -37,9 +37,9 @@ import dyt_deploy
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
-from service.app import create_app
+from service.http.app import create_app
 from service.errors import BadRequest
-from service.generate import StopSequences, parse_generate_request
+from service.protocol.generate import StopSequences, parse_generate_request
 from service.settings import Settings
 
 TINY = {"dim": 32, "depth": 1, "heads": 2, "ffn_dim": 64, "vocab_size": 256, "max_seq_len": 64}

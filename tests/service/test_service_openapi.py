@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from service_testlib import images, json_request
 
-from service.protocol import encode_binary_request
+from service.protocol.oip import encode_binary_request
 from service.settings import Settings
 
 INFER = "/v2/models/vit-dyt/infer"

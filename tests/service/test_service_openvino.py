@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dyt_deploy.export import export_onnx
 from dyt_deploy.runners import runner_for_folder
-from service.app import create_app
+from service.http.app import create_app
 from service.cli import app as serve_app
 from service.cli import settings_from_options
 from service.settings import Settings

@@ -21,13 +21,13 @@ from fastapi.routing import APIRoute
 from service_testlib import images, json_request
 from starlette.requests import Request
 
-from service.admission import BODY_KEY, ApiKeyGate, BodyGate, request_body
-from service.app import create_app
-from service.metrics import ServiceMetrics
-from service.middleware import InFlightLimit, RequestTimeout
-from service.routes_v2 import InferenceLane
+from service.http.admission import BODY_KEY, ApiKeyGate, BodyGate, request_body
+from service.http.app import create_app
+from service.telemetry.metrics import ServiceMetrics
+from service.http.middleware import InFlightLimit, RequestTimeout
+from service.http.oip_routes import InferenceLane
 from service.settings import Settings
-from service.worker import WorkerThread
+from service.models.worker import WorkerThread
 
 
 def _api_routes(routes: list[Any]) -> list[APIRoute]:
@@ -169,7 +169,7 @@ def test_the_benchmark_floor_server_answers_what_the_runner_does(repository: Pat
     import tritonclient.http as httpclient
 
     from dyt_deploy.runners import runner_for_folder
-    from service.background import serve_in_thread
+    from service.engines.uvicorn import serve_in_thread
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "minimal_server.py"
     spec = importlib.util.spec_from_file_location("minimal_server", script)

@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from service import protocol
+from service.protocol import oip as protocol
 from service.errors import BadRequest
-from service.protocol import Signature, TensorSignature
+from service.protocol.oip import Signature, TensorSignature
 
 SIGNATURE = Signature(
     inputs=(TensorSignature("ids", "INT64", ("batch", "seq")), TensorSignature("mask", "BOOL", ("batch", "seq")),

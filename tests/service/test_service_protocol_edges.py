@@ -1,7 +1,7 @@
 """Edges of the protocol codec, as pure functions (no server): signatures from manifests, body splitting,
 messages, BYTES from JSON, datatype kinds and ranges, classification bounds, response encoding and decoding.
 
-Written against the mutants `make mutation` found surviving in ``service/protocol.py``; each test
+Written against the mutants `make mutation` found surviving in ``service/protocol/oip.py``; each test
 fails fast, so a mutant is killed here before the slower served tests run.
 """
 
@@ -12,9 +12,9 @@ import json
 import numpy as np
 import pytest
 
-from service import protocol
+from service.protocol import oip as protocol
 from service.errors import BadRequest
-from service.protocol import DecodedRequest, RequestedOutput, Signature, TensorSignature
+from service.protocol.oip import DecodedRequest, RequestedOutput, Signature, TensorSignature
 
 TEXT = Signature(inputs=(TensorSignature("text", "BYTES", ("batch",)),),
                  outputs=(TensorSignature("logits", "FP32", ("batch", 3)), TensorSignature("tag", "BYTES", ("batch",))),

@@ -10,7 +10,7 @@ import pytest
 from service_testlib import API_KEY, images, json_request
 
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-from service import protocol
+from service.protocol import oip as protocol
 
 
 def test_server_metadata_lists_the_extensions(client: httpx.Client) -> None:

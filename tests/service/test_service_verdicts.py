@@ -12,7 +12,7 @@ import pytest
 from service_testlib import BackgroundServer, images, json_request, serve_in_thread
 
 from dyt_deploy.bench.stats import MIN_SAMPLES, judge
-from service.app import create_app
+from service.http.app import create_app
 from service.settings import Settings
 
 

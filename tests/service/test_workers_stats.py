@@ -18,8 +18,8 @@ import httpx
 import pytest
 from service_testlib import free_port, images, json_request, wait_ready
 
-from service.generation_stats import GenerationRecord, GenerationStats, quantiles
-from service.stats import STATS_FILE, MemoryStatsStore, SqliteStatsStore, merge_entries
+from service.telemetry.generation_stats import GenerationRecord, GenerationStats, quantiles
+from service.telemetry.stats import STATS_FILE, MemoryStatsStore, SqliteStatsStore, merge_entries
 
 REQUESTS = 100
 GENERATIONS = 24

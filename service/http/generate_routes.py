@@ -1,6 +1,6 @@
 """Triton's generate extension: ``POST /v2/models/{m}[/versions/{v}]/generate`` (one JSON answer) and
 ``/generate_stream`` (server-sent events, one per token), for text-generation models
-(:class:`~service.generative_model.GenerativeModel`). Request and answer fields: :mod:`service.generate`.
+(:class:`~service.models.generative.GenerativeModel`). Request and answer fields: :mod:`service.protocol.generate`.
 
 When the client goes away, generation stops after the step under way: ``/generate`` asks the
 connection between steps, a stream is cancelled by Starlette when the connection drops (its
@@ -22,10 +22,9 @@ from pydantic import BaseModel
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from .admission import request_body
-from .auth import require_api_key
-from .errors import BadRequest, ServiceError
-from .generate import (
+from ..errors import BadRequest, ServiceError
+from ..models.generative import GenerationRun, GenerativeModel
+from ..protocol.generate import (
     GenerateRequest,
     GenerateResponse,
     GenerateTokenEvent,
@@ -33,8 +32,9 @@ from .generate import (
     parse_generate_request,
     sse,
 )
-from .generative_model import GenerationRun, GenerativeModel
-from .routes_v2 import model_route
+from .admission import request_body
+from .auth import require_api_key
+from .oip_routes import model_route
 from .state import StateDep
 
 log = logging.getLogger("dyt_deploy.service")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .settings import BatchingConfig
+from ..settings import BatchingConfig
 from .worker import WorkerThread
 
 

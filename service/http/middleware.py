@@ -1,11 +1,11 @@
 """ASGI middleware that keeps bad or excessive traffic from hurting the server.
 
 * :class:`InFlightLimit`: 503 with Retry-After when the bound of requests in flight is reached
-  (health probes and /metrics are always answered). Behind service.admission.BodyGate, a request
+  (health probes and /metrics are always answered). Behind service.http.admission.BodyGate, a request
   counts only once its body is complete.
 * :class:`RequestTimeout`: 408 when the body has not arrived in time, 504 when handling took too long.
 
-Body limits, body deadlines and the API key are service.admission's.
+Body limits, body deadlines and the API key are service.http.admission's.
 
 All answer ``{"error": "..."}`` as the Open Inference Protocol asks.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from .metrics import ServiceMetrics
+from ..telemetry.metrics import ServiceMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -24,14 +24,14 @@ from dyt_deploy.repository import latest_version, read_manifest
 from dyt_deploy.runners import runner_for_folder
 from dyt_deploy.specs import TensorSpec
 
-from . import protocol
+from ..errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
+from ..protocol import oip
+from ..protocol.oip import Signature
+from ..settings import BatchingConfig, Settings
+from ..telemetry.metrics import ServiceMetrics
+from ..telemetry.stats import ModelStats, RequestTiming
 from .batching import DynamicBatcher
-from .errors import BadRequest, DeadlineExceeded, ServiceError, Unavailable
-from .metrics import ServiceMetrics
-from .model_config import ServingConfig, config_answer, read_serving_config
-from .protocol import Signature
-from .settings import BatchingConfig, Settings
-from .stats import ModelStats, RequestTiming
+from .config import ServingConfig, config_answer, read_serving_config
 from .worker import ModelWorker, batch_items
 
 log = logging.getLogger("dyt_deploy.service")
@@ -168,12 +168,12 @@ class ServedModel:
         self.require_ready()
         encoding = headers.get("content-encoding", "identity")
         if encoding.lower() != "identity":  # (behind BodyGate, bodies come inflated: on Ray they do not)
-            limit = self.json_limit() if headers.get(protocol.HEADER_LENGTH) is None else self.settings.max_body_bytes
-            body = await anyio.to_thread.run_sync(protocol.inflate_body, body, encoding, limit,
+            limit = self.json_limit() if headers.get(oip.HEADER_LENGTH) is None else self.settings.max_body_bytes
+            body = await anyio.to_thread.run_sync(oip.inflate_body, body, encoding, limit,
                                                   self.settings.max_inflate_ratio)
         started = time.perf_counter()
         try:
-            content, extra, timing, items = await self._answer(body, headers.get(protocol.HEADER_LENGTH))
+            content, extra, timing, items = await self._answer(body, headers.get(oip.HEADER_LENGTH))
         except Exception:
             self.stats.record_failure(time.perf_counter() - started)
             self.metrics.observe_failure(self.labels)
@@ -189,7 +189,7 @@ class ServedModel:
         """Decode, run and encode one request; its body, headers, stage times and batch items."""
         signature = self.require_signature()
         request, input_s = await timed_work(
-            lambda: protocol.decode_request(body, header_length, signature, self.settings.allow_nonfinite),
+            lambda: oip.decode_request(body, header_length, signature, self.settings.allow_nonfinite),
             decode_in_thread(body, header_length))
         try:
             outputs, queue_s, infer_s = await self.infer(request.inputs, request.timeout_s)
@@ -199,7 +199,7 @@ class ServedModel:
             raise BadRequest(f"model {self.name!r} could not run these inputs: {type(err).__name__}: {err}") from err
         size = sum(a.nbytes for a in outputs.values() if isinstance(a, np.ndarray))
         (content, extra), output_s = await timed_work(
-            lambda: protocol.encode_response(self.name, self.version, request, outputs, signature),
+            lambda: oip.encode_response(self.name, self.version, request, outputs, signature),
             size > INLINE_BYTES)
         items = request.batch_size if signature.batched else 1
         return content, extra, RequestTiming(queue_s, input_s, infer_s, output_s, 0.0), items
@@ -243,9 +243,9 @@ class ServedModel:
 
     def json_limit(self) -> int:
         """The largest all-JSON inference body this model takes (413 above it): its largest valid
-        request (:func:`service.protocol.json_body_limit`), within ``max_json_bytes``."""
+        request (:func:`service.protocol.oip.json_body_limit`), within ``max_json_bytes``."""
         cap = min(self.settings.max_json_bytes, self.settings.max_body_bytes)
-        return cap if self.signature is None else protocol.json_body_limit(self.signature, cap)
+        return cap if self.signature is None else oip.json_body_limit(self.signature, cap)
 
     def require_signature(self) -> Signature:
         if self.signature is None:

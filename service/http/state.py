@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from .metrics import ServiceMetrics
-from .registry import ModelRegistry
-from .settings import Settings
+from ..models.registry import ModelRegistry
+from ..settings import Settings
+from ..telemetry.metrics import ServiceMetrics
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ServiceState:
 
 
 def get_state_of(request: Request) -> ServiceState:
-    """The app's state (set by :func:`service.app.create_app`)."""
+    """The app's state (set by :func:`service.http.app.create_app`)."""
     return request.app.state.service
 
 

@@ -25,12 +25,12 @@ from dataclasses import dataclass
 import anyio
 from starlette.requests import Request
 
+from ..errors import ServiceError
+from ..protocol.oip import HEADER_LENGTH, inflate_body
+from ..settings import Settings
+from ..telemetry.metrics import ServiceMetrics
 from .auth import key_problem
-from .errors import ServiceError
-from .metrics import ServiceMetrics
 from .middleware import ASGIApp, Message, Receive, Scope, Send, header, send_error
-from .protocol import HEADER_LENGTH, inflate_body
-from .settings import Settings
 
 log = logging.getLogger("dyt_deploy.service")
 

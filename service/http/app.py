@@ -2,12 +2,12 @@
 
 Models are discovered when the app is made (a missing repository fails at once), then loaded and
 warmed in the lifespan, off the event loop; a model that fails to load is reported and the others
-serve. The app's shared state is one :class:`~service.state.ServiceState` (``app.state.service``),
+serve. The app's shared state is one :class:`~service.http.state.ServiceState` (``app.state.service``),
 which routes reach through the ``StateDep`` dependency. Middleware (outermost first): the API key
 (before any body is read), the body gate (the whole body read on a deadline, size and bytes in
-flight bounded; see service.admission), the in-flight bound (requests with a complete body), the
+flight bounded; see service.http.admission), the in-flight bound (requests with a complete body), the
 processing timeout, and the inference lane (``POST .../infer`` straight to its handler, see
-service.routes_v2.InferenceLane). Every error answers ``{"error": "..."}`` (:func:`answer_error`).
+service.http.oip_routes.InferenceLane). Every error answers ``{"error": "..."}`` (:func:`answer_error`).
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ from starlette.requests import ClientDisconnect
 import dyt_deploy
 from dyt_deploy.errors import DytDeployError
 
+from ..errors import ServiceError
+from ..protocol.schemas import add_infer_request_body, add_service_limits, validation_errors_are_400
+from ..settings import SETTINGS_ENV, Settings
 from .admission import ApiKeyGate, BodyGate
-from .errors import ServiceError
+from .dashboard_routes import router as extra_router
+from .generate_routes import router as generate_router
 from .middleware import InFlightLimit, RequestTimeout
-from .routes_extra import router as extra_router
-from .routes_generate import router as generate_router
-from .routes_v2 import InferenceLane
-from .routes_v2 import router as v2_router
-from .schemas import add_infer_request_body, add_service_limits, validation_errors_are_400
-from .settings import SETTINGS_ENV, Settings
+from .oip_routes import InferenceLane
+from .oip_routes import router as v2_router
 from .state import ServiceState
 
 log = logging.getLogger("dyt_deploy.service")

@@ -7,11 +7,11 @@ from pathlib import Path
 from dyt_deploy.errors import DytDeployError
 from dyt_deploy.repository import MANIFEST_NAME, list_model_folders
 
-from .errors import NotFound
-from .generative_model import GenerativeModel, is_generative
-from .metrics import ServiceMetrics
-from .served_model import ServedModel
-from .settings import Settings
+from ..errors import NotFound
+from ..settings import Settings
+from ..telemetry.metrics import ServiceMetrics
+from .generative import GenerativeModel, is_generative
+from .served import ServedModel
 
 
 def model_folders(repository: Path) -> list[Path]:

@@ -2,7 +2,7 @@
 ingress that speaks the same Open Inference Protocol v2 (and the dashboard, comparison and stats
 routes).
 
-    serve run service.ray_app:app_builder repository=/models num_replicas=2
+    serve run service.engines.ray:app_builder repository=/models num_replicas=2
     dyt-serve --engine ray --repository /models --replicas 2
 
 * ``router`` (the ingress, ``@serve.ingress``): routes ``/v2/models/{name}/...`` by model name to
@@ -10,7 +10,7 @@ routes).
   ``READY_TIMEOUT_S``), server metadata, the repository index, and the statistics, live ratios and
   controlled comparisons from every replica's numbers, and ``/metrics`` (counters of every replica
   added up; the latency histograms are Ray's own, per deployment).
-* ``model-<name>``: a replica holds the very app ``dyt-serve`` runs (:func:`service.app.create_app`)
+* ``model-<name>``: a replica holds the very app ``dyt-serve`` runs (:func:`service.http.app.create_app`)
   with that one model loaded in its constructor (a model that fails to load fails the replica,
   which Serve reports and retries); the request runs through it unchanged, so JSON, binary tensors,
   errors and limits behave as in ``dyt-serve``. ``check_health`` fails when the model is not ready.
@@ -18,7 +18,7 @@ routes).
   router as it is produced (a streaming deployment call); the router passes each event on, and
   when its client leaves, the call is cancelled, the app sees its client gone and the generation
   stops after the step under way.
-* ``stats``: one replica holding a :class:`~service.stats.MemoryStatsStore`. Every answer of a
+* ``stats``: one replica holding a :class:`~service.telemetry.stats.MemoryStatsStore`. Every answer of a
   model replica carries that replica's cumulative statistics (versioned) and new latency samples,
   and a text-generation model's replica its generation statistics too (counts and new samples of
   time to first token, inter-token gaps and tokens/s); the router publishes them once the answer
@@ -53,16 +53,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 import dyt_deploy
 from dyt_deploy.errors import DytDeployError, MissingBackendError
 
-from . import compare
-from .auth import key_problem
-from .generate import sse
-from .generation_stats import generation_summary, merge_generation_entries
-from .metrics import MODEL_LABELS
-from .registry import model_folders
-from .routes_extra import dashboard_page, security_headers
-from .routes_v2 import EXTENSIONS
-from .settings import Settings
-from .stats import MemoryStatsStore, merge_entries
+from ..http.auth import key_problem
+from ..http.dashboard_routes import dashboard_page, security_headers
+from ..http.oip_routes import EXTENSIONS
+from ..models.registry import model_folders
+from ..protocol.generate import sse
+from ..settings import Settings
+from ..telemetry import compare
+from ..telemetry.generation_stats import generation_summary, merge_generation_entries
+from ..telemetry.metrics import MODEL_LABELS
+from ..telemetry.stats import MemoryStatsStore, merge_entries
 
 try:  # optional: the ray extra
     from ray import serve
@@ -197,7 +197,7 @@ class ModelReplica:
     ``stats``: the stats deployment, for what a call whose client left recorded."""
 
     def __init__(self, repository: str, model: str, settings_json: str, stats: Any = None) -> None:
-        from .app import create_app
+        from ..http.app import create_app
 
         self.app = create_app(repository, Settings.from_json(settings_json))
         registry = self.app.state.service.registry
@@ -339,7 +339,7 @@ class StatsCollector:
 
 
 class RemoteStats:
-    """What :func:`service.compare.live_family` reads of a model's statistics, from a snapshot."""
+    """What :func:`service.telemetry.compare.live_family` reads of a model's statistics, from a snapshot."""
 
     def __init__(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
@@ -353,9 +353,9 @@ class RemoteStats:
 
 
 class RemoteGenerationStats:
-    """What :func:`service.compare.generation_of` reads of a model's generation statistics, from a
+    """What :func:`service.telemetry.compare.generation_of` reads of a model's generation statistics, from a
     snapshot: every replica's counts added up (``running`` of the replicas still alive, as
-    :func:`~service.generation_stats.merge_generation_entries` tells), percentiles over the merged
+    :func:`~service.telemetry.generation_stats.merge_generation_entries` tells), percentiles over the merged
     window."""
 
     def __init__(self, snapshot: dict[str, Any], window: int) -> None:
@@ -751,7 +751,7 @@ def build_app(repository: str | Path, settings: Settings | None = None, models: 
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """For ``serve run service.ray_app:app_builder repository=... num_replicas=2`` and the
+    """For ``serve run service.engines.ray:app_builder repository=... num_replicas=2`` and the
     ``import_path`` of ``serve deploy`` config files: ``args`` are :func:`build_app`'s keywords
     (strings from the command line are converted); ``threads`` sets the runners' threads."""
     keywords = dict(args)

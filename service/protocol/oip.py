@@ -9,7 +9,7 @@ Pure functions over bytes and numpy arrays, so every rule can be unit-tested wit
   Outputs are returned binary when the request asks (``outputs[].parameters.binary_data`` or the
   request-level ``parameters.binary_data_output``).
 
-The request's JSON is validated by the pydantic model :class:`~service.schemas.InferenceRequest`
+The request's JSON is validated by the pydantic model :class:`~service.protocol.schemas.InferenceRequest`
 (the same one the OpenAPI document shows); what is left by hand here is the binary extension's
 slicing, JSON data against its datatype, and the check against the model's signature (names,
 ranks, dims, datatypes, batch size). Datatypes map to numpy and BYTES tensors are (de)serialised
@@ -37,7 +37,7 @@ from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, ser
 
 from dyt_deploy.dtypes import oip_datatype
 
-from .errors import BadRequest, PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge
 from .schemas import DATATYPES, REQUEST_ERROR, InferenceRequest, RequestInput, RequestOutput
 
 BYTES = "BYTES"
@@ -243,7 +243,7 @@ def _parse_json_leniently(header: bytes) -> Any:
 
 
 def parse_request(header: bytes) -> InferenceRequest:
-    """The request's JSON, validated by :class:`~service.schemas.InferenceRequest`."""
+    """The request's JSON, validated by :class:`~service.protocol.schemas.InferenceRequest`."""
     raw = parse_json_header(header)
     try:
         return InferenceRequest.model_validate(raw)

@@ -15,7 +15,7 @@ from dyt_deploy.errors import DytDeployError
 from dyt_deploy.repository import latest_version, read_manifest
 from dyt_deploy.triton_config import DEFAULT_MAX_BATCH_SIZE, build_config, config_to_dict, is_batched, read_config
 
-from .settings import BatchingConfig
+from ..settings import BatchingConfig
 
 DEFAULT_PLATFORM = "onnxruntime_onnx"
 # AOTInductor folders (1/model.pt2) have no config.pbtxt (Triton has no backend for them): served as "aoti"

@@ -2,7 +2,7 @@
 the OpenAPI document), the responses the document describes, and the controlled comparison's body.
 
 The inference route reads its raw body (the binary extension appends tensor bytes to the JSON),
-so :mod:`service.protocol` validates the JSON part with :class:`InferenceRequest` itself, and
+so :mod:`service.protocol.oip` validates the JSON part with :class:`InferenceRequest` itself, and
 :func:`add_infer_request_body` adds the schema to the document.
 """
 
@@ -157,7 +157,7 @@ class InferenceRequest(StrictModel):
 
 
 def request_error(message: str) -> PydanticCustomError:
-    """A validation error whose message is complete as it is (see service.protocol.bad_request)."""
+    """A validation error whose message is complete as it is (see service.protocol.oip.bad_request)."""
     return PydanticCustomError(REQUEST_ERROR, "{message}", {"message": message})
 
 
@@ -178,7 +178,7 @@ class InferenceResponse(BaseModel):
 
 class CompareRequest(StrictModel):
     """A controlled latency comparison of the ready variants of one family (the server's bounds on
-    rounds and batch are its settings; the document shows them: see service.app.documented_limits)."""
+    rounds and batch are its settings; the document shows them: see service.http.app.documented_limits)."""
 
     family: str = Field(description="the family (dyt.json 'family') whose variants to compare")
     dims: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: {"batch": 1},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dyt_deploy.bench.stats import (
     MachineLoad,
@@ -25,9 +25,11 @@ from dyt_deploy.bench.stats import (
     summarize,
 )
 
-from .errors import BadRequest, NotFound, Unavailable
-from .registry import ModelRegistry
-from .served_model import ServedModel
+from ..errors import BadRequest, NotFound, Unavailable
+
+if TYPE_CHECKING:  # the models are passed in; telemetry never imports them at run time
+    from ..models.registry import ModelRegistry
+    from ..models.served import ServedModel
 
 BASELINE_NORMS = ("layernorm", "rmsnorm")
 LIVE_RESAMPLES = 200

@@ -1,4 +1,4 @@
-"""The optional API key. :class:`service.admission.ApiKeyGate` enforces it on every route but the
+"""The optional API key. :class:`service.http.admission.ApiKeyGate` enforces it on every route but the
 health probes (before any body is read); :func:`require_api_key` is the same check as a FastAPI
 dependency, which also shows the key's two header forms in the OpenAPI document."""
 
@@ -9,7 +9,7 @@ import secrets
 from fastapi import Depends
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import Unauthorized
+from ..errors import Unauthorized
 from .state import StateDep
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")

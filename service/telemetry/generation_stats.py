@@ -16,7 +16,7 @@ count). Prometheus's generation metrics add up every worker on their own.
 
 On Ray Serve a replica hands its entry and new samples (:meth:`GenerationStats.export`) to the
 router with its answers, and the router publishes them to the ``stats`` deployment
-(:mod:`service.ray_app`); the router's live view reads them back with :func:`generation_summary`.
+(:mod:`service.engines.ray`); the router's live view reads them back with :func:`generation_summary`.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def newer(samples: deque[GenerationSample], after: int) -> list[GenerationSample
 def generation_summary(counts: dict[str, Any], values: dict[str, list[float]],
                        window: int) -> tuple[dict[str, Any], tuple[list[float], list[float]]]:
     """:meth:`GenerationStats.report` of ``counts`` (an entry, or entries merged) and the window's
-    ``values`` by kind (:data:`~service.stats.GENERATION_KINDS`)."""
+    ``values`` by kind (:data:`~service.telemetry.stats.GENERATION_KINDS`)."""
     finished = counts["finished"]
     first, gaps = values["first_token"], values["gap"]
     summary = {"requests": sum(finished.values()) + counts["failed"], "running": counts["running"],

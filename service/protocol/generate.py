@@ -18,8 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadRequest, ServiceError
-from .protocol import parse_json_header
+from ..errors import BadRequest, ServiceError
+from .oip import parse_json_header
 
 DEFAULT_MAX_TOKENS = 32
 MAX_STOP_SEQUENCES = 16

@@ -20,7 +20,7 @@ import numpy as np
 
 from dyt_deploy.runners import Runner
 
-from .stats import ModelStats
+from ..telemetry.stats import ModelStats
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ model's worker thread, so the event loop never waits for the model, and several 
 /infer calls) on one model take turns step by step; other models run on their own threads.
 
 ``/infer`` keeps working on such a model as on any ONNX model (the raw decoder graph, as Triton
-serves the same folder); ``/generate`` and ``/generate_stream`` are :mod:`service.routes_generate`.
+serves the same folder); ``/generate`` and ``/generate_stream`` are :mod:`service.http.generate_routes`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from dyt_deploy.repository import MANIFEST_NAME, latest_version, read_manifest
 from dyt_deploy.runners import runner_for_folder
 from dyt_deploy.tokenizer import TOKENIZER_FILE, ByteTokenizer, FileTokenizer, TextStream, Tokenizer
 
-from .errors import BadRequest, Unavailable
-from .generate import EMPTY_PROMPT, GenerateRequest, GenerationFailed, StopSequences
-from .generation_stats import GenerationRecord, GenerationStats
-from .metrics import ServiceMetrics
-from .model_config import read_serving_config
-from .protocol import Signature
-from .served_model import ServedModel
-from .settings import Settings
+from ..errors import BadRequest, Unavailable
+from ..protocol.generate import EMPTY_PROMPT, GenerateRequest, GenerationFailed, StopSequences
+from ..protocol.oip import Signature
+from ..settings import Settings
+from ..telemetry.generation_stats import GenerationRecord, GenerationStats
+from ..telemetry.metrics import ServiceMetrics
+from .config import read_serving_config
+from .served import ServedModel
 
 if TYPE_CHECKING:  # torch comes with them: imported when a text-generation model loads, not with the service
     from dyt_deploy.export.decoder import DecoderSpec

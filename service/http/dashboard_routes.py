@@ -19,10 +19,11 @@ from pydantic import ValidationError
 
 from dyt_deploy.bench.palette import palette_document
 
-from . import compare, examples, protocol
+from ..errors import BadRequest, Conflict, NotFound
+from ..protocol import oip
+from ..protocol.schemas import ERROR_RESPONSES, CompareRequest
+from ..telemetry import compare, examples
 from .auth import require_api_key
-from .errors import BadRequest, Conflict, NotFound
-from .schemas import ERROR_RESPONSES, CompareRequest
 from .state import StateDep
 
 log = logging.getLogger("dyt_deploy.service")
@@ -43,7 +44,7 @@ async def dashboard() -> HTMLResponse:
 def dashboard_page() -> str:
     """dashboard.html with the plots' palette (dyt_deploy.bench.palette, the bench report's) in its
     ``application/json`` block, so the page and the report colour each variant alike."""
-    page = resources.files("service").joinpath("dashboard.html").read_text(encoding="utf-8")
+    page = resources.files("service.http").joinpath("dashboard.html").read_text(encoding="utf-8")
     return page.replace("{{PALETTE}}", json.dumps(palette_document()))
 
 
@@ -115,7 +116,7 @@ async def run_compare(request: Request, state: StateDep, _: None = Depends(requi
 
 def compare_request(body: bytes) -> CompareRequest:
     """The comparison's JSON body, validated; every problem is one 400."""
-    raw = protocol.parse_json_header(body)
+    raw = oip.parse_json_header(body)
     try:
         return CompareRequest.model_validate(raw)
     except ValidationError as err:

@@ -12,7 +12,7 @@ through a :class:`StatsStore`: each process publishes its cumulative entry (vers
 repeated publish never counts twice) and its new window samples; readers merge every process's
 entry (:func:`merge_entries`) and the newest samples of all. :class:`SqliteStatsStore` is the store
 of worker processes on one host; Ray Serve keeps a :class:`MemoryStatsStore` in a deployment. The
-generate routes' statistics (:mod:`service.generation_stats`) go to the same store the same way:
+generate routes' statistics (:mod:`service.telemetry.generation_stats`) go to the same store the same way:
 a versioned cumulative entry per process and recent samples by kind (time to first token, inter-token
 gap, tokens/s).
 """

@@ -15,10 +15,8 @@ from fastapi.responses import JSONResponse
 
 import dyt_deploy
 
-from . import protocol
-from .admission import INFER_PATH, request_body
-from .auth import require_api_key
-from .schemas import (
+from ..protocol import oip
+from ..protocol.schemas import (
     ERROR_RESPONSES,
     InferenceResponse,
     LiveBody,
@@ -27,6 +25,8 @@ from .schemas import (
     ReadyBody,
     ServerMetadata,
 )
+from .admission import INFER_PATH, request_body
+from .auth import require_api_key
 from .state import StateDep, get_state_of
 
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_configuration", "model_repository_index",
@@ -90,7 +90,7 @@ async def repository_index(request: Request, state: StateDep) -> list[dict[str, 
     """Every model folder with its state (READY, UNAVAILABLE) and, when it failed, the reason.
     Body (optional): ``{"ready": true}`` to list only ready models."""
     body = await request.body()
-    only_ready = bool(protocol.parse_json_header(body).get("ready", False)) if body.strip() else False
+    only_ready = bool(oip.parse_json_header(body).get("ready", False)) if body.strip() else False
     return [m.index_entry() for m in state.registry.models.values() if m.ready or not only_ready]
 
 
@@ -143,7 +143,7 @@ class InferenceLane:
     On 2 cores that path cost ~0.5 ms a request (~0.1 ms of CPU in a warm loop, several times that
     between inferences, when the caches are cold), a tenth of vit_tiny's inference: ``make
     bench-service`` measures what is left. Errors are answered by ``on_error``, the app's own
-    exception handler (:func:`service.app.answer_error`).
+    exception handler (:func:`service.http.app.answer_error`).
     """
 
     PATH = INFER_PATH
