@@ -57,7 +57,7 @@ async def started_run(request: Request, state: Any, model_name: str, model_versi
         GenerativeModel, GenerateRequest, GenerationRun]:
     model = generative(state, model_name, model_version)
     body = parse_generate_request(await request_body(request))
-    return model, body, model.start(body)
+    return model, body, await model.start(body)
 
 
 def header(model: GenerativeModel, body: GenerateRequest) -> dict[str, Any]:

@@ -136,7 +136,7 @@ class GenerativeModel(ServedModel):
     # ---------------------------------------------------------------------------------------
     # Generation
 
-    def start(self, request: GenerateRequest) -> GenerationRun:
+    async def start(self, request: GenerateRequest) -> GenerationRun:
         """A generation of ``request``, checked against the limits (every problem in one 400) and
         admitted (503 with Retry-After when ``max_generations`` run already)."""
         self.require_ready()
