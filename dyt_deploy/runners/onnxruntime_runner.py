@@ -27,6 +27,24 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
+# onnxruntime rewrites MatMul + bias Add into Gemm before its QDQ fusions run, and a DQ -> Gemm then
+# stays unfused (slower than fp32) or, for int8 3-D inputs, fails at session creation: INT8 (QDQ)
+# models run without that rewrite, so their DQ -> MatMul fuse into MatMulIntegerToFloat.
+QDQ_DISABLED_OPTIMIZERS = ["MatMulAddFusion"]
+
+
+def _disabled_optimizers(path: Path) -> list[str]:
+    """The graph rewrites to turn off for the model at ``path``: :data:`QDQ_DISABLED_OPTIMIZERS` for a
+    QDQ model (one with DequantizeLinear nodes), none otherwise."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # onnxruntime reports an unreadable file itself, in its own words
+        return []
+    return list(QDQ_DISABLED_OPTIMIZERS) if any(n.op_type == "DequantizeLinear" for n in graph.node) else []
+
+
 class OnnxRuntimeRunner(Runner):
     """Runs an .onnx file in onnxruntime.
 
@@ -67,7 +85,8 @@ class OnnxRuntimeRunner(Runner):
             )
         if not self.path.is_file():
             raise RunnerError(f"{self.path}: no such ONNX file")
-        self.session = ort.InferenceSession(str(self.path), self._options(ort), providers=wanted)
+        self.session = ort.InferenceSession(str(self.path), self._options(ort), providers=wanted,
+                                            disabled_optimizers=_disabled_optimizers(self.path))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
