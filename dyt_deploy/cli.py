@@ -115,6 +115,12 @@ def export(
     task: str = typer.Option("default", help="default (one forward pass) or text-generation (a zoo llama decoder "
                              "with past key/values, checked by greedy decoding; -o is a folder with model.onnx and "
                              "genai_config.json for onnxruntime-genai)."),
+    precision: str = typer.Option("fp32", help="fp32, or int8: DyT folded and quantized (QDQ; DyT-fed inputs at "
+                                  "the scale the graph gives, no data; see dyt quantize), judged by the INT8 "
+                                  "verdict; a folder's default name gets -int8."),
+    activations: str = typer.Option("dynamic", help="int8: inputs the DyT math does not bound: dynamic (no data), "
+                                    "static (--calibration) or float."),
+    calibration: Path = typer.Option(None, help="int8 with --activations static: a .npz of model inputs."),
 ) -> None:
     """Export MODEL to ONNX with DyT in the chosen form, verify it against PyTorch, and write it.
 
@@ -126,7 +132,15 @@ def export(
     config = ExportConfig(arch=arch, form=form, opset=opset, dynamic=parse_dynamic(dynamic), input_shapes=input_shape,
                           dtype=dtype, fold=fold, atol=atol, rtol=rtol, samples=samples, verify=verify,
                           repository=repository, name=name, family=family, force=force, trust_pickle=trust_pickle,
-                          weights=weights, backend=backend, task=task)
+                          weights=weights, backend=backend, task=task, precision=precision, activations=activations,
+                          calibration=calibration)
+    if config.precision == "int8":
+        from .quantize.cli import run_quantize
+        from .quantize.config import QuantizeOptions
+
+        run_quantize(model, output, config, QuantizeOptions(activations=activations, calibration=calibration,
+                                                            samples=samples, verify=verify))
+        return
     try:
         result = export_model(model, output, config, progress=_progress_printer())
     except VerificationFailed as failure:
@@ -546,6 +560,16 @@ def _mount_reference() -> None:
 
 
 _mount_reference()
+
+
+def _mount_quantize() -> None:
+    """``dyt quantize``, defined beside the quantize package."""
+    from .quantize.cli import quantize
+
+    app.command("quantize")(quantize)
+
+
+_mount_quantize()
 
 
 @app.command("serve", add_help_option=False,

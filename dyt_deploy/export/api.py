@@ -88,12 +88,22 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
                  progress: Progress | None = None) -> ExportResult:
     """Export ``model_path`` as ``config`` says (default: ``ExportConfig()``), verify, then write.
 
+    ``config.precision`` "int8" hands over to :func:`dyt_deploy.quantize.api.quantize_model` (and
+    returns its ``QuantizeResult``).
+
     Raises:
         VerificationFailed: outputs out of tolerance; nothing is written.
         DytDeployError: bad input of any kind; nothing is written.
     """
     started = time.perf_counter()
     config = config or ExportConfig()
+    if config.precision == "int8":
+        from ..quantize.api import quantize_model
+        from ..quantize.config import QuantizeOptions
+
+        options = QuantizeOptions(activations=config.activations, calibration=config.calibration,
+                                  samples=config.samples, verify=config.verify)
+        return quantize_model(model_path, output, config, options, progress)
     if config.task == "text-generation":
         from .decoder import export_decoder
 

@@ -16,6 +16,9 @@ from .forms import FORMS
 from .signature import KNOWN_DYNAMIC
 
 EXPORT_DTYPES = ("fp32", "fp16")
+# what the written model computes in: fp32/fp16 as ``dtype`` says, or INT8 (``dyt_deploy.quantize``)
+PRECISIONS = ("fp32", "int8")
+INT8_ACTIVATIONS = ("dynamic", "static", "float")  # dyt_deploy.quantize.plan.ACTIVATIONS
 # what a model folder is written for: onnxruntime (1/model.onnx) or OpenVINO (1/model.xml + model.bin, IR)
 BACKENDS = ("onnxruntime", "openvino")
 DEFAULT_OPSET = 20
@@ -52,6 +55,13 @@ class ExportConfig:
             form it can read (pattern or function).
         task: "default" (one forward pass, the model's own inputs) or "text-generation" (a zoo
             decoder with past key/values, verified by greedy decoding; see ``export.decoder``).
+        precision: "fp32" (default: the model as ``dtype`` says) or "int8": the exported fp32 model,
+            DyT folded, quantized by ``dyt_deploy.quantize`` (QDQ, DyT-fed inputs at the scale the
+            graph gives, no data) and judged by the INT8 verdict; a folder's default name gets
+            ``-int8`` (``ARCH-NORM-int8``), beside the fp32 one. Needs dtype fp32, the pattern form
+            and task default.
+        activations: int8 only: the inputs the DyT math does not bound, "dynamic" (default, no
+            data), "static" (ranges from ``calibration``, a .npz of model inputs) or "float".
     """
 
     arch: str | None = None
@@ -73,6 +83,9 @@ class ExportConfig:
     weights: str | None = None
     backend: str = "onnxruntime"
     task: str = "default"
+    precision: str = "fp32"
+    activations: str = "dynamic"
+    calibration: Path | None = None
 
     def __post_init__(self) -> None:
         if self.input_shapes is not None:
@@ -103,9 +116,26 @@ class ExportConfig:
                 found.append((field, f"{field} must be a non-negative number, not {value}"))
         if self.weights is not None:
             found += choice_problem("weights", self.weights, WEIGHTS)
-        found += self._backend_problems() + self._task_problems()
+        found += self._backend_problems() + self._task_problems() + self._precision_problems()
         if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
             found.append(("name", f"model folder name {self.name!r} must be a plain folder name"))
+        return found
+
+    def _precision_problems(self) -> list[tuple[str, str]]:
+        if self.precision not in PRECISIONS:
+            return choice_problem("precision", self.precision, PRECISIONS)
+        found = choice_problem("activations", self.activations, INT8_ACTIVATIONS)
+        if self.precision == "fp32":
+            if self.activations != "dynamic" or self.calibration is not None:
+                found.append(("activations", "--activations and --calibration are for --precision int8"))
+            return found
+        for field, wrong, why in (("dtype", self.dtype != "fp32", "int8 starts from an fp32 export (not fp16)"),
+                                  ("form", self.form != "pattern", "int8 writes the pattern form"),
+                                  ("task", self.task != "default", "int8 takes task default")):
+            if wrong:
+                found.append((field, why))
+        if (self.activations == "static") != (self.calibration is not None):
+            found.append(("calibration", "--activations static takes --calibration FILE.npz (and only it does)"))
         return found
 
     def _task_problems(self) -> list[tuple[str, str]]:
