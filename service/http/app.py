@@ -7,7 +7,8 @@ which routes reach through the ``StateDep`` dependency. Middleware (outermost fi
 (before any body is read), the body gate (the whole body read on a deadline, size and bytes in
 flight bounded; see service.http.admission), the in-flight bound (requests with a complete body), the
 processing timeout, and the inference lane (``POST .../infer`` straight to its handler, see
-service.http.oip_routes.InferenceLane). Every error answers ``{"error": "..."}`` (:func:`answer_error`).
+service.http.oip_routes.InferenceLane). Every error answers ``{"error": "..."}`` (:func:`answer_error`);
+under /v1/ (the OpenAI routes) in OpenAI's shape (service.http.openai_errors.OpenAIErrorShape).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from .generate_routes import router as generate_router
 from .middleware import InFlightLimit, RequestTimeout
 from .oip_routes import InferenceLane
 from .oip_routes import router as v2_router
+from .openai_errors import OpenAIErrorShape
+from .openai_routes import router as openai_router
 from .state import ServiceState
 
 log = logging.getLogger("dyt_deploy.service")
@@ -72,6 +75,7 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
     app.include_router(v2_router)
     app.include_router(generate_router)
     app.include_router(extra_router)
+    app.include_router(openai_router)
     add_error_handlers(app)
     app.add_middleware(InferenceLane, on_error=answer_error)
     app.add_middleware(RequestTimeout, timeout_s=settings.request_timeout_s, metrics=state.metrics)
@@ -81,6 +85,7 @@ def create_app(repository: str | Path | None = None, settings: Settings | None =
                        json_limit_of=state.registry.json_limit)
     app.add_middleware(ApiKeyGate, api_key=settings.api_key, public_metrics=settings.public_metrics,
                        metrics=state.metrics)
+    app.add_middleware(OpenAIErrorShape)  # outermost: /v1/ refusals in OpenAI's error shape
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
