@@ -78,7 +78,7 @@ def ray_rows(repo: Path, name: str, array: np.ndarray, args: argparse.Namespace)
         for replicas in (1, 2):
             threads = max(1, args.cpus // replicas)
             app = build_app(repo, Settings(threads=threads), num_replicas=replicas,
-                            num_cpus=min(1.0, args.cpus / replicas / 2), router_cpus=0.1)
+                            num_cpus=min(1.0, args.cpus / replicas / 2), ingress_cpus=0.1)
             serve.run(app, name="scale", route_prefix="/")
             wait_ready(f"http://127.0.0.1:{port}", seconds=300)
             rows.append({"engine": "ray", "replicas": replicas, "threads": threads,

@@ -132,7 +132,7 @@ def serve_on_ray(settings: Settings, host: str, port: int, scaling: RayScaling, 
 
     app = build_app(settings.repository, settings, num_replicas=scaling.replicas, autoscaling=autoscaling,
                     num_cpus=scaling.cpus, num_gpus=scaling.gpus)
-    run(app, host, port, address)
+    run(app, settings, host, port, address)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -58,4 +58,9 @@ class Unavailable(ServiceError):
 
     def __init__(self, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
+        self.retry_after_s = retry_after_s
         self.headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else {}
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its Retry-After (raised in a Ray replica, answered by the ingress)."""
+        return type(self), (str(self), self.retry_after_s)

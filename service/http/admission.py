@@ -49,7 +49,8 @@ class ApiKeyGate:
     """401 for a request without the server's API key (none set: every request passes). Open:
     the health probes, and ``/metrics`` when ``public_metrics``."""
 
-    def __init__(self, app: ASGIApp, api_key: str | None, public_metrics: bool, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, api_key: str | None, public_metrics: bool,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.app, self.api_key, self.metrics = app, api_key, metrics
         self.open_paths = PROBE_PATHS | ({"/metrics"} if public_metrics else set())
 
@@ -63,7 +64,8 @@ class ApiKeyGate:
         problem = key_problem(given, self.api_key)
         if problem is None:
             return await self.app(scope, receive, send)
-        self.metrics.rejected.labels("api_key").inc()
+        if self.metrics is not None:
+            self.metrics.rejected.labels("api_key").inc()
         await send_error(send, 401, problem, {"WWW-Authenticate": "Bearer"})
 
 

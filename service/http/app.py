@@ -20,7 +20,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -42,7 +41,7 @@ from .oip_routes import InferenceLane
 from .oip_routes import router as v2_router
 from .openai_errors import OpenAIErrorShape
 from .openai_routes import router as openai_router
-from .state import ServiceState
+from .state import ModelsFactory, ServiceState
 
 log = logging.getLogger("dyt_deploy.service")
 
@@ -51,7 +50,7 @@ log = logging.getLogger("dyt_deploy.service")
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load and warm every model in a worker thread, start the batchers; close them at shutdown."""
     registry = app.state.service.registry
-    await anyio.to_thread.run_sync(registry.load_all)
+    await registry.load()
     registry.start()
     ready = sum(m.ready for m in registry.models.values())
     log.info("dyt-serve: %d of %d models ready", ready, len(registry.models))
@@ -61,13 +60,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await registry.close()
 
 
-def create_app(repository: str | Path | None = None, settings: Settings | None = None) -> FastAPI:
+def create_app(repository: str | Path | None = None, settings: Settings | None = None,
+               models: ModelsFactory | None = None) -> FastAPI:
     """The service over ``repository`` (overrides ``settings.repository``); ``settings`` default to
-    ``Settings()``, which reads ``DYT_*`` environment variables."""
+    ``Settings()``, which reads ``DYT_*`` environment variables. ``models(settings, metrics)`` makes
+    the model backend: by default the repository's models in this process
+    (:class:`~service.models.registry.ModelRegistry`); Ray Serve's ingress passes its deployments'
+    (``service.engines.ray.RayModels``). Every route, limit, error and header is the same either way."""
     settings = settings or Settings()
     if repository is not None:
         settings = settings.model_copy(update={"repository": str(repository)})
-    state = ServiceState.create(settings)
+    state = ServiceState.create(settings, models)
     app = FastAPI(title="dyt-deploy inference service", version=dyt_deploy.__version__, lifespan=lifespan,
                   description="Open Inference Protocol v2 (KServe / Triton) with the binary tensor and "
                               "statistics extensions, plus DyT-vs-LayerNorm latency comparison.")

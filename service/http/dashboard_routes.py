@@ -153,6 +153,13 @@ async def last_compare(family: str, state: StateDep) -> dict[str, Any]:
     return report
 
 
+@router.get("/api/replicas", tags=["statistics"])
+async def replicas(state: StateDep) -> dict[str, dict[str, int]]:
+    """Per model, the requests answered (inferences and finished generations) by each process or,
+    on Ray Serve, each replica (by its id)."""
+    return {name: model.answered_by() for name, model in state.registry.models.items()}
+
+
 @router.get("/metrics", tags=["metrics"], response_class=Response)
 async def metrics(state: StateDep) -> Response:
     """Prometheus metrics: request, queue and compute-time histograms by model, family and variant."""

@@ -4,6 +4,7 @@ dependency (``state: StateDep``), as FastAPI's project template does with its se
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -12,6 +13,9 @@ from fastapi import Depends, Request
 from ..models.registry import ModelRegistry
 from ..settings import Settings
 from ..telemetry.metrics import ServiceMetrics
+
+ModelsFactory = Callable[[Settings, ServiceMetrics], ModelRegistry]
+"""Makes an app's model backend from its settings and metrics (see service.models.registry)."""
 
 
 @dataclass
@@ -34,10 +38,10 @@ class ServiceState:
     comparisons: Comparisons = field(default_factory=Comparisons)
 
     @classmethod
-    def create(cls, settings: Settings) -> ServiceState:
-        """The state of a new app: the repository's models discovered (not loaded yet)."""
+    def create(cls, settings: Settings, models: ModelsFactory | None = None) -> ServiceState:
+        """The state of a new app: its models (by default the repository's, discovered, not loaded yet)."""
         metrics = ServiceMetrics()
-        return cls(settings, ModelRegistry(settings, metrics), metrics)
+        return cls(settings, (models or ModelRegistry)(settings, metrics), metrics)
 
 
 def get_state_of(request: Request) -> ServiceState:

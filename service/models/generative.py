@@ -196,8 +196,66 @@ def decoder_spec_of(manifest: dict[str, Any]) -> DecoderSpec:
     return DecoderSpec(**found)
 
 
-class GenerationRun:
-    """One generation: its steps on the model's worker, its text (stop sequences cut), its timings.
+class GenerationTrack:
+    """What every generation keeps, wherever its tokens are made: its model's slot (``running``),
+    its record (prompt and output tokens, time to first token, gaps), why it ended, and the
+    statistics and metrics written once when it closes (:meth:`_finish`). :class:`GenerationRun`
+    makes the tokens here; a Ray model's run receives them from a replica
+    (``service.engines.ray.RemoteGenerationRun``). Routes use :meth:`pieces`, :meth:`rest`,
+    :meth:`summary`, :meth:`stop` and :meth:`close`."""
+
+    def __init__(self, model: GenerativeModel, prompt_tokens: int) -> None:
+        self.model = model
+        self.record = GenerationRecord(prompt_tokens)
+        self.finish_reason: str | None = None
+        self.started = time.perf_counter()
+        self.last_token_at: float | None = None
+        self.failed = self.closed = False
+        model.running += 1
+        model.generation_stats.started()
+        model.metrics.generations_running.labels(*model.labels).inc()
+
+    def pieces(self) -> AsyncIterator[tuple[int, str]]:
+        raise NotImplementedError
+
+    def rest(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        """A token came: its time, and one more output token."""
+        now = time.perf_counter()
+        if self.last_token_at is None:
+            self.record.time_to_first_token_s = now - self.started
+        else:
+            self.record.gaps_s.append(now - self.last_token_at)
+        self.last_token_at = now
+        self.record.output_tokens += 1
+
+    def _finish(self) -> None:
+        """Free the model's slot and record the generation (once, from :meth:`close`)."""
+        self.model.running -= 1
+        end = self.last_token_at if self.last_token_at is not None else time.perf_counter()
+        self.record.seconds = end - self.started
+        self.record.finish_reason = self.finish_reason or "cancelled"
+        self.model.finished(self.record, self.failed)
+
+    def summary(self) -> dict[str, Any]:
+        """Why it ended, token counts and timings (the answer's fields besides the text)."""
+        first = self.record.time_to_first_token_s
+        return {"finish_reason": self.finish_reason or "cancelled", "prompt_tokens": self.record.prompt_tokens,
+                "output_tokens": self.record.output_tokens,
+                "time_to_first_token_ms": None if first is None else round(first * 1e3, 3),
+                "tokens_per_s": round(self.record.tokens_per_s, 3)}
+
+
+class GenerationRun(GenerationTrack):
+    """One generation made here: its steps on the model's worker, its text (stop sequences cut).
 
     :meth:`pieces` yields ``(index, text)`` per token; :meth:`close` (idempotent, also run when
     :meth:`pieces` ends in any way) stops the decoding, frees the model's slot and records the
@@ -207,18 +265,11 @@ class GenerationRun:
     def __init__(self, model: GenerativeModel, prompt: list[int], settings: GenerationSettings,
                  stops: list[str]) -> None:
         assert model.generator is not None
-        self.model, self.settings = model, settings
+        super().__init__(model, len(prompt))
+        self.settings = settings
         self.cancel = threading.Event()
         self.tokens = model.generator.tokens(prompt, settings, self.cancel)
         self.text, self.stops = TextStream(model.tokenizer), StopSequences(stops)
-        self.record = GenerationRecord(len(prompt))
-        self.finish_reason: str | None = None
-        self.started = time.perf_counter()
-        self.last_token_at: float | None = None
-        self.failed = self.closed = False
-        model.running += 1
-        model.generation_stats.started()
-        model.metrics.generations_running.labels(*model.labels).inc()
 
     async def pieces(self) -> AsyncIterator[tuple[int, str]]:
         """``(index, text piece)`` of each token as it comes; a piece may be empty while a character
@@ -241,13 +292,7 @@ class GenerationRun:
             self.close()
 
     def _took(self, token: int) -> str:
-        now = time.perf_counter()
-        if self.last_token_at is None:
-            self.record.time_to_first_token_s = now - self.started
-        else:
-            self.record.gaps_s.append(now - self.last_token_at)
-        self.last_token_at = now
-        self.record.output_tokens += 1
+        self._tick()
         piece = self.stops.push(self.text.push(token))
         if self.stops.stopped:
             self.finish_reason = "stop"
@@ -278,16 +323,4 @@ class GenerationRun:
             self.model.worker.executor.submit(self.tokens.close)
         except RuntimeError:  # the worker is shut down (the server is stopping)
             pass
-        self.model.running -= 1
-        end = self.last_token_at if self.last_token_at is not None else time.perf_counter()
-        self.record.seconds = end - self.started
-        self.record.finish_reason = self.finish_reason or "cancelled"
-        self.model.finished(self.record, self.failed)
-
-    def summary(self) -> dict[str, Any]:
-        """Why it ended, token counts and timings (the answer's fields besides the text)."""
-        first = self.record.time_to_first_token_s
-        return {"finish_reason": self.finish_reason or "cancelled", "prompt_tokens": self.record.prompt_tokens,
-                "output_tokens": self.record.output_tokens,
-                "time_to_first_token_ms": None if first is None else round(first * 1e3, 3),
-                "tokens_per_s": round(self.record.tokens_per_s, 3)}
+        self._finish()

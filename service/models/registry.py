@@ -1,8 +1,17 @@
-"""Every model of the repository, by name: discovery, loading, readiness, lookup."""
+"""Every model of the repository, by name: discovery, loading, readiness, lookup.
+
+:class:`ModelRegistry` is the model backend of the app (``service.http.app.create_app``): the routes
+reach models only through it (``get``, ``families``, ``ready``, ``json_limit``) and the models'
+own interface (metadata, ``infer``/``handle``, ``start`` a generation, statistics). The Ray Serve
+engine's backend (``service.engines.ray.RayModels``) is a registry whose models call deployment
+handles; the app cannot tell them apart.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import anyio
 
 from dyt_deploy.errors import DytDeployError
 from dyt_deploy.repository import MANIFEST_NAME, list_model_folders
@@ -38,6 +47,10 @@ class ModelRegistry:
     def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self.settings = settings
         self.models = {f.name: served_model(f, settings, metrics) for f in model_folders(settings.repository_path)}
+
+    async def load(self) -> None:
+        """Load and warm every model (in a worker thread: the event loop keeps answering probes)."""
+        await anyio.to_thread.run_sync(self.load_all)
 
     def load_all(self) -> None:
         """Load and warm every model, one after the other (blocking; run it off the event loop)."""

@@ -91,6 +91,7 @@ class ServedModel:
         self.batcher: DynamicBatcher | None = None
         self.stats = ModelStats(settings.stats_window)
         self.worker = ModelWorker(self.name, self.stats)
+        self.source = f"pid-{os.getpid()}"  # who answers its requests (a Ray model: each replica's id)
 
     @property
     def family(self) -> str:
@@ -233,6 +234,24 @@ class ServedModel:
     async def timed(self, feed: dict[str, np.ndarray]) -> float:
         """Compute time of one call made on the model's worker (between traffic calls)."""
         return await self.worker.timed(feed)
+
+    async def run_aside(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        """One call on the model's worker outside the traffic statistics (the dashboard's labelled
+        examples): its outputs and compute seconds."""
+        self.require_ready()
+        return await self.worker.executor.call(self._run_aside, feed)
+
+    def _run_aside(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+        runner = self.worker.runner
+        outputs = runner.infer(feed)
+        return outputs, float(runner.last_inference_time or 0.0)
+
+    def answered_by(self) -> dict[str, int]:
+        """Requests answered (inferences and generations), by who answered them: this process
+        (a Ray model: by replica)."""
+        generations = getattr(self, "generation_stats", None)
+        finished = generations.finished["stop"] + generations.finished["length"] if generations is not None else 0
+        return {self.source: self.stats.success_count + finished}
 
     # ---------------------------------------------------------------------------------------
     # Descriptions

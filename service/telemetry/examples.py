@@ -62,21 +62,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum()
 
 
-def _predict_once(model: Any, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Blocking, on the model's worker: one example through its runner; class, confidence, latency."""
-    runner = model.worker.runner
-    outputs = runner.infer(feed)
-    logits = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(-1)
-    probabilities = softmax(logits)
-    label = int(probabilities.argmax())
-    return {"label": label, "confidence": float(probabilities[label]),
-            "latency_ms": float(runner.last_inference_time or 0.0) * 1e3}
-
-
 async def predictions(model: Any, name: str, images: np.ndarray) -> list[dict[str, Any]]:
-    """The model's prediction on each image, one call each on its worker (in turn with its traffic)."""
-    return [await model.worker.executor.call(_predict_once, model, {name: images[i:i + 1]})
-            for i in range(len(images))]
+    """The model's class, confidence and compute latency on each image, one call each, in turn with
+    its traffic (``model.run_aside``: on its worker, or its Ray replica)."""
+    found = []
+    for i in range(len(images)):
+        outputs, seconds = await model.run_aside({name: images[i:i + 1]})
+        logits = np.asarray(next(iter(outputs.values())), dtype=np.float64).reshape(-1)
+        probabilities = softmax(logits)
+        label = int(probabilities.argmax())
+        found.append({"label": label, "confidence": float(probabilities[label]), "latency_ms": seconds * 1e3})
+    return found
 
 
 async def family_examples(family: str, models: list[Any]) -> dict[str, Any] | None:

@@ -1,12 +1,12 @@
 """Generation on Ray Serve (service.engines.ray): a tiny llama decoder exported with --task text-generation,
 one replica whose decoder steps are slowed (so that a stream takes a measurable time), behind the
-router and Serve's HTTP proxy on a local Ray instance of 2 CPUs.
+ingress and Serve's HTTP proxy on a local Ray instance of 2 CPUs.
 
 A /generate_stream arrives event by event as the replica generates, adds up to /generate's text, and
 a client that drops it stops the generation on the replica within a few steps (the replica's
-generation statistics count it as cancelled). The router's /api/live and /metrics show the replica's
-generation statistics, a dropped stream and a left /generate included (the replica publishes those
-itself). Skipped, with the reason, where Ray is not installed or cannot start.
+generation statistics count it as cancelled). The ingress's /api/live and /metrics count the
+generations as they reached it, a dropped stream and a left /generate included.
+Skipped, with the reason, where Ray is not installed or cannot start.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TOKENS = 30
 
 class SlowReplica(ray_app.ModelReplica):
     """The model replica with every decoder step slowed by ``STEP_S``, and its own generation
-    statistics for the test to read (to check what the router shows against)."""
+    statistics for the test to read (to check what the ingress shows against)."""
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -67,7 +67,7 @@ def textgen_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def deployed(textgen_repository: Path) -> Iterator[str]:
     """A local Ray instance (2 CPUs), Serve's proxy on a free loopback port, and the decoder on one
-    slowed replica behind the router; yields the proxy's ``host:port`` once it is ready."""
+    slowed replica behind the ingress; yields the proxy's ``host:port`` once it is ready."""
     try:
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
     except Exception as err:  # pragma: no cover - depends on the host
@@ -80,7 +80,7 @@ def deployed(textgen_repository: Path) -> Iterator[str]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ray_app, "ModelReplica", SlowReplica)
             app = ray_app.build_app(textgen_repository, Settings(threads=1, warmup_runs=1), num_replicas=1,
-                                    num_cpus=0.25, router_cpus=0.1)
+                                    num_cpus=0.25, ingress_cpus=0.1)
         serve.run(app, name=APP, route_prefix="/")
         deadline = time.monotonic() + 120
         while httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10).status_code != 200:
@@ -98,7 +98,7 @@ def generation(address: str) -> dict[str, Any]:
 
 
 def live_generation(address: str) -> dict[str, Any]:
-    """The decoder's generation figures in the router's /api/live."""
+    """The decoder's generation figures in the ingress's /api/live."""
     (family,) = httpx.get(f"http://{address}/api/live", timeout=30).json()["families"]
     (variant,) = family["variants"]
     assert variant["generation"] is not None, variant
@@ -138,7 +138,7 @@ def test_a_stream_arrives_event_by_event_and_adds_up_to_generate(deployed: str) 
     assert [e.get("index") for e in framed_events(raw.content)] == [0, 1, 2, 3, None]
     refused = httpx.post(f"{url}/generate_stream", json=body(10**6), timeout=60)
     assert refused.status_code == 400 and "max_tokens" in refused.json()["error"]
-    shown = live_generation(deployed)  # both answers carried the replica's statistics to the router
+    shown = live_generation(deployed)  # both answers carried the replica's statistics
     assert shown["finish_reasons"]["length"] >= 2 and shown["requests"] == generation(deployed)["requests"]
     assert httpx.get(f"{url}/stats", timeout=30).status_code == 200
 
@@ -167,7 +167,7 @@ def test_a_client_that_leaves_a_generate_call_stops_it_on_its_replica(deployed: 
     assert after["running"] == 0 and after["output_tokens"] - before["output_tokens"] < 35
 
 
-def test_the_routers_live_view_and_metrics_show_the_replicas_generations(deployed: str) -> None:
+def test_the_ingress_live_view_and_metrics_show_the_replicas_generations(deployed: str) -> None:
     url = f"http://{deployed}/v2/models/{MODEL}"
     before = live_generation(deployed)
     assert before["running"] == 0
@@ -179,7 +179,6 @@ def test_the_routers_live_view_and_metrics_show_the_replicas_generations(deploye
         wait_for(lambda: live_generation(deployed)["running"] == 1, "a stream under way is not shown running")
     with pytest.raises(httpx.ReadTimeout):  # a /generate whose client leaves
         httpx.post(f"{url}/generate", json=body(50), timeout=0.5)
-    # no answer carries the two cancelled generations: the replica publishes them itself
     wait_for(lambda: live_generation(deployed)["cancelled"] == before["cancelled"] + 2,
              f"the cancelled generations are not shown: {live_generation(deployed)}")
     after, own = live_generation(deployed), generation(deployed)
@@ -187,11 +186,13 @@ def test_the_routers_live_view_and_metrics_show_the_replicas_generations(deploye
     assert after["finish_reasons"]["length"] == before["finish_reasons"]["length"] + 2
     assert after["prompt_tokens"] - before["prompt_tokens"] == 4 * len(PROMPT)
     assert 13 < after["output_tokens"] - before["output_tokens"] < 13 + 50
-    counts = ("requests", "running", "failed", "cancelled", "finish_reasons", "prompt_tokens", "output_tokens")
-    assert {k: after[k] for k in counts} == {k: own[k] for k in counts}  # one replica: its figures
-    for figure in ("time_to_first_token_ms", "inter_token_ms", "tokens_per_s"):
-        assert after[figure] == pytest.approx(own[figure]), figure
-    assert after["inter_token_ms"]["p50"] >= 0.8 * STEP_S * 1e3  # the slowed steps
+    counts = ("requests", "running", "failed", "cancelled", "finish_reasons", "prompt_tokens")
+    assert {k: after[k] for k in counts} == {k: own[k] for k in counts}  # one replica: what it did
+    # tokens and times as the ingress received them: a cancelled generation's replica may have made a
+    # token or two that never reached the ingress; each token took a slowed step, and the ride back
+    assert own["output_tokens"] - 4 <= after["output_tokens"] <= own["output_tokens"]
+    assert after["inter_token_ms"]["p50"] >= 0.8 * STEP_S * 1e3
+    assert after["time_to_first_token_ms"]["p50"] >= own["time_to_first_token_ms"]["p50"] * 0.8
     metrics = httpx.get(f"http://{deployed}/metrics", timeout=30).text
 
     def value(name: str, label: str) -> float:

@@ -47,11 +47,11 @@ def ray_serve() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def deployed(ray_serve: str, repository: Path) -> str:
-    """Both ViTs, 2 replicas each (a quarter CPU apiece), behind the router; waits for readiness."""
+    """Both ViTs, 2 replicas each (a quarter CPU apiece), behind the ingress; waits for readiness."""
     from service.engines.ray import build_app
 
     app = build_app(repository, Settings(threads=1, warmup_runs=1), models=list(MODELS), num_replicas=2,
-                    num_cpus=0.25, router_cpus=0.1)
+                    num_cpus=0.25, ingress_cpus=0.1)
     serve.run(app, name=APP, route_prefix="/")
     deadline = time.monotonic() + 120
     while httpx.get(f"http://{ray_serve}/v2/health/ready", timeout=10).status_code != 200:

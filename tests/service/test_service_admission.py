@@ -26,8 +26,8 @@ from service_testlib import API_KEY, BackgroundServer, images, json_request, ser
 
 from service.http.admission import ApiKeyGate
 from service.http.app import create_app
-from service.telemetry.metrics import ServiceMetrics
 from service.settings import Settings
+from service.telemetry.metrics import ServiceMetrics
 
 KEY = {"x-api-key": API_KEY}
 INFER = "/v2/models/vit-dyt/infer"

@@ -10,10 +10,10 @@ import pytest
 
 from dyt_deploy.errors import OptionError
 from service import cli
-from service.telemetry.metrics import ServiceMetrics
 from service.models.config import ServingConfig, read_serving_config
 from service.models.served import ServedModel
 from service.settings import BatchingConfig, Settings
+from service.telemetry.metrics import ServiceMetrics
 
 NESTED_BATCHING = """name: "vit-dyt"
 platform: "onnxruntime_onnx"

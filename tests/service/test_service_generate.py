@@ -37,8 +37,8 @@ import dyt_deploy
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
-from service.http.app import create_app
 from service.errors import BadRequest
+from service.http.app import create_app
 from service.protocol.generate import StopSequences, parse_generate_request
 from service.settings import Settings
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from service_testlib import BackgroundServer, serve_in_thread
 
-from service.protocol import oip as protocol
 from service.http.app import create_app
+from service.protocol import oip as protocol
 from service.settings import Settings
 
 IMAGE = 224

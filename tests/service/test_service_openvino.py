@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from dyt_deploy.export import export_onnx
 from dyt_deploy.runners import runner_for_folder
-from service.http.app import create_app
 from service.cli import app as serve_app
 from service.cli import settings_from_options
+from service.http.app import create_app
 from service.settings import Settings
 
 OV, ONNX = "vit-dyt-openvino", "vit-dyt"

@@ -22,8 +22,8 @@ from service_testlib import (
 )
 
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
-from service.telemetry.metrics import ServiceMetrics
 from service.http.middleware import RequestTimeout
+from service.telemetry.metrics import ServiceMetrics
 
 KEY = {"x-api-key": API_KEY}
 URL = "/v2/models/vit-dyt/infer"

@@ -23,11 +23,11 @@ from starlette.requests import Request
 
 from service.http.admission import BODY_KEY, ApiKeyGate, BodyGate, request_body
 from service.http.app import create_app
-from service.telemetry.metrics import ServiceMetrics
 from service.http.middleware import InFlightLimit, RequestTimeout
 from service.http.oip_routes import InferenceLane
-from service.settings import Settings
 from service.models.worker import WorkerThread
+from service.settings import Settings
+from service.telemetry.metrics import ServiceMetrics
 
 
 def _api_routes(routes: list[Any]) -> list[APIRoute]:

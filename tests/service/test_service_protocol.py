@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from service.protocol import oip as protocol
 from service.errors import BadRequest
+from service.protocol import oip as protocol
 from service.protocol.oip import Signature, TensorSignature
 
 SIGNATURE = Signature(

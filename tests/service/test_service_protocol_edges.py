@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from service.protocol import oip as protocol
 from service.errors import BadRequest
+from service.protocol import oip as protocol
 from service.protocol.oip import DecodedRequest, RequestedOutput, Signature, TensorSignature
 
 TEXT = Signature(inputs=(TensorSignature("text", "BYTES", ("batch",)),),
