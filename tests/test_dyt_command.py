@@ -14,7 +14,7 @@ from dyt_deploy.errors import DytDeployError, OptionError
 from dyt_deploy.export import ExportConfig
 
 runner = CliRunner()
-SUBCOMMANDS = ("export", "form", "check", "bench", "build", "serve", "zoo", "generate", "train-reference")
+SUBCOMMANDS = ("export", "form", "check", "bench", "build", "serve", "zoo", "generate", "train-reference", "quantize")
 
 
 def flat(text: str) -> str:
