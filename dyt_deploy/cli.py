@@ -410,6 +410,8 @@ def bench(
     data: Path = typer.Option(None, help="A .npz of samples (as dyt-check --data): adds accuracy (or perplexity) per "
                               "variant, runtime and precision; comparable between the reference twins (dyt "
                               "train-reference), not between converted (untrained) twins."),
+    precisions: str = typer.Option("fp32", help="Of the ort/openvino runners: fp32 and/or int8 (each variant's "
+                                   "INT8 models without calibration data and with it, timed beside fp32)."),
 ) -> None:
     """Time the norm variants of MODEL on each runner, interleaved, and write report.{json,md,html}."""
     import os
@@ -434,7 +436,7 @@ def bench(
         seqs=_ints(seq),
         optimizers=_names(optimizers), layer_tokens=_ints(layer_tokens), threads=threads, warmup=warmup, iters=iters,
         baseline=baseline, layer=layer, profile=profile, overrides=_overrides(config), task=task,
-        decode_tokens=decode_tokens, data=data)
+        decode_tokens=decode_tokens, data=data, precisions=_names(precisions))
 
     from .bench.api import benchmark
     from .bench.report import RESULT_COLUMNS, SUMMARY_COLUMNS, results_table, summary_table, write_reports
@@ -463,6 +465,10 @@ def bench(
     from .bench.report import accuracy_headlines, with_summary
 
     for sentence in accuracy_headlines(with_summary(report)):
+        console.print(sentence, highlight=False)
+    from .bench.int8 import int8_sentences
+
+    for sentence in int8_sentences(report):
         console.print(sentence, highlight=False)
     console.print(f"wrote {paths['json']}, {paths['md']}, {paths['html']}", highlight=False)
 

@@ -25,7 +25,8 @@ from .variants import VARIANTS, VariantSet
 BATCH = 64
 NAMES = {"dyt": "DyT", "dyt-folded": "DyT (folded)", "layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "derf": "Derf"}
 RUNTIMES = {"ort": "onnxruntime", "openvino": "OpenVINO", "ort-cuda": "onnxruntime CUDA", "torch": "PyTorch",
-            "torch-compile": "torch.compile", "aoti": "AOTInductor"}
+            "torch-compile": "torch.compile", "aoti": "AOTInductor", "ort-int8": "onnxruntime INT8",
+            "openvino-int8": "OpenVINO INT8"}
 
 
 # -- the reference twins --------------------------------------------------------------------------
@@ -111,8 +112,11 @@ def _runner_logits(runner: Runner, data: CheckData) -> np.ndarray:
 
 
 def _precision(group: str) -> str:
-    """A torch group's precision is its setting (``torch/fp16``); ONNX groups run fp32."""
-    setting = group.partition("/")[2]
+    """A torch group's precision is its setting (``torch/fp16``); INT8 groups (``ort-int8/no-data``,
+    ``bench.int8``) run int8; other ONNX groups fp32."""
+    runtime, _, setting = group.partition("/")
+    if runtime.endswith("-int8"):
+        return "int8"
     return setting if setting in ("fp16", "bf16") else "fp32"
 
 

@@ -107,6 +107,15 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
             if kind == "aoti":
                 say(f"compile an AOTInductor package per variant ({dtype})", 0, 0)
             groups[group] = _torch_runners(variant_set, kind, config, dtype, work)
+    int8_calibration = None
+    if "int8" in config.precisions and onnx_files:
+        from .int8 import calibration_file, int8_groups
+
+        calibration, int8_calibration = calibration_file(config.data, next(iter(feeds.values())), work)
+        groups.update(int8_groups(onnx_files, onnx_kinds, config.threads, work, calibration, say))
+        if "fp32" not in config.precisions:
+            for group in [g for g in groups if g.partition("/")[0] in onnx_kinds]:
+                del groups[group]
     skipped_runners = _activate_or_skip(groups)
     _check_baseline(config, groups, skipped_runners)
     everyone = [runner for members in groups.values() for runner in members.values()]
@@ -122,6 +131,10 @@ def _run(config: BenchConfig, work: Path, say: Callable[[str, int, int], None]) 
         runner.deactivate()
     report = _report(config, timings, feeds, fusions)
     report["accuracy"] = accuracy
+    if int8_calibration is not None:
+        from .int8 import int8_section
+
+        report["int8"] = int8_section(timings, machine_load(load_average()).as_dict(), int8_calibration)
     report["settings"].update(model=variant_set.source, own_norm=variant_set.own, variants_made=variant_set.made,
                               not_timed=not_timed, optimizers_skipped=skipped_optimizers,
                               runners_skipped=skipped_runners, device=config.device, dtypes=list(config.dtypes))
@@ -203,7 +216,8 @@ def _report(config: BenchConfig, timings: Timings, feeds: dict, fusions: dict) -
                      "iters": config.iters, "threads": config.threads or "default",
                      "ort_opt_level": "all", "ort_thread_spinning": False,
                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
-                     "optimizers": list(config.optimizers), "fusions": fusions},
+                     "optimizers": list(config.optimizers), "fusions": fusions,
+                     "precisions": list(config.precisions)},
         "results": [{**r.as_dict(), "median_ci_ms": list(median_interval(timings.seconds[(r.group, r.shape,
                                                                                             r.variant)]))}
                     for r in rows],

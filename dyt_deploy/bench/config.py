@@ -14,6 +14,8 @@ from ..checkpoint import WEIGHTS
 from ..errors import OptionError, choice_problem
 from .variants import OPTIMIZERS, VARIANTS
 
+INT8_PRECISIONS = ("fp32", "int8")  # bench.int8.PRECISIONS
+
 # runners of the ONNX files (one group per optimizer for ort/ort-cuda) and of the modules themselves
 ONNX_BENCH_RUNNERS = ("ort", "openvino", "ort-cuda")
 TORCH_BENCH_RUNNERS = ("torch", "torch-compile", "torch-triton", "torch-optimize", "aoti")
@@ -69,6 +71,9 @@ class BenchConfig:
         decode_tokens: text-generation: decode steps per timed call (each step is one sample).
         data: a .npz of samples (``dyt-check --data``'s format): every timed runner also runs them, and
             the report gets accuracy (or perplexity) per variant x runtime x precision (``bench.accuracy``).
+        precisions: of the ONNX runners (ort, openvino): "fp32" (default) and/or "int8": each variant's
+            INT8 models, without calibration data and with it, in groups of their own (``bench.int8``),
+            and the report's ``int8`` section (INT8 / fp32 per norm, DyT INT8 vs LayerNorm INT8).
     """
 
     arch: str = "vit_small"
@@ -96,6 +101,7 @@ class BenchConfig:
     task: str = "default"
     decode_tokens: int = 32
     data: Path | None = None
+    precisions: tuple[str, ...] = ("fp32",)
 
     def __post_init__(self) -> None:
         if self.task == "text-generation":
@@ -104,7 +110,7 @@ class BenchConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         for name in ("variants", "runners", "batches", "seqs", "optimizers", "layer_tokens", "input_shapes",
-                     "dtypes"):
+                     "dtypes", "precisions"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.runners:
             object.__setattr__(self, "runners", DEFAULT_RUNNERS["cpu" if self.device == "cpu" else "cuda"])
@@ -135,7 +141,8 @@ class BenchConfig:
         found = [(name, message) for name, known, values in (
             ("variants", VARIANTS, self.variants),
             ("runners", GENERATION_RUNNERS if generation else BENCH_RUNNERS, self.runners),
-            ("optimizers", OPTIMIZERS, self.optimizers), ("dtypes", BENCH_DTYPES, self.dtypes))
+            ("optimizers", OPTIMIZERS, self.optimizers), ("dtypes", BENCH_DTYPES, self.dtypes),
+            ("precisions", INT8_PRECISIONS, self.precisions))
             if (message := _unknown(name, values, known))]
         found += choice_problem("task", self.task, TASKS)
         if self.decode_tokens < 1:
@@ -148,7 +155,9 @@ class BenchConfig:
                           else f"{self.data}: no such file"))
         if self.weights is not None:
             found += choice_problem("weights", self.weights, WEIGHTS)
-        for name in ("variants", "runners", "batches", "optimizers"):
+        if "int8" in self.precisions and (generation or not set(self.runners) & {"ort", "openvino"}):
+            found.append(("precisions", "int8 is timed on the ort and openvino runners (task default)"))
+        for name in ("variants", "runners", "batches", "optimizers", "precisions"):
             if not getattr(self, name):
                 found.append((name, f"{name} must not be empty"))
         if self.variants and self.baseline not in self.variants:

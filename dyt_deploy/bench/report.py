@@ -367,6 +367,11 @@ def markdown(report: dict) -> str:
                                           *[""] * (len(SUMMARY_COLUMNS) - 1)]) + " |")
     lines += ["", summary_note(report)]
     lines += [line for sentence in accuracy_headlines(report) for line in ("", sentence)]
+    from .int8 import int8_sentences
+
+    int8 = int8_sentences(report)
+    if int8:
+        lines += ["", "## INT8: what it buys each norm, and what it needs", "", *(f"- {line}" for line in int8)]
     for table in detail_tables(report):
         lines += _md_table(table)
     for note in report.get("notes", []):
