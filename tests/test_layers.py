@@ -34,12 +34,15 @@ ALLOWED = {
     "check_data": {"errors", "parity", "specs"},  # dyt-check --data: a labelled .npz against the model's inputs
     "reference": {"errors", "models", "repository"},  # the trained reference twins (train-reference)
     "optimize_model": {"errors", "kernels", "nn"},  # optimize(model): fold, kernels, torch.compile
+    # INT8: exports the fp32 model (export), judges it (check_data, parity, the reference twins' test set)
+    "quantize": {"check_data", "checkpoint", "errors", "export", "feeds", "models", "parity", "reference",
+                 "repository", "runners", "specs"},
 }
 TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
 ALLOWED_SERVICE = {"cli", "demo"}
 # command-line modules that belong to the top layer: dyt-build beside the engine, dyt-check --data's
-# tables, dyt train-reference beside the reference twins
-COMMAND_LINE = {"engine/cli.py": "cli", "check_cli.py": "cli", "reference/cli.py": "cli"}
+# tables, dyt train-reference beside the reference twins, dyt quantize beside the quantize package
+COMMAND_LINE = {"engine/cli.py": "cli", "check_cli.py": "cli", "reference/cli.py": "cli", "quantize/cli.py": "cli"}
 
 
 def unit_of(path: Path) -> str:

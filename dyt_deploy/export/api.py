@@ -88,8 +88,7 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
                  progress: Progress | None = None) -> ExportResult:
     """Export ``model_path`` as ``config`` says (default: ``ExportConfig()``), verify, then write.
 
-    ``config.precision`` "int8" hands over to :func:`dyt_deploy.quantize.api.quantize_model` (and
-    returns its ``QuantizeResult``).
+    ``config.precision`` "int8" is :func:`dyt_deploy.quantize.quantize_model`'s (above this layer).
 
     Raises:
         VerificationFailed: outputs out of tolerance; nothing is written.
@@ -97,13 +96,10 @@ def export_model(model_path: str | Path, output: str | Path | None = None, confi
     """
     started = time.perf_counter()
     config = config or ExportConfig()
-    if config.precision == "int8":
-        from ..quantize.api import quantize_model
-        from ..quantize.config import QuantizeOptions
-
-        options = QuantizeOptions(activations=config.activations, calibration=config.calibration,
-                                  samples=config.samples, verify=config.verify)
-        return quantize_model(model_path, output, config, options, progress)
+    if config.precision == "int8":  # quantize sits above export (it exports the fp32 model first)
+        raise DytDeployError("export_model writes fp32/fp16 models; for precision int8 call "
+                             "dyt_deploy.quantize.quantize_model(model, output, config), as dyt-export --precision "
+                             "int8 does")
     if config.task == "text-generation":
         from .decoder import export_decoder
 
