@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo reference test test-docker docs mutation lint bench bench-generate bench-export bench-service stress bench-scale bench-gpu gpu-check clean
+.PHONY: demo reference test test-docker docs mutation lint bench bench-int8 bench-generate bench-export bench-service stress kserve-env bench-scale bench-gpu gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,19 @@ $(VENV)/.installed-mutation: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/dyt-bench --model vit_small --runners ort,openvino,torch --batch 1,8 --threads 2 --warmup 5 --iters 30 -o reports/bench
 
+# INT8 (README "INT8 without calibration data", docs/int8.md): latency of vit_small (random weights) DyT folded and
+# LayerNorm, fp32 and INT8 without/with calibration data, onnxruntime and OpenVINO, 2 threads, interleaved; accuracy
+# and agreement of the trained digit twins (make reference's, reused); then which layers run INT8 and where the time goes
+bench-int8: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt-bench --model vit_small --variants dyt-folded,layernorm --baseline layernorm \
+		--runners ort,openvino --precisions fp32,int8 --optimizers none --batch 1,8 --threads 2 --warmup 3 --iters 20 \
+		--no-layer --no-profile -o reports/bench-int8/latency
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt train-reference --task image -o $(REFERENCE_DIR)/image
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt-bench $(REFERENCE_DIR)/image/dyt/checkpoint.pth --variants dyt-folded,layernorm \
+		--runners ort,openvino --precisions fp32,int8 --optimizers none --batch 8 --threads 2 --warmup 2 --iters 5 \
+		--no-layer --no-profile --data $(REFERENCE_DIR)/image/test.npz -o reports/bench-int8/accuracy
+	$(BIN)/python benchmarks/int8_profile.py --arch vit_small --batch 1 --threads 2
+
 # text generation, DyT vs RMSNorm: a zoo decoder scaled to ~100 M parameters (llama_small at dim 768, 12 layers),
 # time to first token at prompts 16/64/256 and decode tokens/s at batch 1 and 8, torch/onnxruntime/onnxruntime-genai
 bench-generate: $(STAMP)
@@ -80,9 +93,19 @@ bench-export: $(STAMP)
 bench-service: $(STAMP)
 	$(BIN)/python benchmarks/service_latency.py --arch vit_small,vit_tiny --norm dyt --seconds 10
 
-# a burst, a sustained load and a fuzz set against a live dyt-serve (not part of make test)
+# a burst, a sustained load and a fuzz set against a live dyt-serve, then Schemathesis over its OpenAPI
+# document (every operation; under 5 minutes); not part of make test
 stress: $(STAMP)
 	$(BIN)/python benchmarks/stress.py
+	$(BIN)/python benchmarks/openapi_fuzz.py --max-examples 25 --max-time 240
+
+# KServe's Python SDK in its own environment (its pins, protobuf < 7 and psutil < 6, are older than
+# .venv's); tests/service/test_openai_conformance.py runs its client from there, and skips without it
+kserve-env: .venv-kserve/.installed
+.venv-kserve/.installed:
+	test -x .venv-kserve/bin/python || $(PYTHON) -m venv .venv-kserve
+	.venv-kserve/bin/python -m pip install --quiet kserve numpy
+	touch $@
 
 # throughput at concurrency 1/4/16 with 1 vs 2 Ray Serve replicas (and 1 vs 2 uvicorn workers), same cores
 bench-scale: $(STAMP)
