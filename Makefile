@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 PORT   ?= 8000
 # make demo trains (first time) or reuses the image twins in $(REFERENCE_DIR)/image; TEXT=1 adds the text twins
 demo: $(STAMP)
-	$(BIN)/python -m dyt_deploy.demo --port $(PORT) --reference $(REFERENCE_DIR)$(if $(TEXT), --text)
+	$(BIN)/python -m service.demo --port $(PORT) --reference $(REFERENCE_DIR)$(if $(TEXT), --text)
 
 # the trained reference twins (README "Reference models"): reused while reference/TASK/card.json matches;
 # make reference REFERENCE_FLAGS=--retrain trains them again

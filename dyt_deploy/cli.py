@@ -583,8 +583,13 @@ _mount_quantize()
 def serve(ctx: typer.Context) -> None:
     """Serve a model repository over the Open Inference Protocol v2 (same options as dyt-serve; dyt serve --help).
 
-    The service package (FastAPI, uvicorn) loads only when this command runs.
+    The service package (FastAPI, uvicorn) loads only when this command runs, found through the
+    ``dyt-serve`` console script's entry point: dyt_deploy never imports the service (which builds
+    on it).
     """
-    from service.cli import main
+    from importlib.metadata import entry_points
 
-    sys.exit(main(list(ctx.args)))
+    found = entry_points(group="console_scripts", name="dyt-serve")
+    if not found:
+        raise DytDeployError("dyt-serve is not installed; pip install dyt-deploy (the service is part of it)")
+    sys.exit(next(iter(found)).load()(list(ctx.args)))

@@ -46,7 +46,7 @@ def demo_command(port: int, reference: Path) -> list[str]:
     done = subprocess.run(["make", "-n", "-s", "demo", f"PORT={port}", "STAMP=Makefile",
                            f"REFERENCE_DIR={reference}"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    line = next(ln for ln in done.stdout.splitlines() if "dyt_deploy.demo" in ln)
+    line = next(ln for ln in done.stdout.splitlines() if "service.demo" in ln)
     command = shlex.split(line)
     command[0] = str(ROOT / command[0])  # the venv's python: a symlink, kept as is (resolving it leaves the venv)
     return command

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.cli import export_app
-from dyt_deploy.demo import EXAMPLES_FILE, command_line, dyt_sites, reference_ready, write_examples
+from service.demo.run import EXAMPLES_FILE, command_line, dyt_sites, reference_ready, write_examples
 from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
 from dyt_deploy.reference import ensure_reference
@@ -56,7 +56,7 @@ def test_the_hint_command_runs_as_printed_without_the_venv_on_path() -> None:
 def test_make_demo_takes_a_port() -> None:
     done = subprocess.run(["make", "-n", "demo", "PORT=8123", "STAMP=Makefile"], cwd=ROOT, capture_output=True,
                           text=True, check=True)
-    assert "-m dyt_deploy.demo --port 8123" in done.stdout
+    assert "-m service.demo --port 8123" in done.stdout
 
 
 def test_make_demo_caches_the_twins_in_the_reference_folder_and_text_adds_the_text_twins() -> None:

@@ -30,10 +30,11 @@ def resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The project modules ``path`` imports (``from pkg import mod`` counts as ``pkg.mod`` when it is one)."""
+def imports_of(name: str, path: Path, known: dict[str, Path], tree: ast.AST | None = None) -> set[str]:
+    """The project modules ``path`` (parsed: ``tree``) imports (``from pkg import mod`` counts as
+    ``pkg.mod`` when it is one)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree or ast.parse(path.read_text())):
         targets = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -100,3 +101,37 @@ def test_the_package_has_no_import_circles() -> None:
 ])
 def test_the_cycle_finder_finds_cycles(edges: dict[str, set[str]], expected: list[list[str]]) -> None:
     assert cycles(edges) == expected
+
+
+# service/'s layers, lowest first: a module may import service modules of its own layer or below
+# (the subpackages' docstrings say the same); type-only imports (under ``if TYPE_CHECKING:``) aside.
+SERVICE_LAYERS = (("service.errors", "service.settings"), ("service.protocol",), ("service.telemetry",),
+                  ("service.models",), ("service.http",), ("service.engines",), ("service.cli", "service.demo"))
+# the one import of service from dyt_deploy: the `dyt` command's `dyt serve` hands over to dyt-serve
+
+
+def layer_of(module: str) -> int | None:
+    for rank, prefixes in enumerate(SERVICE_LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return rank
+    return None
+
+
+def runtime_imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """:func:`imports_of` without the imports under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = [ast.Pass()]
+    return imports_of(name, path, known, tree)
+
+
+def test_service_imports_only_downward_and_dyt_deploy_never_imports_service() -> None:
+    known, upward = modules(), []
+    for name, path in known.items():
+        targets = runtime_imports(name, path, known)
+        if name.startswith("dyt_deploy"):
+            upward += [f"{name} -> {t}" for t in targets if t.startswith("service")]
+        elif (rank := layer_of(name)) is not None:
+            upward += [f"{name} -> {t}" for t in targets if (layer_of(t) or 0) > rank]
+    assert not upward, "imports against the layers:\n" + "\n".join(sorted(upward))

@@ -12,17 +12,19 @@ Only what is Ray's lives here:
   dyt-serve), generations as a stream of pieces (:meth:`ModelReplica.generate`), timed calls for
   comparisons and its description (metadata, configuration, state). ``check_health`` fails when
   the model is not ready.
-* ``ingress`` (:class:`Ingress`): the app, whose model backend is :class:`RayModels`: a model
-  registry whose models (:class:`RemoteModel`) run their requests on the deployments' handles.
+* ``ingress`` (:class:`Ingress`): the app, whose model backend is
+  :class:`~service.engines.ray_models.RayModels`: a model registry whose models run their requests
+  on the deployments' handles.
   HTTP parsing, validation, limits (body size and read time, in-flight bound, time-outs), the API
   key, errors, headers, statistics, metrics, the dashboard and comparisons are the app's, defined
   once; the ingress records each answer's statistics as dyt-serve does, with the replica that
   answered (``/api/replicas``). Readiness follows the deployments (each model asked every
   ``READY_POLL_S``). One ingress replica: the statistics are its own.
-* The HTTP proxy (Ray's own uvicorn): :func:`proxy_middlewares`, installed through Ray's proxy
-  callback, puts the API key in front of Ray's own routes (``/-/routes``, ``/-/healthz``), drops
-  the headers with which a client could lift Ray's time-outs, and gives the proxy dyt-serve's HTTP
-  parser (malformed requests and oversized heads answered in JSON).
+* The HTTP proxy (Ray's own uvicorn): :func:`~service.engines.ray_proxy.proxy_middlewares`,
+  installed through Ray's proxy callback, puts the API key in front of Ray's own routes
+  (``/-/routes``, ``/-/healthz``), drops the headers with which a client could lift Ray's
+  time-outs, and gives the proxy dyt-serve's HTTP parser (malformed requests and oversized heads
+  answered in JSON).
 
 Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without it, and
 :func:`build_app` says what to install.
@@ -30,7 +32,6 @@ Ray is optional (``pip install "dyt-deploy[ray]"``): this module imports without
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -43,14 +44,13 @@ import numpy as np
 
 from dyt_deploy.errors import DytDeployError, MissingBackendError
 
-from ..errors import ServiceError, Unavailable
-from ..models.generative import GenerationTrack, GenerativeModel, decoder_spec_of, is_generative
+from ..models.generative import is_generative
 from ..models.registry import ModelRegistry, model_folders
-from ..models.served import UNAVAILABLE, ServedModel
-from ..protocol.generate import GenerateRequest, GenerationFailed
-from ..protocol.oip import Signature
-from ..settings import SETTINGS_ENV, Settings
+from ..protocol.generate import GenerateRequest
+from ..settings import Settings
 from ..telemetry.metrics import ServiceMetrics
+from .ray_models import RayModels
+from .ray_proxy import ray_environment
 
 try:  # optional: the ray extra
     from ray import serve
@@ -59,14 +59,7 @@ except ImportError:  # pragma: no cover - exercised where ray is missing
 
 log = logging.getLogger("dyt_deploy.service")
 
-READY_TIMEOUT_S = 5.0  # a model whose replicas do not answer within this is not ready
-READY_POLL_S = 2.0  # how often the ingress asks each model deployment
-FIRST_LOAD_TIMEOUT_S = 600.0  # how long the ingress waits for a model's first answer when it starts
 INGRESS_ONGOING = 4096  # the app bounds requests in flight itself (503 past --max-in-flight)
-RETRY_AFTER_S = 1
-PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-# a client could lift Ray's request time-out or its cancellation on disconnect with these
-EDGE_HEADERS = frozenset({b"x-request-timeout-seconds", b"x-request-disconnect-disabled"})
 
 
 def require_ray() -> Any:
@@ -74,21 +67,6 @@ def require_ray() -> Any:
     if serve is None:
         raise MissingBackendError('Ray Serve is not installed; pip install "dyt-deploy[ray]" (or "ray[serve]")')
     return serve
-
-
-def remote_error(name: str, err: BaseException) -> Exception:
-    """What the client is told when a call to model ``name``'s deployment fails: the service's
-    own error raised in the replica (a 400, a 503...) as it is; a replica that died, or none
-    running, or all busy: 503 with Retry-After (the client may retry); anything else as raised
-    (the app answers it as for dyt-serve)."""
-    cause = getattr(err, "cause", None) or err
-    if isinstance(cause, ServiceError | DytDeployError | GenerationFailed):
-        return cause
-    kind = type(cause).__name__
-    if kind in {"RayActorError", "ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError",
-                "BackPressureError", "WorkerCrashedError"} or isinstance(cause, asyncio.TimeoutError):
-        return Unavailable(f"model {name!r} has no replica to answer ({kind}); retry", RETRY_AFTER_S)
-    return cause if isinstance(cause, Exception) else RuntimeError(str(cause))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,177 +138,6 @@ class ModelReplica:
             raise RuntimeError(f"model {self.model.name} is not ready: {self.model.reason}")
 
 
-# ---------------------------------------------------------------------------------------------
-# The models as the ingress's app sees them
-
-
-class RemoteModel(ServedModel):
-    """A model deployment, as the app serves any model: requests are decoded, checked, timed and
-    answered here by :class:`ServedModel`'s own code; only the run itself goes to a replica."""
-
-    def __init__(self, name: str, handle: Any, settings: Settings, metrics: ServiceMetrics) -> None:
-        super().__init__(settings.repository_path / name, settings, metrics)
-        self.deployment = handle  # (ServedModel.handle is the request path)
-        self.answers: dict[str, int] = {}  # requests answered, by replica
-        self.described = False
-
-    def load(self) -> None:  # pragma: no cover - the registry's load() describes remote models
-        raise TypeError("a remote model is described by RayModels.load, not loaded")
-
-    async def describe(self, timeout_s: float) -> None:
-        """Ask a replica what it serves; READY when one answers, else UNAVAILABLE with the reason
-        (a model described once keeps its description)."""
-        try:
-            found = await asyncio.wait_for(self.deployment.describe.remote(), timeout_s)
-        except Exception as err:
-            self.state = UNAVAILABLE
-            self.reason = f"no replica of model {self.name!r} answered within {timeout_s:g} s ({type(err).__name__})"
-            return
-        if not self.described:
-            self._take(found)
-            self.described = True
-        self.state, self.reason = found["state"], found["reason"]
-
-    def _take(self, found: dict[str, Any]) -> None:
-        self.manifest, self.config, self.version = found["manifest"], found["config"], found["version"]
-        self.batching, self.runtime = found["batching"], found["runtime"]
-        self.signature = Signature.from_manifest(self.manifest, self.config.max_batch_size)
-
-    def start_batcher(self) -> None:
-        """Nothing to start: requests are batched in the replicas."""
-
-    async def close(self) -> None:
-        """Nothing to close: the replicas hold the runners."""
-
-    def answered(self, source: str) -> None:
-        self.answers[source] = self.answers.get(source, 0) + 1
-
-    def answered_by(self) -> dict[str, int]:
-        return dict(self.answers)
-
-    async def _infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float]:
-        try:
-            outputs, queue_s, infer_s, source = await self.deployment.infer.remote(feed)
-        except Exception as err:
-            raise remote_error(self.name, err) from None
-        self.answered(source)
-        return outputs, queue_s, infer_s
-
-    async def timed(self, feed: dict[str, np.ndarray]) -> float:
-        try:
-            return await self.deployment.timed.remote(feed)
-        except Exception as err:
-            raise remote_error(self.name, err) from None
-
-    async def run_aside(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
-        self.require_ready()
-        try:
-            return await self.deployment.run_aside.remote(feed)
-        except Exception as err:
-            raise remote_error(self.name, err) from None
-
-
-class RemoteGenerativeModel(RemoteModel, GenerativeModel):
-    """A text-generation deployment: generations run in a replica and stream back
-    (:class:`RemoteGenerationRun`); admission (``--max-generations``), statistics and metrics are
-    the ingress's, as dyt-serve's are its own."""
-
-    def _take(self, found: dict[str, Any]) -> None:
-        super()._take(found)
-        self.spec = decoder_spec_of(self.manifest)  # a comparison's example feeds
-
-    async def start(self, request: GenerateRequest) -> RemoteGenerationRun:
-        self.require_ready()
-        if self.running >= self.settings.max_generations:
-            raise Unavailable(f"model {self.name!r} is generating for {self.running} requests (limit "
-                              f"{self.settings.max_generations}, --max-generations); retry later",
-                              self.settings.retry_after_s)
-        call = self.deployment.options(stream=True).generate.remote(request)
-        try:
-            _, prompt_tokens, source = await call.__anext__()
-        except Exception as err:  # the request's limits (400), a busy replica (503), none running
-            call.cancel()
-            raise remote_error(self.name, err) from None
-        return RemoteGenerationRun(self, call, prompt_tokens, source)
-
-
-class RemoteGenerationRun(GenerationTrack):
-    """A generation streamed from a replica: its pieces as they come, timed here; :meth:`stop`
-    cancels the replica's call (its generation stops after the step under way)."""
-
-    def __init__(self, model: RemoteGenerativeModel, call: Any, prompt_tokens: int, source: str) -> None:
-        super().__init__(model, prompt_tokens)
-        self.call, self.source, self.held = call, source, ""
-
-    async def pieces(self) -> AsyncIterator[tuple[int, str]]:
-        try:
-            while self.finish_reason is None:
-                try:
-                    item = await self.call.__anext__()
-                except StopAsyncIteration:
-                    item = ("lost",)
-                except Exception as err:
-                    self.failed = True
-                    raise GenerationFailed(f"model {self.model.name!r} failed while generating: "
-                                           f"{remote_error(self.model.name, err)}") from None
-                if item[0] == "piece":
-                    self._tick()
-                    yield item[1], item[2]
-                elif item[0] == "end":
-                    self.held, self.finish_reason = item[1], item[2]
-                else:
-                    self.failed = True
-                    raise GenerationFailed(f"model {self.model.name!r}: its replica ended the stream early")
-        finally:
-            self.close()
-
-    def rest(self) -> str:
-        return self.held
-
-    def stop(self) -> None:
-        if self.finish_reason is None:
-            self.finish_reason = "cancelled"
-            self.call.cancel()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.stop()
-        if self.finish_reason in ("stop", "length"):
-            self.model.answered(self.source)
-        self._finish()
-
-
-class RayModels(ModelRegistry):
-    """The app's model backend on Ray Serve: a :class:`RemoteModel` per model deployment."""
-
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, handles: dict[str, Any],
-                 generative: set[str]) -> None:
-        self.settings = settings
-        self.models = {name: (RemoteGenerativeModel if name in generative else RemoteModel)(
-            name, handle, settings, metrics) for name, handle in handles.items()}
-        self.watching: asyncio.Task | None = None
-
-    async def load(self) -> None:
-        """Wait for each model's first answer (the deployments start beside the ingress), then
-        follow their readiness in the background."""
-        await asyncio.gather(*(m.describe(FIRST_LOAD_TIMEOUT_S) for m in self.models.values()))
-        self.watching = asyncio.get_running_loop().create_task(self.watch())
-
-    async def watch(self) -> None:
-        while True:
-            await asyncio.sleep(READY_POLL_S)
-            await asyncio.gather(*(m.describe(READY_TIMEOUT_S) for m in self.models.values()))
-
-    def load_all(self) -> None:  # pragma: no cover - see load()
-        raise TypeError("RayModels are loaded with await load()")
-
-    async def close(self) -> None:
-        if self.watching is not None:
-            self.watching.cancel()
-
-
 class Ingress:
     """The ingress deployment: the service's app over :class:`RayModels` (built in the replica,
     after the deployment handles have reached it)."""
@@ -344,49 +151,6 @@ class Ingress:
 
         return create_app(settings=self.settings, models=lambda settings, metrics: RayModels(
             settings, metrics, self.handles, self.generative))
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray's HTTP proxy
-
-
-class EdgeHeaders:
-    """Drops the request headers with which a client could lift Ray's request time-out or its
-    cancellation when the client leaves (``x-request-timeout-seconds``,
-    ``x-request-disconnect-disabled``)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and any(k in EDGE_HEADERS for k, _ in scope["headers"]):
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in EDGE_HEADERS]}
-        await self.app(scope, receive, send)
-
-
-def proxy_middlewares() -> list[Any]:
-    """Ray's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, run in the proxy
-    process before it serves): the API key of ``$DYT_SERVE_SETTINGS`` checked before Ray's own
-    routes as before the app's (health probes open), the edge headers dropped, and dyt-serve's HTTP
-    parser (JSON 400 for malformed HTTP, 431 for heads over 64 KiB) for the proxy's server."""
-    import uvicorn.config
-    from starlette.middleware import Middleware
-
-    from ..http.admission import ApiKeyGate
-    from . import uvicorn as engine
-
-    if engine.HttpToolsProtocol is not None:  # the proxy's server takes uvicorn's "auto" protocol
-        uvicorn.config.HTTP_PROTOCOLS["auto"] = "service.engines.uvicorn:BoundedHttpToolsProtocol"
-    text = os.environ.get(SETTINGS_ENV)
-    settings = Settings.from_json(text) if text else Settings()
-    return [Middleware(ApiKeyGate, api_key=settings.api_key, public_metrics=settings.public_metrics),
-            Middleware(EdgeHeaders)]
-
-
-def ray_environment(settings: Settings) -> dict[str, str]:
-    """The environment Ray's processes need (set before Ray starts: its processes inherit it): the
-    proxy callback and the settings it reads."""
-    return {PROXY_CALLBACK_ENV: "service.engines.ray:proxy_middlewares", SETTINGS_ENV: settings.to_json()}
 
 
 # ---------------------------------------------------------------------------------------------

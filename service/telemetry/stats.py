@@ -7,11 +7,11 @@ preparation (decoding, batch assembly); ``compute_infer`` the backend call (the 
 ``last_inference_time``); ``compute_output`` output extraction and encoding. ``inference_count``
 counts batch items, ``execution_count`` backend calls (a dynamic batch counts once).
 
-Several processes serving the same models (``dyt-serve --workers N``, Ray Serve replicas) add up
+Several processes serving the same models (``dyt-serve --workers N``) add up
 through a :class:`StatsStore`: each process publishes its cumulative entry (versioned, so a late or
 repeated publish never counts twice) and its new window samples; readers merge every process's
 entry (:func:`merge_entries`) and the newest samples of all. :class:`SqliteStatsStore` is the store
-of worker processes on one host; Ray Serve keeps a :class:`MemoryStatsStore` in a deployment. The
+of worker processes on one host (on Ray Serve, the ingress records every answer itself). The
 generate routes' statistics (:mod:`service.telemetry.generation_stats`) go to the same store the same way:
 a versioned cumulative entry per process and recent samples by kind (time to first token, inter-token
 gap, tokens/s).
@@ -230,65 +230,6 @@ class SharedView:
     def publish(self, version: int, entry: dict, samples: list[Sample]) -> None:
         self.store.publish(self.model, self.source, version, entry, samples)
         self.published = max([self.published, *(s[0] for s in samples)])
-
-
-class MemoryStatsStore:
-    """A store in one process's memory (Ray Serve's stats deployment holds one); ``window``: samples
-    kept per model."""
-
-    def __init__(self, window: int = 2048) -> None:
-        self.size = window
-        self._entries: dict[str, dict[str, tuple[int, dict]]] = {}
-        self._samples: dict[str, dict[tuple[str, int], Sample]] = {}
-        self._generation_entries: dict[str, dict[str, tuple[int, dict]]] = {}
-        self._generation_samples: dict[str, dict[tuple[str, int], GenerationSample]] = {}
-
-    def publish(self, model: str, source: str, version: int, entry: dict, samples: list[Sample]) -> None:
-        keep_newer(self._entries.setdefault(model, {}), source, version, entry)
-        kept = self._samples.setdefault(model, {})
-        kept.update({(source, s[0]): tuple(s) for s in samples})  # type: ignore[misc]
-        if len(kept) > 2 * self.size:
-            newest = sorted(kept.items(), key=lambda item: item[1][1])[-self.size:]
-            self._samples[model] = dict(newest)
-
-    def entries(self, model: str) -> list[dict]:
-        return list(self.by_source(model).values())
-
-    def by_source(self, model: str) -> dict[str, dict]:
-        """The latest entry of each source of ``model``, by source."""
-        return {source: entry for source, (_, entry) in self._entries.get(model, {}).items()}
-
-    def window(self, model: str, size: int) -> list[Sample]:
-        return sorted(self._samples.get(model, {}).values(), key=lambda s: s[1])[-size:]
-
-    def publish_generation(self, model: str, source: str, version: int, entry: dict,
-                           samples: list[GenerationSample]) -> None:
-        keep_newer(self._generation_entries.setdefault(model, {}), source, version, entry)
-        kept = self._generation_samples.setdefault(model, {})
-        kept.update({(source, s[0]): tuple(s) for s in samples})  # type: ignore[misc]
-        if len(kept) > 2 * len(GENERATION_KINDS) * self.size:
-            newest = [pair for pairs in self._by_kind(kept.items()).values() for pair in pairs]
-            self._generation_samples[model] = {(held_by, s[0]): s for held_by, s in newest}
-
-    def _by_kind(self, items: Any) -> dict[str, list[tuple[str, GenerationSample]]]:
-        """``((source, seq), sample)`` items by kind: each kind's ``size`` newest, oldest first."""
-        kinds: dict[str, list[tuple[str, GenerationSample]]] = {kind: [] for kind in GENERATION_KINDS}
-        for (source, _), sample in items:
-            kinds.setdefault(sample[1], []).append((source, sample))
-        return {kind: sorted(values, key=lambda v: (v[1][2], v[1][0]))[-self.size:] for kind, values in kinds.items()}
-
-    def generation_entries(self, model: str) -> list[dict]:
-        return [entry for _, entry in self._generation_entries.get(model, {}).values()]
-
-    def generation_window(self, model: str, size: int) -> dict[str, list[float]]:
-        kinds = self._by_kind(self._generation_samples.get(model, {}).items())
-        return {kind: [s[3] for _, s in values[-size:]] for kind, values in kinds.items()}
-
-
-def keep_newer(held: dict[str, tuple[int, dict]], source: str, version: int, entry: dict) -> None:
-    """``source``'s entry in ``held`` replaced by ``entry`` unless the one held is as new or newer."""
-    if version > held.get(source, (-1, {}))[0]:
-        held[source] = (version, entry)
 
 
 class SqliteStatsStore:

@@ -61,7 +61,7 @@ def test_dyt_serve_with_two_workers_serves_the_repository(repository: Path) -> N
 
 
 def test_service_demo_hook(repository: Path) -> None:
-    from service.demo import run_service_demo
+    from service.demo.checks import run_service_demo
 
     report = run_service_demo(repository, requests=2, rounds=3, threads=1)
     assert report["json_binary_agree"] == {"bert-dyt": True, "vit-dyt": True, "vit-layernorm": True}

@@ -19,7 +19,7 @@ import pytest
 from service_testlib import free_port, images, json_request, wait_ready
 
 from service.telemetry.generation_stats import GenerationRecord, GenerationStats, quantiles
-from service.telemetry.stats import STATS_FILE, MemoryStatsStore, SqliteStatsStore, merge_entries
+from service.telemetry.stats import STATS_FILE, SqliteStatsStore, merge_entries
 
 REQUESTS = 100
 GENERATIONS = 24
@@ -207,9 +207,8 @@ def dead_pid() -> int:
     return process.pid
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_generation_stores_merge_two_sources(kind: str, tmp_path: Path) -> None:
-    store = MemoryStatsStore(3) if kind == "memory" else SqliteStatsStore(tmp_path / "s.sqlite", 3)
+def test_generation_stores_merge_two_sources(tmp_path: Path) -> None:
+    store = SqliteStatsStore(tmp_path / "s.sqlite", 3)
     gone = dead_pid()  # source b's process: its running generations no longer count
     store.publish_generation("m", "a", 2, generation_entry(2, 1, os.getpid()),
                              [(1, "first_token", 1.0, 0.1), (2, "gap", 1.0, 0.01), (3, "gap", 1.0, 0.02)])
@@ -253,7 +252,7 @@ def test_merged_entries_add_up_and_stale_publishes_never_count_twice(tmp_path: P
     assert merged["inference_count"] == 7 and merged["last_inference"] == 9
     assert merged["inference_stats"]["success"] == {"count": 7, "ns": 70}
     assert merged["batch_stats"][0]["compute_infer"] == {"count": 7, "ns": 70}
-    for store in (MemoryStatsStore(4), SqliteStatsStore(tmp_path / "s.sqlite", 4)):
+    for store in (SqliteStatsStore(tmp_path / "s.sqlite", 4),):
         store.publish("m", "a", 2, entry(2, 20), [(1, 1.0, 0.1, 0.2), (2, 2.0, 0.1, 0.2)])
         store.publish("m", "a", 1, entry(1, 10), [(1, 1.0, 0.1, 0.2)])  # late, older: ignored
         store.publish("m", "b", 1, entry(1, 10), [(1, 3.0, 0.3, 0.4)])

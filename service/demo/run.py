@@ -31,12 +31,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import DytDeployError
-from .export import dyt_sites, export_onnx
-from .models import create_model
-from .nn.convert import norm_kind_of
-from .repository import sha256_file
+from dyt_deploy.checkpoint import load_checkpoint, save_checkpoint
+from dyt_deploy.errors import DytDeployError
+from dyt_deploy.export import dyt_sites, export_onnx
+from dyt_deploy.models import create_model
+from dyt_deploy.nn.convert import norm_kind_of
+from dyt_deploy.repository import sha256_file
 
 
 def build_variants(arch: str, norms: list[str], out_dir: Path, seed: int = 0) -> list[dict]:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         served = reference_repository(args, console)
     console.print("\n[bold]Serving the repository[/] and querying it with tritonclient (JSON and binary) ...")
-    from service.demo import demo_passed, run_service_demo
+    from .checks import demo_passed, run_service_demo
 
     try:
         report = run_service_demo(repo, requests=10, rounds=30, console=console,
@@ -130,7 +130,7 @@ def serve(repo: Path, served: dict[str, str], port: int, console: Console) -> No
                       highlight=False, soft_wrap=True)
         console.print(f"     {command_line('dyt-generate', served['text_checkpoint'], '-p', TEXT_PROMPT, '-n', 80)}",
                       highlight=False, soft_wrap=True)
-    from service.cli import main as serve_main
+    from ..cli import main as serve_main
 
     serve_main(["--repository", str(repo), "--port", str(port)])
 
@@ -210,9 +210,9 @@ def reference_repository(args: argparse.Namespace, console: Console) -> dict[str
 
 def reference_ready(task: str, folder: Path, preset: str) -> bool:
     """``folder`` holds ``task``'s twins that :func:`ensure_reference` would reuse (nothing trained)."""
-    from .reference.api import DEFAULT_THREADS
-    from .reference.card import card_key, is_complete, read_card
-    from .reference.recipes import recipe_for
+    from dyt_deploy.reference.api import DEFAULT_THREADS
+    from dyt_deploy.reference.card import card_key, is_complete, read_card
+    from dyt_deploy.reference.recipes import recipe_for
 
     card = read_card(folder)
     key = card_key(recipe_for(task, preset).as_dict(), 0, DEFAULT_THREADS)
@@ -224,8 +224,8 @@ def trained_twins(task: str, folder: Path, preset: str, console: Console) -> Any
     says which, with each variant's held-out figure from the card."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .reference import ensure_reference
-    from .reference.card import metric_text
+    from dyt_deploy.reference import ensure_reference
+    from dyt_deploy.reference.card import metric_text
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bars: dict[str, Any] = {}

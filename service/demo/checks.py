@@ -2,9 +2,9 @@
 standard ``tritonclient`` (JSON and binary tensors, which must agree), then show the live latency
 per variant and run a controlled comparison per family.
 
-    python -m service.demo --repository demo-out/repo
+    python -m service.demo.checks --repository demo-out/repo
 
-``run_service_demo`` is what ``make demo`` (dyt_deploy.demo) can call after it has exported the
+``run_service_demo`` is what ``make demo`` (service.demo.run) calls after it has exported the
 repository; it returns the figures as a dict and prints tables when given a rich Console.
 """
 
@@ -20,11 +20,11 @@ import numpy as np
 
 from dyt_deploy.errors import DytDeployError
 
-from .engines.uvicorn import serve_in_thread
-from .http.app import create_app
-from .models.served import example_feed
-from .protocol.oip import datatype_of_array, numpy_dtype_of
-from .settings import Settings
+from ..engines.uvicorn import serve_in_thread
+from ..http.app import create_app
+from ..models.served import example_feed
+from ..protocol.oip import datatype_of_array, numpy_dtype_of
+from ..settings import Settings
 
 
 def _tritonclient() -> Any:
