@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +23,7 @@ import openai
 import pytest
 from openai_testlib import checkpoint_of, openai_repository, settings
 from prometheus_client.parser import text_string_to_metric_families
-from service_testlib import BackgroundServer, SlowDecoder, serve_in_thread
+from service_testlib import API_KEY, BackgroundServer, SlowDecoder, serve_in_thread
 
 import dyt_deploy
 from dyt_deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
@@ -293,3 +296,44 @@ def test_the_generation_bound_is_a_503_the_client_sees(server: BackgroundServer)
         model.running -= 2
     assert caught.value.status_code == 503 and caught.value.response.headers["retry-after"] == "1"
     assert "--max-generations" in caught.value.message
+
+
+# ------------------------------------------------------------------------------------------------
+# The API key, the gates, the README's example
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[BackgroundServer]:
+    with serve_in_thread(create_app(openai_repository(), settings(api_key=API_KEY))) as running:
+        yield running
+
+
+def test_the_clients_api_key_is_the_servers_key(keyed_server: BackgroundServer) -> None:
+    base = f"{keyed_server.url}/v1"
+    with openai.OpenAI(base_url=base, api_key=API_KEY, max_retries=0, _strict_response_validation=True) as keyed:
+        assert keyed.completions.create(model="llm-dyt", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+    with openai.OpenAI(base_url=base, api_key="wrong", max_retries=0) as wrong, \
+            pytest.raises(openai.AuthenticationError) as caught:
+        wrong.models.list()
+    assert caught.value.body["message"] == "wrong API key" and caught.value.type == "authentication_error"
+    with openai.OpenAI(base_url=base, api_key=API_KEY, max_retries=0) as keyed, \
+            pytest.raises(openai.APIStatusError) as large:
+        keyed.completions.create(model="llm-dyt", prompt="x" * (70 << 10), max_tokens=2)
+    assert large.value.status_code == 413 and "over the limit of 65536 bytes" in large.value.message
+    assert large.value.type == "invalid_request_error"
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("### Use it from the OpenAI client", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readmes_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8000)) == 0:
+            pytest.skip("port 8000, the README's, is taken on this machine")
+    with serve_in_thread(create_app(openai_repository(), settings()), port=8000):
+        exec(compile(readme_example(), "README.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "completion_tokens=16" in printed and "prompt_tokens=23" in printed
