@@ -5,7 +5,10 @@ must be, and that both engines answer it identically (status and body; replica i
 aside).
 
 The Ray side is one local Ray instance (2 CPUs) started with the proxy callback
-(service.engines.ray_proxy); skipped, with the reason, where Ray is not installed or cannot start.
+(service.engines.ray_proxy), two replicas per model (a quarter CPU apiece). Then what only Ray has:
+requests spread over both replicas of each model, and a replica killed during traffic loses no
+request that the client retries while the statistics count each answered request once (last: it
+changes the deployment). Skipped, with the reason, where Ray is not installed or cannot start.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import json
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +37,7 @@ from service.settings import Settings
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'dyt-deploy[ray]')")
 serve = pytest.importorskip("ray.serve")
 
+APP = "battery"
 KEY = "battery-key"
 AUTH = {"x-api-key": KEY}
 LLM = "llm-dyt"
@@ -68,7 +73,7 @@ def uvicorn_url(battery_repository: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ray_url(battery_repository: Path) -> Iterator[str]:
-    """The same repository and settings on Ray Serve: one replica per model, the app as the ingress,
+    """The same repository and settings on Ray Serve: two replicas per model, the app as the ingress,
     the proxy on a free loopback port with the proxy callback (as dyt-serve --engine ray starts it)."""
     from service.engines.ray import build_app
     from service.engines.ray_proxy import ray_environment
@@ -83,8 +88,8 @@ def ray_url(battery_repository: Path) -> Iterator[str]:
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(battery_repository, SETTINGS, num_replicas=1, num_cpus=0.25, ingress_cpus=0.1),
-                  name="battery", route_prefix="/")
+        serve.run(build_app(battery_repository, SETTINGS, num_replicas=2, num_cpus=0.25, ingress_cpus=0.1),
+                  name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
         while httpx.get(f"{url}/v2/health/ready", timeout=10).status_code != 200:
@@ -306,3 +311,79 @@ def test_the_proxy_drops_the_headers_that_lift_rays_time_outs() -> None:
     headers = [(b"x-request-timeout-seconds", b"0"), (b"x-request-disconnect-disabled", b"?1"), (b"host", b"x")]
     asyncio.run(EdgeHeaders(app)({"type": "http", "headers": headers}, None, None))
     assert seen == [[(b"host", b"x")]] and not EDGE_HEADERS & {k for k, _ in seen[0]}
+
+
+def test_requests_spread_over_both_replicas_of_each_model(engines: dict[str, str]) -> None:
+    array = images(batch=1, seed=3)
+    client = httpclient.InferenceServerClient(engines["ray"].removeprefix("http://"))
+    for model in VITS:
+        for _ in range(12):
+            given = httpclient.InferInput("pixel_values", list(array.shape), "FP32")
+            given.set_data_from_numpy(array, binary_data=True)
+            client.infer(model, [given], headers=dict(AUTH))
+    status, replicas = get(engines["ray"], "/api/replicas", headers=AUTH)
+    for model in VITS:  # Serve spread the requests over both replicas of each model
+        assert len(replicas[model]) == 2 and all(n > 0 for n in replicas[model].values()), replicas
+
+
+def replica_actors(model: str) -> list:
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if f"#model-{model}#" in a["name"] and a["name"].startswith("SERVE_REPLICA")]
+    return [ray.get_actor(a["name"], namespace=a["namespace"]) for a in names]
+
+
+def running_replicas(model: str) -> int:
+    return serve.status().applications[APP].deployments[f"model-{model}"].replica_states.get("RUNNING", 0)
+
+
+def infer_with_retries(address: str, model: str, array: np.ndarray, attempts: int = 40) -> tuple[np.ndarray, int]:
+    """One request, retried (as a client should) on 503 or a broken connection; the outputs and
+    how many attempts failed."""
+    failed = 0
+    for _ in range(attempts):
+        try:
+            client = httpclient.InferenceServerClient(address, network_timeout=30)
+            given = httpclient.InferInput("pixel_values", list(array.shape), "FP32")
+            given.set_data_from_numpy(array, binary_data=True)
+            return client.infer(model, [given], headers=dict(AUTH)).as_numpy("logits"), failed
+        except Exception:
+            failed += 1
+            time.sleep(0.2)
+    raise AssertionError(f"{model}: no answer after {attempts} attempts")
+
+
+def traffic(address: str, model: str, stop: threading.Event, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Requests one after the other until ``stop``: (input, output) of each."""
+    done = []
+    while not stop.is_set():
+        array = images(batch=1, seed=seed + len(done))
+        done.append((array, infer_with_retries(address, model, array)[0]))
+    return done
+
+
+def test_killing_a_replica_loses_no_retried_request_and_stats_count_each_once(engines: dict[str, str],
+                                                                                reference: dict) -> None:
+    url, model = engines["ray"], "vit-dyt"
+    address = url.removeprefix("http://")
+
+    def served() -> int:
+        return get(url, f"/v2/models/{model}/stats", headers=AUTH)[1]["model_stats"][0]["inference_stats"][
+            "success"]["count"]
+
+    before, victim, stop = served(), replica_actors(model)[0], threading.Event()
+    with ThreadPoolExecutor(2) as pool:  # two clients: within the bound of 2 in flight
+        futures = [pool.submit(traffic, address, model, stop, 1000 * (i + 1)) for i in range(2)]
+        time.sleep(1.0)
+        ray.kill(victim, no_restart=True)
+        time.sleep(3.0)  # traffic goes on while Serve notices and replaces the replica
+        stop.set()
+        answers = [a for f in futures for a in f.result(timeout=180)]
+    for array, outputs in answers:
+        expected = reference[model].infer({"pixel_values": array})["logits"]
+        np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+    deadline = time.monotonic() + 90
+    while running_replicas(model) != 2 or len(replica_actors(model)) != 2:
+        assert time.monotonic() < deadline, "the deployment did not return to 2 replicas"
+        time.sleep(0.5)
+    assert victim._actor_id not in {a._actor_id for a in replica_actors(model)}  # a new replica replaced it
+    assert served() - before == len(answers)  # each answered request once; the failed attempts not
