@@ -1,6 +1,6 @@
 """dyt-serve --engine ray: the scaling flags become Serve's options, and bad ones are one error line
-before Ray starts (no Ray instance is started here; the service on Ray is tests/service/test_engines.py,
-test_ray_serve.py and test_ray_generate.py)."""
+before Ray starts (no Ray instance is started here; the service on Ray is tests/service/test_engines.py and
+test_ray_generate.py)."""
 
 from __future__ import annotations
 
