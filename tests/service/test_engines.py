@@ -58,6 +58,8 @@ def battery_repository(repository: Path, tmp_path_factory: pytest.TempPathFactor
     root = tmp_path_factory.mktemp("battery")
     for name in VITS:
         shutil.copytree(repository / name, root / "repo" / name)
+        np.savez(root / "repo" / name / "examples.npz", pixel_values=images(batch=3, seed=11),
+                 labels=np.array([0, 1, 2]))  # the dashboard's labelled examples
     save_checkpoint(create_model("llama_tiny", norm="dyt", seed=0, dim=32, depth=1, heads=2, ffn_dim=64,
                                  vocab_size=256, max_seq_len=64), root / "llm.pt")
     export_onnx(root / "llm.pt", repository=root / "repo", name=LLM, family="llama_gen",
@@ -298,6 +300,52 @@ def test_dashboard_live_view_and_metrics_on_both(engines: dict[str, str]) -> Non
         return response.status_code, sorted(v["model"] for v in response.json()["variants"])
 
     assert same(engines, compared) == (200, sorted(VITS))
+
+
+def test_labelled_examples_run_on_both(engines: dict[str, str]) -> None:
+    def predicted(url: str) -> tuple[int, list]:
+        status, report = get(url, "/api/examples", headers=AUTH)
+        (family,) = report["families"]
+        return status, [(v["model"], [(p["label"], round(p["confidence"], 4)) for p in v["predictions"]])
+                        for v in family["variants"]]
+
+    status, variants = same(engines, predicted)
+    assert status == 200 and sorted(m for m, _ in variants) == sorted(VITS)
+    assert all(len(predictions) == 3 for _, predictions in variants)
+
+
+def test_the_openai_client_gets_the_same_answers_on_both(engines: dict[str, str]) -> None:
+    openai = pytest.importorskip("openai", reason="the openai client is not installed (pip install -e '.[test]')")
+
+    def client(url: str) -> Any:
+        return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+    models = same(engines, lambda u: sorted(m.id for m in client(u).models.list()))
+    assert models == sorted((*VITS, LLM))
+    messages = [{"role": "user", "content": "DyT is"}]
+
+    def chat(url: str) -> tuple[str, int, int, str]:
+        reply = client(url).chat.completions.create(model=LLM, messages=messages, max_tokens=10, temperature=0)
+        return (reply.choices[0].message.content, reply.usage.prompt_tokens, reply.usage.completion_tokens,
+                reply.choices[0].finish_reason)
+
+    text, prompt_tokens, completion_tokens, reason = same(engines, chat)
+    assert completion_tokens == 10 and reason == "length" and prompt_tokens > 0
+
+    def streamed(url: str) -> tuple[str, int]:
+        chunks = list(client(url).chat.completions.create(model=LLM, messages=messages, max_tokens=10, temperature=0,
+                                                          stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage.completion_tokens
+
+    assert same(engines, streamed) == (text, 10)
+
+    def refused(url: str) -> tuple[int, str | None]:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(url).chat.completions.create(model=LLM, messages=messages, n=2)
+        return caught.value.status_code, caught.value.param
+
+    assert same(engines, refused) == (400, "n")
 
 
 def test_the_proxy_drops_the_headers_that_lift_rays_time_outs() -> None:
