@@ -5,7 +5,7 @@ must be, and that both engines answer it identically (status and body; replica i
 aside).
 
 The Ray side is one local Ray instance (2 CPUs) started with the proxy callback
-(service.engines.ray_proxy), two replicas per model (a quarter CPU apiece). Then what only Ray has:
+(service.engines.ray_proxy), two replicas per model (a fifth of a CPU apiece). Then what only Ray has:
 requests spread over both replicas of each model, and a replica killed during traffic loses no
 request that the client retries while the statistics count each answered request once (last: it
 changes the deployment). Skipped, with the reason, where Ray is not installed or cannot start.
@@ -41,6 +41,7 @@ APP = "battery"
 KEY = "battery-key"
 AUTH = {"x-api-key": KEY}
 LLM = "llm-dyt"
+ENCODER = "bert-dyt"
 VITS = ("vit-layernorm", "vit-dyt")
 SETTINGS = Settings(threads=1, warmup_runs=1, api_key=KEY, max_body_bytes=2 << 20, max_in_flight=2,
                     body_timeout_s=3.0, body_grace_s=30.0, compare_max_batch=8, max_generate_tokens=40)
@@ -50,13 +51,14 @@ TIMING_FIELDS = {"time_to_first_token_ms", "tokens_per_s"}
 
 @pytest.fixture(scope="module")
 def battery_repository(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The two ViTs of the service tests' repository and a depth-1 llama decoder (text-generation)."""
+    """The two ViTs and the BERT encoder of the service tests' repository, and a depth-1 llama decoder
+    (text-generation)."""
     from dyt_deploy.checkpoint import save_checkpoint
     from dyt_deploy.export import export_onnx
     from dyt_deploy.models import create_model
 
     root = tmp_path_factory.mktemp("battery")
-    for name in VITS:
+    for name in (*VITS, ENCODER):
         shutil.copytree(repository / name, root / "repo" / name)
         np.savez(root / "repo" / name / "examples.npz", pixel_values=images(batch=3, seed=11),
                  labels=np.array([0, 1, 2]))  # the dashboard's labelled examples
@@ -75,7 +77,8 @@ def uvicorn_url(battery_repository: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def ray_url(battery_repository: Path) -> Iterator[str]:
-    """The same repository and settings on Ray Serve: two replicas per model, the app as the ingress,
+    """The same repository and settings on Ray Serve: two replicas per model (a fifth of a CPU apiece), the app as
+    the ingress,
     the proxy on a free loopback port with the proxy callback (as dyt-serve --engine ray starts it)."""
     from service.engines.ray import build_app
     from service.engines.ray_proxy import ray_environment
@@ -90,7 +93,7 @@ def ray_url(battery_repository: Path) -> Iterator[str]:
     port = free_port()
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(battery_repository, SETTINGS, num_replicas=2, num_cpus=0.25, ingress_cpus=0.1),
+        serve.run(build_app(battery_repository, SETTINGS, num_replicas=2, num_cpus=0.2, ingress_cpus=0.1),
                   name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -155,13 +158,13 @@ def test_health_metadata_and_the_openapi_document(engines: dict[str, str]) -> No
     assert same(engines, lambda u: get(u, "/v2/health/ready")) == (200, {"ready": True})
     status, meta = same(engines, lambda u: get(u, "/v2", headers=AUTH))
     assert status == 200 and "generate" in meta["extensions"]
-    for model in (*VITS, LLM):
+    for model in (*VITS, LLM, ENCODER):
         status, body = same(engines, lambda u, m=model: get(u, f"/v2/models/{m}", headers=AUTH))
         assert status == 200 and body["name"] == model
         assert same(engines, lambda u, m=model: get(u, f"/v2/models/{m}/ready", headers=AUTH))[0] == 200
         assert same(engines, lambda u, m=model: get(u, f"/v2/models/{m}/config", headers=AUTH))[0] == 200
     status, index = same(engines, lambda u: post(u, "/v2/repository/index", headers=AUTH))
-    assert status == 200 and {e["name"]: e["state"] for e in index} == dict.fromkeys((*VITS, LLM), "READY")
+    assert status == 200 and {e["name"]: e["state"] for e in index} == dict.fromkeys((*VITS, LLM, ENCODER), "READY")
     status, document = same(engines, lambda u: get(u, "/openapi.json", headers=AUTH))
     operations = [op for item in document["paths"].values() for op in item.values() if isinstance(op, dict)]
     assert status == 200 and len(operations) >= 24
@@ -321,7 +324,7 @@ def test_the_openai_client_gets_the_same_answers_on_both(engines: dict[str, str]
         return openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=60)
 
     models = same(engines, lambda u: sorted(m.id for m in client(u).models.list()))
-    assert models == sorted((*VITS, LLM))
+    assert models == sorted((*VITS, LLM, ENCODER))
     messages = [{"role": "user", "content": "DyT is"}]
 
     def chat(url: str) -> tuple[str, int, int, str]:
@@ -346,6 +349,13 @@ def test_the_openai_client_gets_the_same_answers_on_both(engines: dict[str, str]
         return caught.value.status_code, caught.value.param
 
     assert same(engines, refused) == (400, "n")
+
+    def embedded(url: str) -> list[list[float]]:
+        answer = client(url).embeddings.create(model=ENCODER, input=["DyT", "is tanh"], encoding_format="float")
+        return [np.round(d.embedding, 5).tolist() for d in answer.data]
+
+    vectors = same(engines, embedded)
+    assert len(vectors) == 2 and len(vectors[0]) > 1 and vectors[0] != vectors[1]
 
 
 def test_the_proxy_drops_the_headers_that_lift_rays_time_outs() -> None:
