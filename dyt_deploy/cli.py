@@ -550,7 +550,7 @@ app.command("generate")(generate)
 
 def _mount_build() -> None:
     """``dyt build``, defined beside the engine package."""
-    from .engine.cli import build
+    from .build_cli import build
 
     app.command("build")(build)
 

@@ -41,7 +41,7 @@ PY
 
 echo "== kernel tests on the GPU" | tee "$OUT/pytest-kernels.txt"
 timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/kernels \
-    tests/bench/test_gpu_bench.py tests/engine/test_engine_plugin.py tests/runners 2>&1 \
+    tests/bench/test_gpu_bench.py tests/tensorrt/test_engine_plugin.py tests/runners 2>&1 \
     | tee -a "$OUT/pytest-kernels.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
@@ -80,7 +80,7 @@ echo "== timm parity: official DyT conversion of timm models loads into the zoo 
 timeout "${TEST_TIMEOUT:-300}" "$PYTHON" scripts/timm_parity.py 2>&1 | tee -a "$OUT/timm.txt"
 
 echo "== gpu/tensorrt-marked engine tests" | tee "$OUT/pytest-gpu.txt"
-timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/engine \
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/tensorrt \
     2>&1 | tee -a "$OUT/pytest-gpu.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] || [ "$rc" = 5 ] || status=1  # 5: nothing selected

@@ -51,8 +51,8 @@ def shared_folder(tmp_path_factory: pytest.TempPathFactory) -> BuiltFolder:
 def _build(root: Path) -> BuiltFolder:
     from typer.testing import CliRunner
 
+    from dyt_deploy.build_cli import build_app
     from dyt_deploy.checkpoint import save_checkpoint
-    from dyt_deploy.engine.cli import build_app
     from dyt_deploy.models import create_model
 
     save_checkpoint(create_model("vit_tiny", norm="dyt", **TINY_VIT), root / "model.pt")

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from dyt_deploy.checkpoint import save_checkpoint
 from dyt_deploy.cli import export_app
-from service.demo.run import EXAMPLES_FILE, command_line, dyt_sites, reference_ready, write_examples
 from dyt_deploy.export import export_onnx
 from dyt_deploy.models import create_model
 from dyt_deploy.reference import ensure_reference
+from service.demo.run import EXAMPLES_FILE, command_line, dyt_sites, reference_ready, write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 

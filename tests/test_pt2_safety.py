@@ -20,9 +20,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from dyt_deploy.build_cli import build_app
 from dyt_deploy.checkpoint import load_checkpoint, save_checkpoint
 from dyt_deploy.cli import bench_app, check_app, export_app
-from dyt_deploy.engine.cli import build_app
 from dyt_deploy.errors import CheckpointError
 from dyt_deploy.models import create_model
 from dyt_deploy.pt2_safety import pickled_entries
@@ -246,8 +246,8 @@ def test_the_service_leaves_the_model_unavailable(hostile: Path, marker: Path, t
     """dyt-serve (a real uvicorn server) loading a repository whose 1/model.pt2 is hostile."""
     import httpx
 
-    from service.http.app import create_app
     from service.engines.uvicorn import serve_in_thread
+    from service.http.app import create_app
     from service.settings import Settings
 
     model_pt = save_checkpoint(create_model("vit_tiny", norm="dyt", **TINY_VIT), tmp_path / "model.pt")

@@ -44,14 +44,14 @@ class TensorRTRunner(Runner):
         self.output_names: list[str] = []
 
     def _activate(self) -> None:
-        from ..engine.backend import create_runtime, import_tensorrt, make_logger, require_cuda_torch
-        from ..engine.manifest import check_engine_file, gather_host_facts
+        from ..tensorrt.backend import create_runtime, import_tensorrt, make_logger, require_cuda_torch
+        from ..tensorrt.manifest import check_engine_file, gather_host_facts
 
         self._trt = import_tensorrt()
         self._torch = require_cuda_torch()
         self.manifest, _ = check_engine_file(self.plan_path, gather_host_facts(self.device), self.onnx_path)
         if self.manifest.plugin:
-            from ..engine.plugin import register_plugin
+            from ..tensorrt.plugin import register_plugin
 
             register_plugin()
         self._device = self._torch.device("cuda", self.device if self.device is not None else

@@ -180,8 +180,8 @@ def test_dyt_check_passes_on_the_exported_folder(repository: Path, family: str) 
 
 
 def test_the_service_serves_the_exported_folders(repository: Path, folders: dict) -> None:
-    from service.http.app import create_app
     from service.engines.uvicorn import serve_in_thread
+    from service.http.app import create_app
     from service.settings import Settings
 
     llama, _ = folders["llama"]

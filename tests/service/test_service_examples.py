@@ -17,8 +17,8 @@ from chromium_testlib import headless_chromium, needs_chromium
 from reference_testlib import tiny_reference
 from service_testlib import BackgroundServer, json_request, serve_in_thread
 
-from service.demo.run import EXAMPLES_FILE, write_examples
 from dyt_deploy.export import export_onnx
+from service.demo.run import EXAMPLES_FILE, write_examples
 from service.http.app import create_app
 from service.settings import Settings
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dyt_deploy.engine import manifest as em
-from dyt_deploy.engine.manifest import (
+from dyt_deploy.tensorrt import manifest as em
+from dyt_deploy.tensorrt.manifest import (
     EngineIncompatibleError,
     EngineManifest,
     EngineManifestError,
@@ -248,7 +248,7 @@ def test_check_engine_file_refuses_another_gpu(tmp_path: Path) -> None:
 
 def test_check_engine_file_logs_warnings(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     plan = write_engine(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dyt_deploy.engine"):
+    with caplog.at_level(logging.WARNING, logger="dyt_deploy.tensorrt"):
         check_engine_file(plan, HostFacts("10.13.0.35", "NVIDIA A10", "8.6"))
     assert "runs on a NVIDIA A10" in caplog.text
 

@@ -43,7 +43,7 @@ from .plugin import (
 )
 from .profiles import InputProfile, Profiles, model_limits, profiles_to_dict, resolve_profiles
 
-log = logging.getLogger("dyt_deploy.engine")
+log = logging.getLogger("dyt_deploy.tensorrt")
 OPT_LEVELS = range(0, 6)  # TensorRT's builder optimization levels; it defaults to 3
 _FLOAT_NAMES = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64", 17: "fp8", 18: "fp8", 19: "fp8", 20: "fp8"}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dyt_deploy.engine.profiles import (
+from dyt_deploy.errors import DytDeployError
+from dyt_deploy.tensorrt.profiles import (
     InputProfile,
     ProfileError,
     default_profile,
@@ -16,7 +17,6 @@ from dyt_deploy.engine.profiles import (
     profiles_to_dict,
     resolve_profiles,
 )
-from dyt_deploy.errors import DytDeployError
 
 VIT = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 224, 224]}]
 LLAMA = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]}]

@@ -220,7 +220,7 @@ def make_fake_plugin_module(registry: dict[str, Any]) -> types.ModuleType:
 @pytest.fixture
 def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeState:
     """Install a fake ``tensorrt`` (and ``tensorrt.plugin``) for one test; returns its state to configure and read."""
-    import dyt_deploy.engine.plugin as plugin
+    import dyt_deploy.tensorrt.plugin as plugin
 
     state = FakeState()
     state.plugin_registry = {}
@@ -228,7 +228,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeState:
     trt.plugin = make_fake_plugin_module(state.plugin_registry)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", trt.plugin)
-    monkeypatch.delitem(sys.modules, "dyt_deploy.engine._trt_plugin", raising=False)
+    monkeypatch.delitem(sys.modules, "dyt_deploy.tensorrt._trt_plugin", raising=False)
     monkeypatch.setattr(plugin, "_registered", False)
     state.module = trt
     return state
@@ -237,9 +237,9 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> FakeState:
 @pytest.fixture
 def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``import tensorrt`` fail, as on a host without it (also where it is installed)."""
-    import dyt_deploy.engine.plugin as plugin
+    import dyt_deploy.tensorrt.plugin as plugin
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)
-    monkeypatch.delitem(sys.modules, "dyt_deploy.engine._trt_plugin", raising=False)
+    monkeypatch.delitem(sys.modules, "dyt_deploy.tensorrt._trt_plugin", raising=False)
     monkeypatch.setattr(plugin, "_registered", False)

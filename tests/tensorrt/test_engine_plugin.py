@@ -12,8 +12,9 @@ import pytest
 import torch
 from engine_testlib import dyt_function, make_dyt_onnx, reference
 
-from dyt_deploy.engine import plugin
-from dyt_deploy.engine.plugin import (
+from dyt_deploy.runners.base import MissingBackendError
+from dyt_deploy.tensorrt import plugin
+from dyt_deploy.tensorrt.plugin import (
     PluginShapeError,
     bodiless_dyt_nodes,
     check_param_shapes,
@@ -27,7 +28,6 @@ from dyt_deploy.engine.plugin import (
     register_plugin,
     run_dyt,
 )
-from dyt_deploy.runners.base import MissingBackendError
 
 
 def test_constants_match_the_onnx_forms() -> None:
@@ -252,7 +252,7 @@ def test_register_defines_the_plugin_once(fake_trt) -> None:
     entry = fake_trt.plugin_registry["dyt_deploy::DynamicTanh"]
     assert entry["tensors"] == ["x", "alpha", "gamma", "beta"]
     assert "impl" in entry
-    assert "dyt_deploy.engine._trt_plugin" in sys.modules
+    assert "dyt_deploy.tensorrt._trt_plugin" in sys.modules
 
 
 def test_plugin_descriptor_returns_x_like(fake_trt) -> None:

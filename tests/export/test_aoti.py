@@ -14,9 +14,9 @@ import torch
 from aoti_testlib import NAME, TINY_VIT, BuiltFolder, images, shared_folder, tiny_model
 from typer.testing import CliRunner
 
+from dyt_deploy.build_cli import build_app
 from dyt_deploy.check import check_model
 from dyt_deploy.cli import check_app
-from dyt_deploy.engine.cli import build_app
 from dyt_deploy.errors import DytDeployError, OptionError
 from dyt_deploy.export.aoti import AotiConfig, build_aoti, module_for
 from dyt_deploy.repository import sha256_file

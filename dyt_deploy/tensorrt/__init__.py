@@ -1,5 +1,5 @@
-"""TensorRT engines: build (``build_engine``, the ``dyt-build`` CLI), the DynamicTanh plugin, profiles,
-and the engine manifest with its compatibility decision.
+"""TensorRT engines: build (``build_engine``; the ``dyt-build`` command is dyt_deploy.build_cli), the
+DynamicTanh plugin, profiles, and the engine manifest with its compatibility decision.
 
 Importing this package imports neither tensorrt nor torch; they load when a build or a runner needs them.
 """

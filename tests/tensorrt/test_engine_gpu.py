@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from engine_testlib import make_dyt_onnx, make_model_folder, reference
 
-from dyt_deploy.engine.build import build_engine
-from dyt_deploy.engine.manifest import EngineIncompatibleError, gather_host_facts, manifest_path_for
-from dyt_deploy.engine.profiles import parse_profiles
 from dyt_deploy.runners.base import RunnerError
 from dyt_deploy.runners.tensorrt import TensorRTRunner
+from dyt_deploy.tensorrt.build import build_engine
+from dyt_deploy.tensorrt.manifest import EngineIncompatibleError, gather_host_facts, manifest_path_for
+from dyt_deploy.tensorrt.profiles import parse_profiles
 
 pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 

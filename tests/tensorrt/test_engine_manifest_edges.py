@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from dyt_deploy.engine import manifest as em
-from dyt_deploy.engine.manifest import (
+from dyt_deploy.errors import DytDeployError
+from dyt_deploy.tensorrt import manifest as em
+from dyt_deploy.tensorrt.manifest import (
     Compatibility,
     EngineIncompatibleError,
     EngineManifest,
@@ -29,7 +30,6 @@ from dyt_deploy.engine.manifest import (
     recorded_onnx_path,
     write_engine_manifest,
 )
-from dyt_deploy.errors import DytDeployError
 
 REQUIRED = ["tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "plan_sha256", "profiles",
             "precision"]
@@ -313,7 +313,7 @@ def test_check_engine_file_returns_the_manifest_and_logs_each_warning(tmp_path: 
     manifest = engine_manifest(plan_sha256=hashlib.sha256(b"PLAN").hexdigest(),
                                onnx_sha256=hashlib.sha256(b"ONNX").hexdigest())
     write_engine_manifest(manifest_path_for(plan), manifest)
-    with caplog.at_level(logging.WARNING, logger="dyt_deploy.engine"):
+    with caplog.at_level(logging.WARNING, logger="dyt_deploy.tensorrt"):
         got, decision = check_engine_file(str(plan), HostFacts(), onnx_path=str(onnx_file))
     assert got == manifest
     assert decision.ok and decision.plan == str(plan)

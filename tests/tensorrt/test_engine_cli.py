@@ -1,4 +1,4 @@
-"""The dyt-build command line (dyt_deploy.engine.cli:build_app)."""
+"""The dyt-build command line (dyt_deploy.build_cli:build_app)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from engine_testlib import make_dyt_onnx, make_model_folder
 from typer.testing import CliRunner
 
-from dyt_deploy.engine import build as eb
-from dyt_deploy.engine.cli import build_app
-from dyt_deploy.engine.manifest import HostFacts, read_engine_manifest
+from dyt_deploy.build_cli import build_app
+from dyt_deploy.tensorrt import build as eb
+from dyt_deploy.tensorrt.manifest import HostFacts, read_engine_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 cli = CliRunner()
@@ -31,7 +31,7 @@ def test_help_lists_the_options() -> None:
 
 def test_help_works_without_tensorrt_or_torch() -> None:
     code = ("import sys; sys.modules['tensorrt'] = None\n"
-            "from dyt_deploy.engine.cli import build_app\n"
+            "from dyt_deploy.build_cli import build_app\n"
             "assert 'torch' not in sys.modules and 'onnx' not in sys.modules, sorted(sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

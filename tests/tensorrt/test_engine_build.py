@@ -11,8 +11,10 @@ import onnx
 import pytest
 from engine_testlib import make_dyt_onnx, make_model_folder
 
-from dyt_deploy.engine import build as eb
-from dyt_deploy.engine.build import (
+from dyt_deploy.errors import DytDeployError
+from dyt_deploy.runners.base import MissingBackendError
+from dyt_deploy.tensorrt import build as eb
+from dyt_deploy.tensorrt.build import (
     BuildSettings,
     EngineBuildError,
     build_engine,
@@ -22,10 +24,8 @@ from dyt_deploy.engine.build import (
     prepare_onnx,
     resolve_target,
 )
-from dyt_deploy.engine.manifest import HostFacts, read_engine_manifest
-from dyt_deploy.engine.profiles import ProfileError, parse_profiles
-from dyt_deploy.errors import DytDeployError
-from dyt_deploy.runners.base import MissingBackendError
+from dyt_deploy.tensorrt.manifest import HostFacts, read_engine_manifest
+from dyt_deploy.tensorrt.profiles import ProfileError, parse_profiles
 from dyt_deploy.triton_config import read_config
 
 HOST = HostFacts("10.13.0.35", "NVIDIA A10G", "8.6", "12.8")
@@ -392,7 +392,7 @@ def test_exported_plugin_folder_builds(exported_plugin_folder: Path, fake_trt, h
 
 
 def test_broken_tensorrt_install_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dyt_deploy.engine import backend
+    from dyt_deploy.tensorrt import backend
 
     def broken(name: str):
         raise ImportError("libnvinfer.so.10: cannot open shared object file: No such file or directory")

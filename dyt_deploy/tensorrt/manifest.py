@@ -27,7 +27,7 @@ from ..repository import sha256_file
 ENGINE_MANIFEST_FORMAT = "dyt-deploy/engine-manifest"
 ENGINE_MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".json"
-log = logging.getLogger("dyt_deploy.engine")
+log = logging.getLogger("dyt_deploy.tensorrt")
 
 
 class EngineManifestError(DytDeployError):
@@ -253,7 +253,7 @@ def check_engine_file(plan_path: str | os.PathLike, host: HostFacts, onnx_path: 
 
     The ONNX hash is checked against ``onnx_path`` when given, else the ONNX file the manifest
     records (when it still exists). Raises EngineManifestError / EngineIncompatibleError; warnings
-    are logged on the ``dyt_deploy.engine`` logger and returned.
+    are logged on the ``dyt_deploy.tensorrt`` logger and returned.
     """
     plan_path = Path(plan_path)
     if not plan_path.is_file():

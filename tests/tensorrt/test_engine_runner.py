@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from dyt_deploy.engine import backend
-from dyt_deploy.engine import manifest as em
-from dyt_deploy.engine.manifest import (
+from dyt_deploy.runners.base import MissingBackendError, RunnerError
+from dyt_deploy.runners.tensorrt import TensorRTRunner
+from dyt_deploy.tensorrt import backend
+from dyt_deploy.tensorrt import manifest as em
+from dyt_deploy.tensorrt.manifest import (
     EngineIncompatibleError,
     EngineManifest,
     EngineManifestError,
@@ -25,8 +27,6 @@ from dyt_deploy.engine.manifest import (
     manifest_path_for,
     write_engine_manifest,
 )
-from dyt_deploy.runners.base import MissingBackendError, RunnerError
-from dyt_deploy.runners.tensorrt import TensorRTRunner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def write_engine(folder: Path, **changes: object) -> Path:
 
 
 def test_import_is_lazy() -> None:
-    code = ("import sys\nimport dyt_deploy.runners.tensorrt, dyt_deploy.engine\n"
+    code = ("import sys\nimport dyt_deploy.runners.tensorrt, dyt_deploy.tensorrt\n"
             "assert 'tensorrt' not in sys.modules and 'torch' not in sys.modules\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

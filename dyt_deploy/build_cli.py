@@ -1,8 +1,8 @@
 """``dyt-build``: a TensorRT engine from an ONNX file or a model folder, or (``--backend aoti``) an
 AOTInductor package from a model (console script: ``build_app``).
 
-This module is the command line of the engine package: it belongs to the top layer (it may import
-``export`` and ``checkpoint`` for the AOTInductor build, which the engine package itself may not).
+The command line of both builds, at the top layer: it may import ``dyt_deploy.tensorrt`` and, for
+the AOTInductor build, ``export`` and ``checkpoint`` (which the TensorRT package itself may not).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from ..cli_common import console, err_console, new_app, print_parity, user_errors
-from ..errors import DytDeployError
+from .cli_common import console, err_console, new_app, print_parity, user_errors
+from .errors import DytDeployError
 
 if TYPE_CHECKING:
-    from ..export.aoti import AotiConfig
+    from .export.aoti import AotiConfig
 
 build_app = new_app("Build a TensorRT engine (model.plan) from ONNX, or an AOTInductor package (model.pt2) "
                     "from a model.")
@@ -76,7 +76,7 @@ def build(
                  "--samples": samples}
     _refuse_options(backend, trt_only if backend == "aoti" else aoti_only)
     if backend == "aoti":
-        from ..export.aoti import AotiConfig
+        from .export.aoti import AotiConfig
 
         config = AotiConfig(device=device or "cpu", dtype=dtype or "fp32", arch=arch, trust_pickle=trust_pickle,
                             weights=weights, input_shapes=input_shape or None, repository=repository, name=name,
@@ -104,8 +104,8 @@ def _build_tensorrt(source: Path, output: Path | None, profile: list[str] | None
                     workspace: int | None, opt_level: int | None) -> None:
     from rich.markup import escape
 
-    from .build import build_engine
-    from .profiles import parse_profiles
+    from .tensorrt.build import build_engine
+    from .tensorrt.profiles import parse_profiles
 
     result = build_engine(source, output, profiles=parse_profiles(profile), timing_cache=timing_cache,
                           workspace_mb=workspace, opt_level=opt_level, progress=_progress)
@@ -124,7 +124,7 @@ def _build_aoti(source: Path, output: Path | None, config: AotiConfig) -> None:
     """Build, verify and write the package; print the parity table, a PASSED/FAILED line and what was written."""
     from rich.markup import escape
 
-    from ..export.aoti import AotiVerificationFailed, build_aoti
+    from .export.aoti import AotiVerificationFailed, build_aoti
 
     title = f"AOTInductor package ({config.device}, {config.dtype}) vs PyTorch"
     try:
