@@ -80,7 +80,7 @@ echo "== timm parity: official DyT conversion of timm models loads into the zoo 
 timeout "${TEST_TIMEOUT:-300}" "$PYTHON" scripts/timm_parity.py 2>&1 | tee -a "$OUT/timm.txt"
 
 echo "== gpu/tensorrt-marked engine tests" | tee "$OUT/pytest-gpu.txt"
-timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/tensorrt \
+timeout "${TEST_TIMEOUT:-300}" "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "gpu or tensorrt" tests/tensorrt tests/export/test_aoti_slow.py \
     2>&1 | tee -a "$OUT/pytest-gpu.txt"
 rc=${PIPESTATUS[0]}
 [ "$rc" = 0 ] || [ "$rc" = 5 ] || status=1  # 5: nothing selected
