@@ -382,8 +382,10 @@ def bench(
     threads: int = typer.Option(0, help="Intra-op threads for torch and onnxruntime [default: theirs]."),
     warmup: int = typer.Option(10, help="Warm-up calls per variant and shape."),
     iters: int = typer.Option(50, help="Interleaved rounds (each times every variant once)."),
-    optimizers: str = typer.Option(None, help="ONNX optimizers for the ort runner: none, ort-transformers, "
-                                   "onnxscript [default: none,ort-transformers]."),
+    optimizers: str = typer.Option(None, "--graph-optimizers", "--optimizers",
+                                   help="ONNX graph rewriters tried for the ort runner: none, ort-transformers, "
+                                   "onnxscript [default: none,ort-transformers] (not dyt_deploy.optimize, the "
+                                   "PyTorch model preparation the torch-optimize runner times)."),
     baseline: str = typer.Option("layernorm", help="The variant ratios are relative to."),
     layer: bool = typer.Option(True, "--layer/--no-layer", help="Also time the norm layer alone (GB/s)."),
     layer_tokens: str = typer.Option("256,1024,4096", help="Token counts of the norm-layer table (at the model's "
