@@ -1,5 +1,5 @@
 """The package's layering, as the README's architecture section states it: each unit of dyt_deploy
-imports only the units listed for it here, and only the command-line layer reaches the service."""
+imports only the units listed for it here, and none imports the service (the service builds on dyt_deploy)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ ALLOWED = {
     "hf": {"errors", "loaded", "models", "nn", "specs"},  # Hugging Face folders; checkpoint dispatches to it
     "loaded": set(),  # LoadedModel, what every reader returns
     "kernels": {"errors", "nn"},
-    "engine": {"cli_common", "dtypes", "errors", "kernels", "repository", "triton_config"},
-    "runners": {"dtypes", "engine", "errors", "kernels", "models", "optimize_model", "pt2_safety", "repository"},
+    "tensorrt": {"dtypes", "errors", "kernels", "repository", "triton_config"},
+    "runners": {"dtypes", "errors", "kernels", "models", "optimize_model", "pt2_safety", "repository", "tensorrt"},
     "export": {"checkpoint", "dtypes", "errors", "feeds", "generation", "models", "nn", "parity", "repository",
                "runners", "specs", "tokenizer"},
     "tokenizer": {"errors"},  # tokenizer.json and bytes, for generation
@@ -38,11 +38,11 @@ ALLOWED = {
     "quantize": {"check_data", "checkpoint", "errors", "export", "feeds", "models", "parity", "reference",
                  "repository", "runners", "specs"},
 }
-TOP = {"cli", "demo", "check", "bench"}  # may import any unit; only cli and demo may import the service
-ALLOWED_SERVICE = {"cli", "demo"}
-# command-line modules that belong to the top layer: dyt-build beside the engine, dyt-check --data's
+TOP = {"cli", "check", "bench"}  # may import any unit; none imports the service (which builds on dyt_deploy)
+ALLOWED_SERVICE: set[str] = set()
+# command-line modules that belong to the top layer: dyt-build (TensorRT and AOTInductor), dyt-check --data's
 # tables, dyt train-reference beside the reference twins, dyt quantize beside the quantize package
-COMMAND_LINE = {"engine/cli.py": "cli", "check_cli.py": "cli", "reference/cli.py": "cli", "quantize/cli.py": "cli"}
+COMMAND_LINE = {"build_cli.py": "cli", "check_cli.py": "cli", "reference/cli.py": "cli", "quantize/cli.py": "cli"}
 
 
 def unit_of(path: Path) -> str:

@@ -1,6 +1,6 @@
 """Edges of the engine manifest: same-major compute capabilities, version parsing, host facts, file layout.
 
-Written against the mutants `make mutation` found surviving in ``engine/manifest.py``.
+Written against the mutants `make mutation` found surviving in ``tensorrt/manifest.py``.
 """
 
 from __future__ import annotations
