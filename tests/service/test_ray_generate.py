@@ -156,6 +156,19 @@ def test_a_dropped_stream_stops_the_generation_on_its_replica(deployed: str) -> 
     assert after["output_tokens"] - before["output_tokens"] < 25  # of 50: it stopped within a few steps
 
 
+def test_a_dropped_openai_stream_stops_the_generation_on_its_replica(deployed: str) -> None:
+    before = generation(deployed)
+    request = {"model": MODEL, "prompt": PROMPT, "max_tokens": 50, "stream": True}
+    with httpx.stream("POST", f"http://{deployed}/v1/completions", json=request, timeout=60) as answer:
+        assert answer.status_code == 200
+        assert "choices" in next(sse_events(answer))  # the first chunk; then the client goes
+    deadline = time.monotonic() + 30
+    while (after := generation(deployed))["cancelled"] != before["cancelled"] + 1:
+        assert time.monotonic() < deadline, f"the generation was not cancelled: {after}"
+        time.sleep(0.1)
+    assert after["running"] == 0 and after["output_tokens"] - before["output_tokens"] < 25
+
+
 def test_a_client_that_leaves_a_generate_call_stops_it_on_its_replica(deployed: str) -> None:
     before = generation(deployed)
     with pytest.raises(httpx.ReadTimeout):
