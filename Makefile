@@ -71,7 +71,7 @@ bench: $(STAMP)
 # and agreement of the trained digit twins (make reference's, reused); then which layers run INT8 and where the time goes
 bench-int8: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt-bench --model vit_small --variants dyt-folded,layernorm --baseline layernorm \
-		--runners ort,openvino --precisions fp32,int8 --optimizers none --batch 1,8 --threads 2 --warmup 3 --iters 20 \
+		--runners ort,openvino --precisions fp32,int8 --optimizers none --batch 1,8 --threads 2 --warmup 2 --iters 15 \
 		--no-layer --no-profile -o reports/bench-int8/latency
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt train-reference --task image -o $(REFERENCE_DIR)/image
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/dyt-bench $(REFERENCE_DIR)/image/dyt/checkpoint.pth --variants dyt-folded,layernorm \
