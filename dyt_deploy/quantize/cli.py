@@ -91,7 +91,10 @@ def print_summary(result: Any) -> None:
                       highlight=False)
     if result.openvino:
         layers = result.openvino.get("linear_layers", {})
-        console.print("OpenVINO linear layers: " + ", ".join(f"{v} {k}" for k, v in layers.items()), highlight=False)
+        vnni = {True: "", False: " (this CPU has no VNNI: OpenVINO quantizes no activations per call, and its INT8 "
+                                  "kernels are slow here)", None: ""}[result.openvino.get("vnni")]
+        console.print("OpenVINO linear layers: " + ", ".join(f"{v} {k}" for k, v in layers.items()) + vnni,
+                      highlight=False)
     for v in result.verdicts:
         _parity_table(v)
         line = f"{v.runtime}: cosine {v.cosine:.5f} (at least {v.min_cosine})"

@@ -41,6 +41,8 @@ def write_ir(static_onnx: Path, xml: Path, compress_rest: bool) -> dict[str, Any
 
 
 def _compress_weights(model: Any) -> str:
+    import contextlib
+    import io
     import logging
 
     try:
@@ -48,9 +50,10 @@ def _compress_weights(model: Any) -> str:
     except ImportError:
         raise DytDeployError("nncf is not installed: pip install nncf (dyt-deploy installs it beside openvino)") \
             from None
-    logging.getLogger("nncf").setLevel(logging.ERROR)
+    nncf.set_log_level(logging.ERROR)
     try:
-        nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+        with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bar, not the command's output
+            nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
     except Exception as err:  # NNCF raises its own types; all mean "could not compress"
         raise DytDeployError(f"NNCF weight compression failed: {first_line(err)}") from None
     return "nncf INT8_SYM per-channel (activations quantized per call by OpenVINO where the CPU has VNNI)"
