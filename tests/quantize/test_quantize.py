@@ -220,3 +220,24 @@ def test_an_exported_onnx_is_quantized_against_itself(dyt_int8, exported, twins,
     assert {s.kind for s in result.plan.fixed_sites()} == {"dyt-folded"}  # folded here, as for a checkpoint
     with pytest.raises(DytDeployError, match="already quantized"):
         quantize_model(dyt_int8[1], tmp_path / "twice.onnx", ExportConfig())
+
+
+def test_static_shapes_still_fuse_to_int8_kernels(twins, tmp_path) -> None:
+    """With static shapes onnxruntime's MatMulAddFusion would turn every DQ -> MatMul -> Add into a float
+    Gemm (no INT8 kernel left); sessions of QDQ models turn it off, so each fixed-scale layer fuses."""
+    import onnxruntime as ort
+
+    path = tmp_path / "static.int8.onnx"
+    result = quantize_model(twins.checkpoints["dyt"], path, ExportConfig(dynamic=()),
+                            QuantizeOptions(activations="float", verify=False))
+    fixed = len(result.plan.fixed_sites())
+    assert result.fused["MatMulIntegerToFloat"] == fixed
+
+    def fused(disabled: list[str]) -> int:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return sum(n.op_type == "MatMulIntegerToFloat" for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+    assert fused(_disabled_optimizers(path)) == fixed
+    assert fused([]) < fixed  # the rewrite the runner turns off (if onnxruntime fixes it, drop the workaround)
