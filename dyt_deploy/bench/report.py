@@ -575,13 +575,25 @@ _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-co
           "svg{display:block;margin:1em 0}svg text{font-size:12px}")
 
 
+def _int8_html(report: dict) -> str:
+    """The INT8 section (``--precisions fp32,int8``) as a list; empty without one."""
+    from .int8 import int8_sentences
+
+    lines = int8_sentences(report)
+    if not lines:
+        return ""
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return f'<h2 id="int8">INT8: what it buys each norm, and what it needs</h2><ul>{items}</ul>'
+
+
 def html_page(report: dict) -> str:
     """report.html: the answer table first, then the results with their plots, then the other tables."""
     s = report["settings"]
     colors = variant_colors(report)
     results, *others = detail_tables(report)
     parts = [_answer_html(report), *(f'<p class="accuracy">{html.escape(text)}</p>' for text in
-                                     accuracy_headlines(report)), _html_table(results), *latency_plots(report, colors)]
+                                     accuracy_headlines(report)), _int8_html(report), _html_table(results),
+             *latency_plots(report, colors)]
     for table in others:
         parts.append(_html_table(table))
         if table.anchor == "profile":

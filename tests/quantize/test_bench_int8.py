@@ -9,7 +9,7 @@ from reference_testlib import tiny_reference
 from dyt_deploy.bench.api import benchmark
 from dyt_deploy.bench.config import BenchConfig
 from dyt_deploy.bench.int8 import int8_sentences
-from dyt_deploy.bench.report import markdown, with_summary
+from dyt_deploy.bench.report import html_page, markdown, with_summary
 from dyt_deploy.errors import OptionError
 
 
@@ -43,6 +43,7 @@ def test_the_int8_section_says_what_each_needed(report) -> None:
     lines = int8_sentences(report)
     assert any("dyt-folded INT8 no-data" in line and "of dyt-folded fp32" in line for line in lines)
     assert "## INT8: what it buys each norm" in markdown(with_summary(report))
+    assert '<h2 id="int8">' in html_page(with_summary(report))
 
 
 def test_accuracy_rows_of_int8_groups_are_int8(report) -> None:
