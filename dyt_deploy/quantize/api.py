@@ -141,7 +141,7 @@ def _verdict(runtime: str, path: Path, kind: str, source: Fp32Source, specs, dat
              options: QuantizeOptions) -> Int8Verdict:
     from ..runners import create_runner
 
-    with create_runner(kind, path, threads=2) as runner:
+    with create_runner(kind, path) as runner:
         return verdict(runtime, runner.infer, source.reference, specs, options.samples, data, options.min_cosine,
                        options.min_agreement, options.max_accuracy_drop)
 

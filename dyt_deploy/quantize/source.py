@@ -71,7 +71,7 @@ def _from_onnx(path: Path, fold: bool, work: Path, steps: Steps) -> Fp32Source:
 def _onnx_reference(path: Path) -> Infer:
     from ..runners import create_runner
 
-    runner = create_runner("ort", path, threads=2)
+    runner = create_runner("ort", path)
     runner.activate()
 
     def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
