@@ -34,7 +34,7 @@ from .errors import DytDeployError
 from .export.signature import flatten_outputs, input_specs, output_names, sample_sizes
 from .export.steps import Progress, Steps
 from .feeds import random_feed
-from .parity import ParityReport, default_tolerances
+from .parity import INT8_MIN_COSINE, ParityReport, default_tolerances
 from .repository import MANIFEST_NAME, read_manifest
 from .runners import MODULE, PLAN, Runner, create_runner, runner_kind
 from .runners.registry import PT2
@@ -55,6 +55,7 @@ class CheckTarget:
     model_path: Path | None = None
     load_options: dict[str, Any] = field(default_factory=dict)  # how model_path was loaded (arch, weights, ...)
     trust_pickle: bool = False  # --trust-pickle: also for the folder's own model.pt2 (the aoti runner)
+    quantized: bool = False  # an INT8 folder (dyt quantize): its own file is judged by INT8's verdict
 
 
 def check_target(source: str | Path, arch: str | None = None, trust_pickle: bool = False,
@@ -91,7 +92,7 @@ def _folder_target(folder: Path, trust_pickle: bool, weights: str | None) -> Che
         model_file = None
     return CheckTarget(loaded.model, specs, [o["name"] for o in manifest["outputs"]], manifest.get("dtype", "fp32"),
                        model_file, plan if plan.is_file() else None, package if package.is_file() else None,
-                       Path(source), trust_pickle=trust_pickle)
+                       Path(source), trust_pickle=trust_pickle, quantized=manifest.get("precision") == "int8")
 
 
 def is_decoder_folder(source: str | Path) -> bool:
@@ -208,7 +209,8 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
         for kind in runners or default_runners(target):
             with step(f"runner {kind}"):
                 precision = _precision(kind, target, Path(workdir))
-                report = ParityReport(*default_tolerances(precision, atol, rtol))
+                report = ParityReport(*default_tolerances(precision, atol, rtol),
+                                      min_cosine=_int8_cosine(kind, target, Path(workdir)))
                 with runner_for_target(kind, target, Path(workdir)) as runner:
                     for feed, ref in zip(feeds, expected, strict=True):
                         got = runner.infer(cast_floats(feed, precision))
@@ -218,12 +220,24 @@ def check_model(source: str | Path, runners: list[str] | None = None, samples: i
     return reports
 
 
+def _runs_own_file(kind: str, target: CheckTarget, workdir: Path) -> bool:
+    """Whether runner ``kind`` runs the folder's own file (not the module, not a fresh export into
+    ``workdir`` of a folder without one)."""
+    takes = runner_kind(kind).takes
+    fresh_onnx = takes not in (MODULE, PLAN, PT2) and (target.onnx_path is None or workdir in target.onnx_path.parents)
+    return not (takes == MODULE or fresh_onnx)
+
+
 def _precision(kind: str, target: CheckTarget, workdir: Path) -> str:
     """The torch runners and a fresh ONNX export into ``workdir`` (of a folder without one) run
     fp32; the folder's own files run in its dtype."""
-    takes = runner_kind(kind).takes
-    fresh_onnx = takes not in (MODULE, PLAN, PT2) and (target.onnx_path is None or workdir in target.onnx_path.parents)
-    return "fp32" if takes == MODULE or fresh_onnx else target.dtype
+    return target.dtype if _runs_own_file(kind, target, workdir) else "fp32"
+
+
+def _int8_cosine(kind: str, target: CheckTarget, workdir: Path) -> float | None:
+    """INT8's verdict (cosine similarity, :data:`~dyt_deploy.parity.INT8_MIN_COSINE`) for an INT8
+    folder's own file; None (elementwise tolerances) for everything else."""
+    return INT8_MIN_COSINE if target.quantized and _runs_own_file(kind, target, workdir) else None
 
 
 def _reference(target: CheckTarget, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -281,14 +295,16 @@ def _data_result(name: str, target: CheckTarget, samples: CheckData, expected: D
                  atol: float | None, rtol: float | None) -> DataResult:
     kind, _, asked = name.partition("/")
     precision = _data_precision(kind, asked, target, workdir)
-    parity = ParityReport(*default_tolerances(precision, atol, rtol))
+    min_cosine = None if asked else _int8_cosine(kind, target, workdir)
+    parity = ParityReport(*default_tolerances(precision, atol, rtol), min_cosine=min_cosine)
     with _data_runner(kind, asked, target, workdir) as runner:
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             got = runner.infer(feed if asked else cast_floats(feed, precision))  # a torch runner casts its own
             return {k: np.asarray(v, np.float32) for k, v in got.items()}
 
         got = _outputs(infer, target, samples, batch, prompt_ids, new_tokens, parity, expected)
-    return DataResult(parity, figures(name, precision, samples, expected, got, parity, thresholds[precision]))
+    judged = "int8" if min_cosine is not None else precision
+    return DataResult(parity, figures(name, judged, samples, expected, got, parity, thresholds[judged]))
 
 
 def _data_precision(kind: str, asked: str, target: CheckTarget, workdir: Path) -> str:

@@ -23,7 +23,7 @@ from .errors import DytDeployError
 from .parity import ParityReport
 from .specs import TensorSpec
 
-AGREEMENT_THRESHOLDS = {"fp32": 1.0, "fp16": 0.995, "bf16": 0.995}
+AGREEMENT_THRESHOLDS = {"fp32": 1.0, "fp16": 0.995, "bf16": 0.995, "int8": 0.99}
 LABELS = "labels"
 
 

@@ -87,8 +87,9 @@ def print_parity(parity: Any, title: str) -> None:
     """The parity table and a PASSED/FAILED line."""
     from .parity import PARITY_COLUMNS
 
-    table = Table(*PARITY_COLUMNS, title=f"{title} (atol {parity.atol:g}, rtol {parity.rtol:g}, "
-                                          f"{len(parity.shapes)} samples)")
+    rule = (f"INT8: cosine >= {parity.min_cosine:g}" if getattr(parity, "min_cosine", None) is not None
+            else f"atol {parity.atol:g}, rtol {parity.rtol:g}")
+    table = Table(*PARITY_COLUMNS, title=f"{title} ({rule}, {len(parity.shapes)} samples)")
     for row in parity.rows():
         table.add_row(*row)
     console.print(table)

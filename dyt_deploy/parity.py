@@ -14,6 +14,9 @@ import numpy as np
 # (atol, rtol) by precision. fp16 has ~3 decimal digits; errors add up over a network's depth.
 # bf16 keeps 8 significant bits to fp16's 11 (fp32's exponent range), so its rounding is 8x coarser.
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (5e-2, 5e-2)}
+# An INT8 model is judged by direction, not elementwise: each output's cosine similarity to the fp32
+# reference at least this (quantization moves every element a little; its answers stay)
+INT8_MIN_COSINE = 0.98
 _REL_FLOOR = 1e-6  # denominators below this count as this, so zeros in the reference stay finite
 
 
@@ -54,8 +57,11 @@ class OutputParity:
         self.problem = self.problem or other.problem
 
 
-def compare_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> OutputParity:
-    """Figures and verdict for one output of one sample. ``top1`` is set for outputs of rank >= 2."""
+def compare_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rtol: float,
+                   min_cosine: float | None = None) -> OutputParity:
+    """Figures and verdict for one output of one sample. ``top1`` is set for outputs of rank >= 2.
+    The verdict is elementwise (``atol + rtol * |ref|``), or with ``min_cosine`` (INT8 models) the
+    cosine similarity at least that."""
     ref = np.asarray(ref)
     got = np.asarray(got)
     if ref.shape != got.shape:
@@ -77,7 +83,8 @@ def compare_output(name: str, ref: np.ndarray, got: np.ndarray, atol: float, rto
         top1=_top1(ref64, got64),
         samples=1,
     )
-    parity.passed = not nonfinite and bool(np.all(diff <= atol + rtol * np.abs(ref64)))
+    close = parity.cosine >= min_cosine if min_cosine is not None else bool(np.all(diff <= atol + rtol * np.abs(ref64)))
+    parity.passed = not nonfinite and close
     parity.problem = "NaN/Inf where the reference is finite" if nonfinite else ""
     return parity
 
@@ -105,6 +112,7 @@ class ParityReport:
     rtol: float
     outputs: dict[str, OutputParity] = field(default_factory=dict)
     shapes: list[dict[str, list[int]]] = field(default_factory=list)
+    min_cosine: float | None = None  # set: the verdict is by cosine (an INT8 model), not atol/rtol
 
     @property
     def passed(self) -> bool:
@@ -117,14 +125,15 @@ class ParityReport:
             if name not in got:
                 result = OutputParity(name, (), samples=1, passed=False, problem="output missing")
             else:
-                result = compare_output(name, expected, got[name], self.atol, self.rtol)
+                result = compare_output(name, expected, got[name], self.atol, self.rtol, self.min_cosine)
             if name in self.outputs:
                 self.outputs[name].merge(result)
             else:
                 self.outputs[name] = result
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "shapes": self.shapes,
+        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "min_cosine": self.min_cosine,
+                "shapes": self.shapes,
                 "outputs": {name: asdict(o) for name, o in self.outputs.items()}}
 
     def rows(self) -> list[list[str]]:

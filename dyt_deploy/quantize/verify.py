@@ -22,10 +22,10 @@ import numpy as np
 
 from ..check_data import accuracy, load_check_data, top1_agreement
 from ..feeds import random_feed
-from ..parity import ParityReport
+from ..parity import INT8_MIN_COSINE, ParityReport
 from ..specs import TensorSpec
 
-MIN_COSINE = 0.98
+MIN_COSINE = INT8_MIN_COSINE
 MIN_AGREEMENT = 0.99
 MAX_ACCURACY_DROP = 0.01
 DATA_BATCH = 64

@@ -241,3 +241,24 @@ def test_static_shapes_still_fuse_to_int8_kernels(twins, tmp_path) -> None:
 
     assert fused(_disabled_optimizers(path)) == fixed
     assert fused([]) < fixed  # the rewrite the runner turns off (if onnxruntime fixes it, drop the workaround)
+
+
+def test_dyt_check_judges_an_int8_folder_by_int8s_verdict(twins, tmp_path) -> None:
+    """dyt-check on an INT8 folder: its own file by cosine similarity (elementwise fp32 tolerances
+    would fail any INT8 model), the PyTorch runner still elementwise; on data, agreement at INT8's
+    threshold."""
+    from dyt_deploy.check import check_model, check_model_on_data
+    from dyt_deploy.parity import INT8_MIN_COSINE, ParityReport
+
+    repo = tmp_path / "repo"
+    quantize_model(twins.checkpoints["dyt"], None, ExportConfig(repository=repo), QuantizeOptions(verify=False))
+    folder = repo / "vit_tiny-dyt-int8"
+    reports = check_model(folder, runners=["ort", "torch"], samples=2)
+    assert reports["ort"].min_cosine == INT8_MIN_COSINE and reports["ort"].passed
+    assert reports["torch"].min_cosine is None and reports["torch"].passed
+    assert min(o.cosine for o in reports["ort"].outputs.values()) >= INT8_MIN_COSINE
+    elementwise = ParityReport(1e-4, 1e-3)  # what the folder was judged by before: fp32's tolerances
+    assert max(o.max_abs for o in reports["ort"].outputs.values()) > elementwise.atol * 10
+    on_data = check_model_on_data(folder, twins.test_data, runners=["ort"], agreement={"int8": TINY_AGREEMENT})
+    assert on_data["ort"].figures.precision == "int8" and on_data["ort"].figures.threshold == TINY_AGREEMENT
+    assert on_data["ort"].passed, on_data["ort"].figures
