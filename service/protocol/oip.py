@@ -1,6 +1,9 @@
 """Open Inference Protocol v2 (REST) codec: datatypes, request decoding, response encoding.
 
-Pure functions over bytes and numpy arrays, so every rule can be unit-tested without a server.
+The request side lives here; datatypes, signatures and the binary extension's raw decoding in
+:mod:`~service.protocol.oip_types`, the response side in :mod:`~service.protocol.oip_response`;
+every name of the three is reachable as ``oip.X``. Pure functions over bytes and numpy arrays, so
+every rule can be unit-tested without a server.
 
 * JSON tensors: ``{"name", "shape", "datatype", "data"}`` with ``data`` flat or nested, row-major.
 * Triton's binary tensor data extension: the body is a JSON header of
@@ -23,144 +26,39 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 import sys
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import numpy as np
 from pydantic import ValidationError
-from tritonclient.utils import deserialize_bytes_tensor, np_to_triton_dtype, serialize_byte_tensor, triton_to_np_dtype
-
-from dyt_deploy.dtypes import oip_datatype
 
 from ..errors import BadRequest, PayloadTooLarge
+from .oip_response import (  # noqa: F401  (the codec's one face: oip.X for every part)
+    classify,
+    decode_binary_response,
+    encode_binary_request,
+    encode_output,
+    encode_response,
+    json_values,
+    tensor_bytes,
+)
+from .oip_types import (  # noqa: F401
+    BYTES,
+    FLOAT_DATATYPES,
+    HEADER_LENGTH,
+    INT_DATATYPES,
+    DecodedRequest,
+    RequestedOutput,
+    Signature,
+    TensorSignature,
+    datatype_of_array,
+    decode_binary,
+    numpy_dtype_of,
+    split_body,
+)
 from .schemas import DATATYPES, REQUEST_ERROR, InferenceRequest, RequestInput, RequestOutput
-
-BYTES = "BYTES"
-FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
-INT_DATATYPES = frozenset(name for name in DATATYPES if name.startswith(("INT", "UINT")))
-HEADER_LENGTH = "inference-header-content-length"
-
-
-def numpy_dtype_of(datatype: str) -> np.dtype:
-    """The (little-endian) numpy dtype of an OIP datatype, as tritonclient maps it; BYTES is ``object``,
-    BF16 ``ml_dtypes.bfloat16``."""
-    numpy_type = triton_to_np_dtype(datatype)
-    if numpy_type is None:
-        raise BadRequest(f"unknown datatype {datatype!r}; known: {', '.join(DATATYPES)}")
-    return np.dtype(numpy_type).newbyteorder("<")
-
-
-def datatype_of_array(array: np.ndarray) -> str:
-    """The OIP datatype of a numpy array, as tritonclient maps it (object arrays are BYTES)."""
-    datatype = np_to_triton_dtype(array.dtype)
-    if datatype is None:
-        raise BadRequest(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype")
-    return datatype
-
-
-# --------------------------------------------------------------------------------------------
-# Model IO signature
-
-
-@dataclass(frozen=True)
-class TensorSignature:
-    """One input or output of a served model: ``shape`` holds ints and names of dynamic dims ("batch")."""
-
-    name: str
-    datatype: str
-    shape: tuple[int | str, ...]
-
-    @classmethod
-    def from_manifest(cls, entry: dict[str, Any]) -> TensorSignature:
-        return cls(entry["name"], oip_datatype(entry["dtype"]), tuple(entry["shape"]))
-
-    def metadata(self) -> dict[str, Any]:
-        """The tensor as model metadata shows it: dynamic dims are -1."""
-        return {"name": self.name, "datatype": self.datatype, "shape": [d if isinstance(d, int) else -1
-                                                                          for d in self.shape]}
-
-
-@dataclass(frozen=True)
-class Signature:
-    """A model's inputs and outputs; ``max_batch_size`` 0 means dim 0 is not a batch dim."""
-
-    inputs: tuple[TensorSignature, ...]
-    outputs: tuple[TensorSignature, ...]
-    max_batch_size: int = 0
-
-    @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], max_batch_size: int = 0) -> Signature:
-        inputs = tuple(TensorSignature.from_manifest(t) for t in manifest["inputs"])
-        outputs = tuple(TensorSignature.from_manifest(t) for t in manifest["outputs"])
-        batched = all(t.shape and t.shape[0] == "batch" for t in inputs + outputs)
-        return cls(inputs, outputs, max_batch_size if batched else 0)
-
-    @property
-    def batched(self) -> bool:
-        return self.max_batch_size > 0
-
-    def input(self, name: str) -> TensorSignature | None:
-        return next((t for t in self.inputs if t.name == name), None)
-
-    def output(self, name: str) -> TensorSignature | None:
-        return next((t for t in self.outputs if t.name == name), None)
-
-
-# --------------------------------------------------------------------------------------------
-# Requests
-
-
-@dataclass(frozen=True)
-class RequestedOutput:
-    """An output the request asks for; ``binary`` None: follow the request's binary_data_output."""
-
-    name: str
-    binary: bool | None = None
-    classes: int | None = None  # the classification extension: top-k "value:index" strings
-
-
-@dataclass
-class DecodedRequest:
-    """An inference request decoded into arrays and checked against the model's signature."""
-
-    inputs: dict[str, np.ndarray]
-    outputs: list[RequestedOutput] | None = None
-    binary_output: bool = False
-    id: str | None = None
-    timeout_us: int | None = None
-
-    @property
-    def timeout_s(self) -> float | None:
-        """The request's ``timeout`` parameter (microseconds, as Triton reads it) in seconds; None when
-        absent or 0 (no limit of its own; the server's --timeout still applies)."""
-        return self.timeout_us / 1e6 if self.timeout_us else None
-
-    @property
-    def batch_size(self) -> int:
-        """Dim 0 of the first input (1 for a scalar input)."""
-        first = next(iter(self.inputs.values()))
-        return int(first.shape[0]) if first.ndim else 1
-
-
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """Split a request body into its JSON header and the binary tensor bytes after it."""
-    if header_length is None:
-        return body, memoryview(b"")
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {header_length!r} is not an integer") from None
-    if length < 0 or length > len(body):
-        raise BadRequest(f"Inference-Header-Content-Length {length} does not fit a body of {len(body)} bytes")
-    if length == 0:
-        raise BadRequest("Inference-Header-Content-Length 0 (raw binary requests) is not supported; "
-                         "send a JSON header with binary_data_size per input")
-    return body[:length], memoryview(body)[length:]
 
 
 def inflate_body(body: bytes, encoding: str, limit: int, max_ratio: int) -> bytes:
@@ -364,32 +262,6 @@ def decode_inputs(inputs: list[RequestInput], binary: memoryview) -> dict[str, n
     return arrays
 
 
-def decode_binary(raw: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A tensor from its raw little-endian bytes; the byte count must match the shape exactly."""
-    if datatype == BYTES:
-        return _decode_bytes_elements(raw, shape, name)
-    dtype = numpy_dtype_of(datatype)
-    expected = math.prod(shape) * dtype.itemsize
-    if len(raw) != expected:
-        raise BadRequest(f"input {name!r}: {len(raw)} binary bytes, but shape {list(shape)} of {datatype} "
-                         f"needs {expected}")
-    if datatype == "BOOL" and len(raw) and np.frombuffer(raw, np.uint8).max() > 1:
-        raise BadRequest(f"input {name!r}: BOOL bytes must be 0 or 1")
-    return np.frombuffer(raw, dtype).reshape(shape).copy()
-
-
-def _decode_bytes_elements(raw: memoryview, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """BYTES: each element is a 4-byte little-endian length then that many bytes."""
-    try:
-        items = deserialize_bytes_tensor(raw)
-    except struct.error:
-        raise BadRequest(f"input {name!r}: a BYTES element (or its 4-byte length) runs past its binary data") from None
-    if len(items) != math.prod(shape):
-        raise BadRequest(f"input {name!r}: {len(items)} BYTES elements, but shape {list(shape)} needs "
-                         f"{math.prod(shape)}")
-    return items.reshape(shape)
-
-
 def decode_json_data(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
     """A tensor from JSON ``data`` (flat or nested); element count and element kinds are checked."""
     if not isinstance(data, list):
@@ -494,122 +366,3 @@ def _requested_output(output: RequestOutput, signature: Signature) -> RequestedO
         if isinstance(width, int) and width >= 0 and classes > width:
             raise BadRequest(f"output {name!r} has {width} classes; classification asked for {classes}")
     return RequestedOutput(name, parameters.binary_data if parameters is not None else None, classes)
-
-
-# --------------------------------------------------------------------------------------------
-# Responses
-
-
-def encode_response(model_name: str, model_version: str | None, request: DecodedRequest,
-                    outputs: dict[str, np.ndarray], signature: Signature) -> tuple[bytes, dict[str, str]]:
-    """The response body and its extra headers (``Inference-Header-Content-Length`` and the
-    content type when any output is binary)."""
-    wanted = request.outputs or [RequestedOutput(t.name) for t in signature.outputs]
-    entries: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for item in wanted:
-        binary = request.binary_output if item.binary is None else item.binary
-        array, spec = outputs[item.name], signature.output(item.name)
-        if item.classes is not None:
-            array, spec = classify(item.name, array, item.classes), None
-        entry, blob = encode_output(item.name, array, spec, binary)
-        entries.append(entry)
-        blobs.extend([blob] if blob is not None else [])
-    response: dict[str, Any] = {"model_name": model_name}
-    if model_version is not None:
-        response["model_version"] = model_version
-    if request.id is not None:
-        response["id"] = request.id
-    response["outputs"] = entries
-    header = json.dumps(response, separators=(",", ":")).encode()
-    if not blobs:
-        return header, {"content-type": "application/json"}
-    return header + b"".join(blobs), {"content-type": "application/octet-stream",
-                                      "inference-header-content-length": str(len(header))}
-
-
-def classify(name: str, array: np.ndarray, count: int) -> np.ndarray:
-    """The classification extension: the ``count`` highest values along the last dim, highest first,
-    as BYTES ``"<value>:<index>"`` (shape ``[..., count]``; ``[batch, count]`` for a classifier).
-
-    Ties keep the lower index first. Raises BadRequest when the output is a scalar or has fewer
-    than ``count`` classes (checked here too, for outputs whose class count is dynamic).
-    """
-    values = np.asarray(array)
-    if values.ndim == 0 or values.shape[-1] < count:
-        have = "no class dimension" if values.ndim == 0 else f"{values.shape[-1]} classes"
-        raise BadRequest(f"output {name!r} has {have}; classification asked for {count}")
-    order = np.argsort(-values.astype(np.float64), axis=-1, kind="stable")[..., :count]
-    top = np.take_along_axis(values, order, axis=-1)
-    text = np.empty(order.shape, dtype=object)
-    for pos in np.ndindex(order.shape):
-        text[pos] = f"{float(top[pos]):f}:{int(order[pos])}".encode()
-    return text
-
-
-def encode_output(name: str, array: np.ndarray, spec: TensorSignature | None,
-                  binary: bool) -> tuple[dict[str, Any], bytes | None]:
-    """One output's JSON entry, and its bytes when it is sent binary."""
-    datatype = spec.datatype if spec is not None else datatype_of_array(array)
-    if datatype != BYTES:
-        array = np.asarray(array).astype(numpy_dtype_of(datatype), copy=False)
-    entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-    if binary:
-        blob = tensor_bytes(array, datatype)
-        entry["parameters"] = {"binary_data_size": len(blob)}
-        return entry, blob
-    entry["data"] = json_values(array, datatype)
-    return entry, None
-
-
-def tensor_bytes(array: np.ndarray, datatype: str) -> bytes:
-    """Raw little-endian bytes of a tensor (BYTES: 4-byte length prefixes)."""
-    if datatype == BYTES:
-        return serialize_byte_tensor(np.asarray(array, dtype=object)).item() if array.size else b""
-    return np.ascontiguousarray(array, numpy_dtype_of(datatype)).tobytes()
-
-
-def json_values(array: np.ndarray, datatype: str) -> list[Any]:
-    """A tensor's elements as a flat JSON list."""
-    if datatype == BYTES:
-        return [_as_bytes(x).decode("utf-8", "replace") for x in array.flat]
-    if datatype == "BF16":
-        return array.astype(np.float32).ravel().tolist()
-    return array.ravel().tolist()
-
-
-def _as_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
-
-
-def encode_binary_request(inputs: dict[str, np.ndarray], outputs: Sequence[str] = (),
-                          binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
-    """A binary-extension request body and headers (for tests and the demo, not the server)."""
-    header: dict[str, Any] = {"inputs": [], "parameters": {"binary_data_output": binary_output}}
-    blobs = []
-    for name, array in inputs.items():
-        datatype = datatype_of_array(array)
-        blob = tensor_bytes(array, datatype)
-        header["inputs"].append({"name": name, "datatype": datatype, "shape": list(array.shape),
-                                 "parameters": {"binary_data_size": len(blob)}})
-        blobs.append(blob)
-    if outputs:
-        header["outputs"] = [{"name": n} for n in outputs]
-    raw = json.dumps(header).encode()
-    return raw + b"".join(blobs), {HEADER_LENGTH: str(len(raw))}
-
-
-def decode_binary_response(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
-    """Outputs of a response body, JSON or binary (for tests and the demo)."""
-    header, binary = (body, memoryview(b"")) if header_length is None else split_body(body, header_length)
-    response = json.loads(header)
-    arrays, offset = {}, 0
-    for out in response["outputs"]:
-        size = (out.get("parameters") or {}).get("binary_data_size")
-        if size is None:
-            arrays[out["name"]] = np.asarray(out["data"], numpy_dtype_of(out["datatype"])).reshape(out["shape"])
-            continue
-        arrays[out["name"]] = decode_binary(binary[offset:offset + size], out["datatype"], tuple(out["shape"]),
-                                            out["name"])
-        offset += size
-    return arrays
