@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request, Response
 
-from service.http.admission import ApiKeyGate, BodyGate
 from service.engines.uvicorn import serve_in_thread
-from service.telemetry.metrics import ServiceMetrics
+from service.http.admission import ApiKeyGate, BodyGate
 from service.http.middleware import InFlightLimit, RequestTimeout
 from service.settings import Settings
+from service.telemetry.metrics import ServiceMetrics
 
 IMAGE = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 HEADER = json.dumps({"model_name": "x", "outputs": [{"name": "logits", "datatype": "FP32", "shape": [1, 1000],
