@@ -16,10 +16,13 @@ against a live server process, with the server's memory before and after.
 5. json-rss (``--phases json-rss``): the peak memory of the largest valid JSON inference request
    (``--json-batch``; run it with ``--image-size 224``).
 
-RSS (and its peak, VmHWM) of the server is read from /proc before and after each phase.
+RSS (and its peak, VmHWM) of the server is read from /proc before and after each phase; with
+``--engine ray`` (``dyt-serve --engine ray``: Ray, its proxy, the ingress and the model replica are
+processes under the server's), the RSS of the whole process tree, added up, is read too.
 
     python benchmarks/stress.py [--arch vit_tiny] [--burst 200] [--concurrency 8] [--seconds 30]
                                 [--phases burst,sustained,fuzz,hostile] [--addresses 32,64]
+                                [--engine uvicorn|ray]
 """
 
 from __future__ import annotations
@@ -55,6 +58,27 @@ def memory_mib(pid: int) -> dict[str, float]:
         return {}
     fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM") if key in fields}
+
+
+def tree_rss_mib(pid: int) -> float:
+    """The RSS of ``pid`` and every process under it, added up, in MiB (0 where /proc is missing)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {pid}, True
+    while grew:
+        found = {child for child, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | found, bool(found)
+    return sum(memory_mib(p).get("VmRSS", 0.0) for p in tree)
+
+
+def memory_of(pid: int) -> dict[str, float]:
+    """:func:`memory_mib` of the server, and its process tree's RSS (``tree_rss``)."""
+    return {**memory_mib(pid), "tree_rss": tree_rss_mib(pid)}
 
 
 def valid_body(image_size: int, seed: int = 0) -> dict:
@@ -364,6 +388,7 @@ def main() -> None:
                         help="comma-separated: burst, sustained, fuzz, hostile, json-rss")
     parser.add_argument("--addresses", default="32,64", help="hostile: slow senders' address counts")
     parser.add_argument("--json-batch", type=int, default=2, help="json-rss: the batch of the JSON request")
+    parser.add_argument("--engine", default="uvicorn", choices=["uvicorn", "ray"], help="dyt-serve's --engine")
     parser.add_argument("--json", type=Path, default=Path("reports/stress.json"))
     args = parser.parse_args()
 
@@ -371,23 +396,23 @@ def main() -> None:
     from dyt_deploy.export import export_onnx
     from dyt_deploy.models import create_model
 
-    report: dict = {"arch": args.arch, "image_size": args.image_size}
+    report: dict = {"arch": args.arch, "image_size": args.image_size, "engine": args.engine}
     with tempfile.TemporaryDirectory() as tmp:
         model = create_model(args.arch, norm="dyt", img_size=args.image_size)
         export_onnx(save_checkpoint(model, Path(tmp) / "model.pt"), repository=Path(tmp) / "repo", name=MODEL)
         port = free_port()
-        server = start_server(Path(tmp) / "repo", port, ["--threads", "1"])
+        server = start_server(Path(tmp) / "repo", port, ["--threads", "1", "--engine", args.engine])
         url = f"http://127.0.0.1:{port}"
         body = valid_body(args.image_size)
         phases = args.phases.split(",")
         try:
-            report["memory_start"] = memory_mib(server.pid)
+            report["memory_start"] = memory_of(server.pid)
             if "burst" in phases:
                 report["burst"] = burst(url, body, args.burst)
-                report["memory_after_burst"] = memory_mib(server.pid)
+                report["memory_after_burst"] = memory_of(server.pid)
             if "sustained" in phases:
                 report["sustained"] = sustained(url, body, args.concurrency, args.seconds)
-                report["memory_after_sustained"] = memory_mib(server.pid)
+                report["memory_after_sustained"] = memory_of(server.pid)
             if "fuzz" in phases:
                 report["fuzz"] = fuzz(port, url, args.image_size, args.mutations, args.seed)
             if "hostile" in phases:
@@ -395,7 +420,7 @@ def main() -> None:
                                             [int(n) for n in args.addresses.split(",")])
             if "json-rss" in phases:
                 report["json_rss"] = json_rss(server.pid, url, args.image_size, args.json_batch)
-            report["memory_end"] = memory_mib(server.pid)
+            report["memory_end"] = memory_of(server.pid)
         finally:
             server.terminate()
             report["exit_status"] = server.wait(timeout=60)
@@ -410,7 +435,7 @@ def print_report(report: dict) -> None:
     def latency(row: dict) -> str:
         return f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms" if "p50_ms" in row else "no successes"
 
-    print(f"dyt-serve stress, {report['arch']} ({report['image_size']} px), DyT")
+    print(f"dyt-serve stress ({report.get('engine', 'uvicorn')}), {report['arch']} ({report['image_size']} px), DyT")
     if "burst" in report:
         row = report["burst"]
         print(f"burst:     {row['requests']} at once -> {row['statuses']}; {latency(row)}")
@@ -428,7 +453,8 @@ def print_report(report: dict) -> None:
     for key in ("memory_start", "memory_after_burst", "memory_after_sustained", "memory_end"):
         memory = report.get(key)
         if memory:
-            print(f"{key:23} RSS {memory['VmRSS']:.0f} MiB (peak {memory['VmHWM']:.0f} MiB)")
+            print(f"{key:23} RSS {memory['VmRSS']:.0f} MiB (peak {memory['VmHWM']:.0f} MiB); "
+                  f"its process tree {memory.get('tree_rss', 0):.0f} MiB")
     print(f"exit status after SIGTERM: {report['exit_status']}")
 
 
