@@ -71,6 +71,13 @@ async def model_generate(model_name: str, request: Request, state: StateDep, mod
     """Generate text for ``text_input`` and answer it whole: text_output, finish_reason
     (stop, length, cancelled), prompt and output token counts, time to first token, tokens/s."""
     model, body, run = await started_run(request, state, model_name, model_version)
+    text = await collect(request, model, run)
+    return JSONResponse({**header(model, body), "text_output": text, **run.summary()})
+
+
+async def collect(request: Request, model: Any, run: Any) -> str:
+    """The whole text of a run (a generation answered whole, by any protocol); it stops between
+    steps when the client has gone."""
     parts: list[str] = []
     try:
         async with aclosing(run.pieces()) as pieces:
@@ -83,7 +90,7 @@ async def model_generate(model_name: str, request: Request, state: StateDep, mod
     finally:
         run.close()
     parts.append(run.rest())
-    return JSONResponse({**header(model, body), "text_output": "".join(parts), **run.summary()})
+    return "".join(parts)
 
 
 class EventStream(StreamingResponse):

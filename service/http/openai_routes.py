@@ -53,7 +53,7 @@ from ..protocol.openai import (
 )
 from .admission import request_body
 from .auth import require_api_key
-from .generate_routes import EventStream, inline_schema
+from .generate_routes import EventStream, collect, inline_schema
 from .openai_errors import OPENAI_ERRORS, openai_errors
 from .state import StateDep
 
@@ -141,23 +141,6 @@ async def started(model: Any, prompt: str, body: SamplingRequest, max_tokens: in
         param = limit_field if text.startswith("max_tokens") else prompt_field
         code = "context_length_exceeded" if "context" in text or "over this server's limit" in text else None
         raise OpenAIError(text, param, code) from None
-
-
-async def collect(request: Request, model: Any, run: Any) -> str:
-    """The whole text of a run; it stops between steps when the client has gone."""
-    parts: list[str] = []
-    try:
-        async with aclosing(run.pieces()) as pieces:
-            async for _index, piece in pieces:
-                parts.append(piece)
-                if run.finish_reason is None and await request.is_disconnected():
-                    run.stop()
-                    log.info("generation on %s stopped: its client disconnected", model.name)
-                    break
-    finally:
-        run.close()
-    parts.append(run.rest())
-    return "".join(parts)
 
 
 def usage_of(run: Any) -> dict[str, int]:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -53,6 +54,39 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@contextmanager
+def local_ray(environment: dict[str, str] | None = None) -> Iterator[str]:
+    """A local Ray instance (2 CPUs, no dashboard, a small object store; Ray's processes inherit
+    ``environment``) and Serve's HTTP proxy on a free loopback port; yields the proxy's
+    ``host:port``, shuts both down at the end. Skips the test, with the reason, where Ray cannot start."""
+    import pytest
+    import ray
+    from ray import serve
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (environment or {}).items():
+            patch.setenv(name, value)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
+        except Exception as err:  # pragma: no cover - depends on the host
+            pytest.skip(f"Ray could not start here: {type(err).__name__}: {err}")
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield f"127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def wait_until_ready(url: str, timeout_s: float = 120) -> None:
+    """Until ``url``'s /v2/health/ready answers 200 (a Serve application starting)."""
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/v2/health/ready", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the Serve application did not become ready"
+        time.sleep(0.5)
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 120) -> None:

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from service_testlib import framed_events, free_port, images, json_request
+from service_testlib import framed_events, images, json_request, local_ray, wait_until_ready
 
 from service.engines.uvicorn import serve_in_thread
 from service.http.app import create_app
@@ -83,27 +83,11 @@ def ray_url(battery_repository: Path) -> Iterator[str]:
     from service.engines.ray import build_app
     from service.engines.ray_proxy import ray_environment
 
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in ray_environment(SETTINGS).items():
-            patch.setenv(name, value)  # Ray's processes inherit these when it starts
-        try:
-            ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
-        except Exception as err:  # pragma: no cover - depends on the host
-            pytest.skip(f"Ray could not start here: {type(err).__name__}: {err}")
-    port = free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_ray(ray_environment(SETTINGS)) as address:  # the proxy callback, as dyt-serve --engine ray
         serve.run(build_app(battery_repository, SETTINGS, num_replicas=2, num_cpus=0.2, ingress_cpus=0.1),
                   name=APP, route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/v2/health/ready", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the Serve application did not become ready"
-            time.sleep(0.5)
-        yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        wait_until_ready(f"http://{address}")
+        yield f"http://{address}"
 
 
 @pytest.fixture(scope="module")

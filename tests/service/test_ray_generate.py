@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from service_testlib import SlowDecoder, framed_events, free_port, sse_events
+from service_testlib import SlowDecoder, framed_events, local_ray, sse_events, wait_until_ready
 
 from service.settings import Settings
 
@@ -68,13 +68,7 @@ def textgen_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def deployed(textgen_repository: Path) -> Iterator[str]:
     """A local Ray instance (2 CPUs), Serve's proxy on a free loopback port, and the decoder on one
     slowed replica behind the ingress; yields the proxy's ``host:port`` once it is ready."""
-    try:
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 << 20, log_to_driver=False)
-    except Exception as err:  # pragma: no cover - depends on the host
-        pytest.skip(f"Ray could not start here: {type(err).__name__}: {err}")
-    port = free_port()
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with local_ray() as address:
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowReplica travels by value
         ray.cloudpickle.register_pickle_by_value(sys.modules["service_testlib"])  # and its SlowDecoder
         with pytest.MonkeyPatch.context() as patch:
@@ -82,14 +76,8 @@ def deployed(textgen_repository: Path) -> Iterator[str]:
             app = ray_app.build_app(textgen_repository, Settings(threads=1, warmup_runs=1), num_replicas=1,
                                     num_cpus=0.25, ingress_cpus=0.1)
         serve.run(app, name=APP, route_prefix="/")
-        deadline = time.monotonic() + 120
-        while httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the Serve application did not become ready"
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        wait_until_ready(f"http://{address}")
+        yield address
 
 
 def generation(address: str) -> dict[str, Any]:
