@@ -12,6 +12,8 @@ answers within ``READY_TIMEOUT_S``). Handles are passed in: this module does not
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -61,6 +63,7 @@ class RemoteModel(ServedModel):
         super().__init__(settings.repository_path / name, settings, metrics)
         self.deployment = handle  # (ServedModel.handle is the request path)
         self.answers: dict[str, int] = {}  # requests answered, by replica
+        self.answered_at = -math.inf  # when a replica last answered a request (monotonic seconds)
         self.described = False
 
     def load(self) -> None:  # pragma: no cover - the registry's load() describes remote models
@@ -68,10 +71,15 @@ class RemoteModel(ServedModel):
 
     async def describe(self, timeout_s: float) -> None:
         """Ask a replica what it serves; READY when one answers, else UNAVAILABLE with the reason
-        (a model described once keeps its description)."""
+        (a model described once keeps its description). A question that waits its turn behind
+        requests past ``timeout_s`` while the model is answering them says busy, not gone: the
+        model stays as it was."""
         try:
             found = await asyncio.wait_for(self.deployment.describe.remote(), timeout_s)
         except Exception as err:
+            busy = isinstance(err, asyncio.TimeoutError) and time.monotonic() - self.answered_at < 2 * timeout_s
+            if busy and self.described:
+                return
             self.state = UNAVAILABLE
             self.reason = f"no replica of model {self.name!r} answered within {timeout_s:g} s ({type(err).__name__})"
             return
@@ -93,6 +101,7 @@ class RemoteModel(ServedModel):
 
     def answered(self, source: str) -> None:
         self.answers[source] = self.answers.get(source, 0) + 1
+        self.answered_at = time.monotonic()
 
     def answered_by(self) -> dict[str, int]:
         return dict(self.answers)
@@ -164,6 +173,7 @@ class RemoteGenerationRun(GenerationTrack):
                                            f"{remote_error(self.model.name, err)}") from None
                 if item[0] == "piece":
                     self._tick()
+                    self.model.answered_at = time.monotonic()  # a replica at work: busy, not gone
                     yield item[1], item[2]
                 elif item[0] == "end":
                     self.held, self.finish_reason = item[1], item[2]

@@ -5,6 +5,7 @@ test_ray_generate.py)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,3 +29,44 @@ def test_bad_scaling_flags_are_one_error_line(tmp_path: Path, capsys: pytest.Cap
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert status == 2
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+
+
+def test_a_model_busy_answering_stays_ready_when_its_readiness_question_waits(tmp_path: Path) -> None:
+    """RayModels' readiness poll: a describe() that times out while the model's replicas answered
+    requests just now (the question queued behind them) keeps the model READY; the same time-out
+    with no recent answer, or an error, makes it UNAVAILABLE. (A stand-in for the deployment
+    handle: the logic is the ingress's own; tests/service/test_engines.py runs it on Ray.)"""
+    import asyncio
+    import time
+
+    from service.engines.ray_models import RemoteModel
+    from service.settings import Settings
+    from service.telemetry.metrics import ServiceMetrics
+
+    class Method:
+        def __init__(self, answer: Any) -> None:
+            self.answer = answer
+
+        async def remote(self) -> Any:
+            if isinstance(self.answer, float):
+                await asyncio.sleep(self.answer)
+            elif isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    class Deployment:
+        describe = Method(None)
+
+    model = RemoteModel("m", Deployment(), Settings(repository=str(tmp_path)), ServiceMetrics())
+    model.state, model.described = "READY", True
+    Deployment.describe = Method(1.0)  # queued behind requests: no answer within 0.05 s
+    model.answered_at = time.monotonic()
+    asyncio.run(model.describe(0.05))
+    assert model.state == "READY"
+    model.answered_at = time.monotonic() - 10  # nothing answered lately: gone
+    asyncio.run(model.describe(0.05))
+    assert model.state == "UNAVAILABLE" and "answered within 0.05 s" in model.reason
+    model.state, model.answered_at = "READY", time.monotonic()
+    Deployment.describe = Method(RuntimeError("actor died"))  # an error is never "busy"
+    asyncio.run(model.describe(0.05))
+    assert model.state == "UNAVAILABLE"
