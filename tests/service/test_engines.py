@@ -334,6 +334,21 @@ def test_the_openai_client_gets_the_same_answers_on_both(engines: dict[str, str]
 
     assert same(engines, refused) == (400, "n")
 
+    bad = {  # the list: each a 4xx in OpenAI's error shape, the same on both engines
+        "unknown model": ({"model": "nope", "messages": messages}, 404),
+        "messages not a list": ({"model": LLM, "messages": "DyT is"}, 400),
+        "a role the default template refuses": ({"model": LLM, "messages": [{"role": "tool", "content": "x"}]}, 400),
+        "max_tokens over the limit": ({"model": LLM, "messages": messages, "max_tokens": 41}, 400),
+        "prompt over the context": ({"model": LLM, "messages": [{"role": "user", "content": "x" * 60}],
+                                     "max_tokens": 30}, 400),
+    }
+    for case, (fields, expected) in bad.items():
+        status, body = same(engines, lambda u, f=fields: post(u, "/v1/chat/completions", json=f, headers=AUTH))
+        assert status == expected and set(body["error"]) == {"message", "type", "param", "code"}, (case, body)
+    status, body = same(engines, lambda u: post(u, "/v1/chat/completions", content=b'{"model": "\xff"}', headers={
+        **AUTH, "content-type": "application/json"}))
+    assert status == 400 and body["error"]["message"], body  # not UTF-8
+
     def embedded(url: str) -> list[list[float]]:
         answer = client(url).embeddings.create(model=ENCODER, input=["DyT", "is tanh"], encoding_format="float")
         return [np.round(d.embedding, 5).tolist() for d in answer.data]
