@@ -99,6 +99,10 @@ class ModelReplica:
         return {"manifest": m.manifest, "config": m.config, "version": m.version, "batching": m.batching,
                 "runtime": m.runtime, "state": m.state, "reason": m.reason, "replica": m.source}
 
+    def state(self) -> dict[str, str]:
+        """The model's state and reason (the ingress's readiness poll: :meth:`describe` once, then this)."""
+        return {"state": self.model.state, "reason": self.model.reason}
+
     async def infer(self, feed: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, str]:
         """One request's decoded inputs through the model (its batcher, its worker): outputs,
         queue and compute seconds, and who answered."""

@@ -74,8 +74,9 @@ class RemoteModel(ServedModel):
         (a model described once keeps its description). A question that waits its turn behind
         requests past ``timeout_s`` while the model is answering them says busy, not gone: the
         model stays as it was."""
+        ask = self.deployment.state if self.described else self.deployment.describe  # the manifest once
         try:
-            found = await asyncio.wait_for(self.deployment.describe.remote(), timeout_s)
+            found = await asyncio.wait_for(ask.remote(), timeout_s)
         except Exception as err:
             busy = isinstance(err, asyncio.TimeoutError) and time.monotonic() - self.answered_at < 2 * timeout_s
             if busy and self.described:

@@ -54,12 +54,12 @@ def test_a_model_busy_answering_stays_ready_when_its_readiness_question_waits(tm
                 raise self.answer
             return self.answer
 
-    class Deployment:
-        describe = Method(None)
+    class Deployment:  # after the first description, the poll asks state()
+        describe = state = Method(None)
 
     model = RemoteModel("m", Deployment(), Settings(repository=str(tmp_path)), ServiceMetrics())
     model.state, model.described = "READY", True
-    Deployment.describe = Method(1.0)  # queued behind requests: no answer within 0.05 s
+    Deployment.state = Method(1.0)  # queued behind requests: no answer within 0.05 s
     model.answered_at = time.monotonic()
     asyncio.run(model.describe(0.05))
     assert model.state == "READY"
@@ -67,6 +67,6 @@ def test_a_model_busy_answering_stays_ready_when_its_readiness_question_waits(tm
     asyncio.run(model.describe(0.05))
     assert model.state == "UNAVAILABLE" and "answered within 0.05 s" in model.reason
     model.state, model.answered_at = "READY", time.monotonic()
-    Deployment.describe = Method(RuntimeError("actor died"))  # an error is never "busy"
+    Deployment.state = Method(RuntimeError("actor died"))  # an error is never "busy"
     asyncio.run(model.describe(0.05))
     assert model.state == "UNAVAILABLE"
